@@ -1,0 +1,164 @@
+//! Errors. `StoreError` is what every backend maps its driver errors into; `CoreError` is
+//! what the use cases return. Each `ErrorCode` has one stable code string, one HTTP status
+//! and one gRPC code, in one table, so every transport maps errors the same way.
+
+use thiserror::Error;
+
+/// The stable, documented error codes clients can match on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    ValidationFailed,
+    InvalidJson,
+    PayloadTooLarge,
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    IdempotencyKeyReused,
+    VersionConflict,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// (code string, HTTP status, gRPC status code number)
+    const fn row(self) -> (&'static str, u16, i32) {
+        match self {
+            ErrorCode::ValidationFailed => ("validation_failed", 422, 3), // INVALID_ARGUMENT
+            ErrorCode::InvalidJson => ("invalid_json", 400, 3),
+            ErrorCode::PayloadTooLarge => ("payload_too_large", 413, 8), // RESOURCE_EXHAUSTED
+            ErrorCode::Unauthorized => ("unauthorized", 401, 16),        // UNAUTHENTICATED
+            ErrorCode::NotFound => ("not_found", 404, 5),
+            ErrorCode::MethodNotAllowed => ("method_not_allowed", 405, 12), // UNIMPLEMENTED
+            ErrorCode::IdempotencyKeyReused => ("idempotency_key_reused", 409, 6), // ALREADY_EXISTS
+            ErrorCode::VersionConflict => ("version_conflict", 409, 10),    // ABORTED
+            ErrorCode::Unavailable => ("unavailable", 503, 14),
+            ErrorCode::Internal => ("internal", 500, 13),
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        self.row().0
+    }
+
+    pub const fn http_status(self) -> u16 {
+        self.row().1
+    }
+
+    pub const fn grpc_code(self) -> i32 {
+        self.row().2
+    }
+}
+
+/// What a storage backend reports. Backends map their driver errors into this themselves,
+/// so no driver type crosses a port.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+/// What a use case returns.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum CoreError {
+    #[error("{message}")]
+    Validation { field: String, message: String },
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error("the Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    #[error("{0}")]
+    VersionConflict(String),
+    #[error("missing or invalid API key; send `Authorization: Bearer <key>` (create one with `engram keys create --tenant NAME`)")]
+    Unauthorized,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl CoreError {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        CoreError::Validation {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CoreError::Validation { .. } => ErrorCode::ValidationFailed,
+            CoreError::NotFound { .. } => ErrorCode::NotFound,
+            CoreError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            CoreError::VersionConflict(_) => ErrorCode::VersionConflict,
+            CoreError::Unauthorized => ErrorCode::Unauthorized,
+            CoreError::Unavailable(_) => ErrorCode::Unavailable,
+            CoreError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The field a validation error is about, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            CoreError::Validation { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// Prefixes the field of a validation error, e.g. `memories[3].` for bulk items.
+    pub fn in_field(self, prefix: &str) -> Self {
+        match self {
+            CoreError::Validation { field, message } => CoreError::Validation {
+                field: format!("{prefix}{field}"),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => CoreError::NotFound { what: "memory" },
+            StoreError::Conflict(m) => CoreError::VersionConflict(m),
+            StoreError::Unavailable(m) => CoreError::Unavailable(m),
+            StoreError::Invalid(m) => CoreError::Internal(format!("store rejected a value: {m}")),
+            StoreError::Other(m) => CoreError::Internal(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_distinct_string_and_a_4xx_or_5xx_status() {
+        let all = [
+            ErrorCode::ValidationFailed,
+            ErrorCode::InvalidJson,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::Unauthorized,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::IdempotencyKeyReused,
+            ErrorCode::VersionConflict,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for c in all {
+            assert!(seen.insert(c.as_str()), "duplicate code {}", c.as_str());
+            assert!((400..600).contains(&c.http_status()));
+            assert!((1..=16).contains(&c.grpc_code()));
+        }
+    }
+}

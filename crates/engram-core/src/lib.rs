@@ -1,0 +1,30 @@
+//! engram's core: the memory model, the newtypes that parse input at the edge, the ports
+//! (traits) that storage backends and embedders implement, and the use cases every
+//! transport calls (`MemoryService`, `KeyService`).
+//!
+//! It owns the rules: what a valid memory is, how a patch applies, how a page token is
+//! formed, which error code maps to which HTTP status. It does not own persistence (see
+//! `engram-sqlite`), wire formats (see `engram-api`) or transports (see `engram-server`),
+//! and it never imports an HTTP, SQL or Redis crate.
+
+pub mod change;
+pub mod embed;
+pub mod error;
+pub mod filter;
+pub mod ids;
+pub mod keys;
+pub mod memory;
+pub mod ports;
+pub mod service;
+pub mod time;
+pub mod validate;
+
+pub use change::{ChangeOp, ChangeRecord};
+pub use error::{CoreError, ErrorCode, StoreError};
+pub use filter::{ListQuery, ListResult, MemoryFilter, PageToken, Position, SortBy, SortOrder};
+pub use ids::{MemoryId, TenantId};
+pub use keys::{ApiKey, ApiKeyRecord, KeyService};
+pub use memory::{EmbeddingStatus, Memory, MemoryPatch, MemoryType, NewMemory, Scope, Source};
+pub use ports::{IdempotencyKey, InsertMemory, InsertOutcome, KeyStore, MemoryStore};
+pub use service::{parse_idempotency_key, BulkItemResult, Listing, MemoryService, BULK_MAX};
+pub use time::Timestamp;

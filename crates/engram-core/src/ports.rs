@@ -1,0 +1,108 @@
+//! Ports: what the core needs from a storage backend, in the domain's words. Nothing here
+//! is SQLite-shaped: a Postgres backend implements the same traits unchanged, and
+//! `tests/conformance` holds every backend to the same behaviour.
+
+use async_trait::async_trait;
+
+use crate::change::{ChangeOp, ChangeRecord};
+use crate::error::StoreError;
+use crate::filter::{ListQuery, ListResult};
+use crate::ids::{MemoryId, TenantId};
+use crate::keys::ApiKeyRecord;
+use crate::memory::Memory;
+use crate::time::Timestamp;
+
+/// A client-chosen key that makes a create idempotent, with a fingerprint of the request
+/// it was first used for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// One memory to insert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InsertMemory {
+    pub memory: Memory,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum InsertOutcome {
+    /// Stored now.
+    Created(Memory),
+    /// The idempotency key was used before with the same fingerprint: the original memory.
+    Replayed(Memory),
+    /// The idempotency key was used before for a different request.
+    KeyReused,
+}
+
+/// Ground state for memories, plus the change log.
+///
+/// Every method is scoped by tenant: no call can read or change another tenant's data.
+/// Writes are durable when the returned future resolves `Ok`.
+#[async_trait]
+pub trait MemoryStore: Send + Sync + 'static {
+    /// Inserts each item atomically and independently (one failing item does not affect
+    /// the others) and appends a `Created` change record for each. Items are for one tenant.
+    async fn insert(
+        &self,
+        tenant: &TenantId,
+        items: Vec<InsertMemory>,
+    ) -> Result<Vec<Result<InsertOutcome, StoreError>>, StoreError>;
+
+    /// A memory that is not deleted.
+    async fn get(&self, tenant: &TenantId, id: MemoryId) -> Result<Option<Memory>, StoreError>;
+
+    /// Records that memories were read at `at`. Best effort and possibly deferred: it does
+    /// not bump `version` or write a change record.
+    async fn touch(
+        &self,
+        tenant: &TenantId,
+        ids: &[MemoryId],
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Memories that are not deleted and match the query, in its order.
+    async fn list(&self, tenant: &TenantId, query: &ListQuery) -> Result<ListResult, StoreError>;
+
+    /// Replaces a memory's state with `next` if its stored version is still
+    /// `expected_version` (compare-and-swap), and appends a change record with `op`.
+    /// `Err(NotFound)` if absent or deleted, `Err(Conflict)` if the version moved on.
+    async fn replace(
+        &self,
+        next: &Memory,
+        expected_version: i64,
+        op: ChangeOp,
+    ) -> Result<(), StoreError>;
+
+    /// The change log of a tenant after `after_seq`, oldest first.
+    async fn changes(
+        &self,
+        tenant: &TenantId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<ChangeRecord>, StoreError>;
+
+    /// Removes every row of a tenant: memories, change records, idempotency keys, API keys.
+    /// Returns the number of memories removed.
+    async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, StoreError>;
+
+    /// Removes every memory of one user of a tenant and their change records.
+    async fn purge_user(&self, tenant: &TenantId, user_id: &str) -> Result<u64, StoreError>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// API keys, stored hashed.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    async fn create_key(&self, record: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// The key with this hash, if it exists and is not revoked.
+    async fn find_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// All keys, revoked ones included; of one tenant when given.
+    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Revokes the key with this public id. `Ok(false)` if there is none, or it was revoked.
+    async fn revoke_key(&self, key_id: &str, at: Timestamp) -> Result<bool, StoreError>;
+}

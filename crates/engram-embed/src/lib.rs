@@ -1,0 +1,1 @@
+//! Embedders (placeholder until the crate is written).

@@ -1,0 +1,233 @@
+//! Mapping between memories and rows.
+
+use engram_core::time::{from_micros, to_micros};
+use engram_core::{EmbeddingStatus, Memory, MemoryId, MemoryType, Scope, Source, TenantId};
+use rusqlite::types::Value;
+use rusqlite::{Connection, Row};
+
+use crate::{db_err, StoreError};
+
+/// The columns `row_to_memory` reads, in order.
+pub(crate) const COLUMNS: &str = "m.id, m.tenant, m.user_id, m.agent_id, m.project, m.domain, m.session_id, \
+    m.content, m.memory_type, m.source, m.source_ref, m.title, m.tags, m.metadata, m.content_hash, \
+    m.embedding_status, m.embedding_model, m.embedding_updated_at, m.embedding_error, m.created_at, \
+    m.updated_at, m.accessed_at, m.deleted_at, m.valid_from, m.valid_to, m.version, m.related_ids, \
+    m.conversation_id";
+
+fn corrupt(what: &str) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(format!("corrupt column {what}").into())
+}
+
+pub(crate) fn row_to_memory(r: &Row<'_>) -> rusqlite::Result<Memory> {
+    let id: Vec<u8> = r.get(0)?;
+    let tenant: String = r.get(1)?;
+    let memory_type: String = r.get(8)?;
+    let source: String = r.get(9)?;
+    let tags: String = r.get(12)?;
+    let metadata: String = r.get(13)?;
+    let status: String = r.get(15)?;
+    let related: String = r.get(26)?;
+    let ts = |i: usize| -> rusqlite::Result<Option<engram_core::Timestamp>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(from_micros))
+    };
+    Ok(Memory {
+        id: MemoryId::from_bytes(&id).ok_or_else(|| corrupt("id"))?,
+        tenant: TenantId::parse(&tenant).map_err(|_| corrupt("tenant"))?,
+        scope: Scope {
+            user_id: r.get(2)?,
+            agent_id: r.get(3)?,
+            project: r.get(4)?,
+            domain: r.get(5)?,
+            session_id: r.get(6)?,
+        },
+        content: r.get(7)?,
+        memory_type: MemoryType::parse(&memory_type, "memory_type")
+            .map_err(|_| corrupt("memory_type"))?,
+        source: Source::parse(&source, "source").map_err(|_| corrupt("source"))?,
+        source_ref: r.get(10)?,
+        title: r.get(11)?,
+        tags: serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
+        content_hash: r.get(14)?,
+        embedding_status: EmbeddingStatus::parse(&status, "embedding_status")
+            .map_err(|_| corrupt("embedding_status"))?,
+        embedding_model: r.get(16)?,
+        embedding_updated_at: ts(17)?,
+        embedding_error: r.get(18)?,
+        created_at: from_micros(r.get(19)?),
+        updated_at: from_micros(r.get(20)?),
+        accessed_at: from_micros(r.get(21)?),
+        deleted_at: ts(22)?,
+        valid_from: ts(23)?,
+        valid_to: ts(24)?,
+        version: r.get(25)?,
+        related_ids: serde_json::from_str(&related).map_err(|_| corrupt("related_ids"))?,
+        conversation_id: r.get(27)?,
+    })
+}
+
+fn opt_ts(t: Option<engram_core::Timestamp>) -> Value {
+    t.map(|t| Value::Integer(to_micros(t)))
+        .unwrap_or(Value::Null)
+}
+
+fn opt_text(s: &Option<String>) -> Value {
+    s.clone().map(Value::Text).unwrap_or(Value::Null)
+}
+
+fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+/// The values of every column but `rid`, in `COLUMNS` order.
+fn values(m: &Memory) -> Result<Vec<Value>, StoreError> {
+    Ok(vec![
+        Value::Blob(m.id.as_bytes().to_vec()),
+        Value::Text(m.tenant.as_str().to_owned()),
+        opt_text(&m.scope.user_id),
+        opt_text(&m.scope.agent_id),
+        opt_text(&m.scope.project),
+        opt_text(&m.scope.domain),
+        opt_text(&m.scope.session_id),
+        Value::Text(m.content.clone()),
+        Value::Text(m.memory_type.as_str().into()),
+        Value::Text(m.source.as_str().into()),
+        opt_text(&m.source_ref),
+        opt_text(&m.title),
+        Value::Text(json(&m.tags)?),
+        Value::Text(json(&m.metadata)?),
+        Value::Text(m.content_hash.clone()),
+        Value::Text(m.embedding_status.as_str().into()),
+        opt_text(&m.embedding_model),
+        opt_ts(m.embedding_updated_at),
+        opt_text(&m.embedding_error),
+        Value::Integer(to_micros(m.created_at)),
+        Value::Integer(to_micros(m.updated_at)),
+        Value::Integer(to_micros(m.accessed_at)),
+        opt_ts(m.deleted_at),
+        opt_ts(m.valid_from),
+        opt_ts(m.valid_to),
+        Value::Integer(m.version),
+        Value::Text(json(&m.related_ids)?),
+        opt_text(&m.conversation_id),
+    ])
+}
+
+fn column_names() -> impl Iterator<Item = &'static str> {
+    COLUMNS
+        .split(", ")
+        .map(|c| c.trim().trim_start_matches("m."))
+}
+
+/// Inserts a new memory row and its tags; returns the row id.
+pub(crate) fn insert_row(conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
+    let names: Vec<&str> = column_names().collect();
+    let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "INSERT INTO memories ({}) VALUES ({})",
+        names.join(", "),
+        placeholders.join(", ")
+    );
+    let vals = values(m)?;
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
+        .map_err(db_err)?;
+    let rid = conn.last_insert_rowid();
+    write_tags(conn, m, rid)?;
+    Ok(rid)
+}
+
+/// Overwrites every column of an existing row (matched by id and version) and its tags.
+/// Returns whether a row matched.
+pub(crate) fn update_row(
+    conn: &Connection,
+    m: &Memory,
+    expected_version: i64,
+) -> Result<Option<i64>, StoreError> {
+    let names: Vec<&str> = column_names().collect();
+    let sets: Vec<String> = names
+        .iter()
+        .enumerate()
+        .skip(2) // id and tenant never change
+        .map(|(i, n)| format!("{n} = ?{}", i + 1))
+        .collect();
+    let sql = format!(
+        "UPDATE memories SET {} WHERE id = ?1 AND tenant = ?2 AND version = ?{} AND deleted_at IS NULL RETURNING rid",
+        sets.join(", "),
+        names.len() + 1
+    );
+    let mut params = values(m)?;
+    params.push(Value::Integer(expected_version));
+    let rid: Option<i64> = conn
+        .prepare_cached(&sql)
+        .and_then(|mut s| {
+            let mut rows = s.query(rusqlite::params_from_iter(params))?;
+            rows.next()?.map(|r| r.get(0)).transpose()
+        })
+        .map_err(db_err)?;
+    if let Some(rid) = rid {
+        conn.prepare_cached("DELETE FROM memory_tags WHERE rid = ?1")
+            .and_then(|mut s| s.execute([rid]))
+            .map_err(db_err)?;
+        if m.deleted_at.is_none() {
+            write_tags(conn, m, rid)?;
+        }
+    }
+    Ok(rid)
+}
+
+fn write_tags(conn: &Connection, m: &Memory, rid: i64) -> Result<(), StoreError> {
+    if m.tags.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached("INSERT OR IGNORE INTO memory_tags (tenant, tag, rid) VALUES (?1, ?2, ?3)")
+        .map_err(db_err)?;
+    for t in &m.tags {
+        stmt.execute(rusqlite::params![m.tenant.as_str(), t, rid])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Appends a change record holding the memory's state after the change.
+pub(crate) fn append_change(
+    conn: &Connection,
+    m: &Memory,
+    op: engram_core::ChangeOp,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO changes (tenant, memory_id, op, version, at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(rusqlite::params![
+            m.tenant.as_str(),
+            m.id.as_bytes().as_slice(),
+            op.as_str(),
+            m.version,
+            to_micros(m.updated_at),
+            json(m).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?,
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) fn get_by_id(
+    conn: &Connection,
+    tenant: &str,
+    id: &[u8],
+    include_deleted: bool,
+) -> Result<Option<Memory>, StoreError> {
+    let sql = if include_deleted {
+        format!("SELECT {COLUMNS} FROM memories m WHERE m.id = ?1 AND m.tenant = ?2")
+    } else {
+        format!("SELECT {COLUMNS} FROM memories m WHERE m.id = ?1 AND m.tenant = ?2 AND m.deleted_at IS NULL")
+    };
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+    let mut rows = stmt.query(rusqlite::params![id, tenant]).map_err(db_err)?;
+    match rows.next().map_err(db_err)? {
+        Some(r) => Ok(Some(row_to_memory(r).map_err(db_err)?)),
+        None => Ok(None),
+    }
+}

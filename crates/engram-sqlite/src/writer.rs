@@ -1,0 +1,182 @@
+//! The single writer thread and its group commit.
+//!
+//! Every write is a job sent to one thread that owns the write connection. The thread
+//! takes every job that is waiting, runs each inside its own savepoint (a failing job is
+//! rolled back alone), commits them together with one fsync, and only then answers each
+//! caller. Concurrent writers thus share the cost of durability instead of paying it each.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::{db_err, StoreError};
+
+/// Called once the batch holding the job has committed (or failed to).
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// Most jobs in one transaction.
+const MAX_BATCH: usize = 1024;
+/// How often deferred `accessed_at` updates are written.
+const TOUCH_FLUSH: Duration = Duration::from_millis(500);
+
+pub(crate) type TouchBuffer = Arc<Mutex<Vec<(Vec<u8>, i64)>>>;
+
+pub(crate) struct Writer {
+    tx: Mutex<Option<Sender<Job>>>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) touches: TouchBuffer,
+}
+
+impl Writer {
+    pub(crate) fn start(conn: Connection) -> Writer {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let touches: TouchBuffer = Arc::default();
+        let t = touches.clone();
+        let handle = std::thread::Builder::new()
+            .name("engram-sqlite-writer".into())
+            .spawn(move || run(conn, rx, t))
+            .expect("spawn the sqlite writer thread");
+        Writer {
+            tx: Mutex::new(Some(tx)),
+            handle: Mutex::new(Some(handle)),
+            touches,
+        }
+    }
+
+    /// Runs `f` in the next group commit and resolves once it is durable.
+    pub(crate) async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let started = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let res = in_savepoint(conn, "job", f);
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = reply.send(committed.and(res));
+            })
+        });
+        let sender = self.tx.lock().expect("writer lock").clone();
+        sender
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        let out = rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer stopped mid-write".into()))?;
+        metrics::histogram!("engram_store_op_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Stops accepting writes, writes what is queued (and pending touches), and joins the
+    /// thread.
+    pub(crate) fn close(&self) {
+        drop(self.tx.lock().expect("writer lock").take());
+        if let Some(h) = self.handle.lock().expect("writer lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Runs `f` inside a named savepoint: its changes are kept if it succeeds and undone if
+/// it fails, without affecting the rest of the transaction.
+pub(crate) fn in_savepoint<T>(
+    conn: &Connection,
+    name: &str,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch(&format!("SAVEPOINT {name}"))
+        .map_err(db_err)?;
+    let res = f(conn);
+    let end = if res.is_ok() {
+        format!("RELEASE {name}")
+    } else {
+        format!("ROLLBACK TO {name}; RELEASE {name}")
+    };
+    conn.execute_batch(&end).map_err(db_err)?;
+    res
+}
+
+fn run(conn: Connection, rx: Receiver<Job>, touches: TouchBuffer) {
+    let mut last_touch_flush = Instant::now();
+    let mut open = true;
+    while open {
+        let mut batch = Vec::new();
+        match rx.recv_timeout(TOUCH_FLUSH) {
+            Ok(job) => batch.push(job),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let flush_touches = !open || last_touch_flush.elapsed() >= TOUCH_FLUSH;
+        let pending_touches = if flush_touches {
+            last_touch_flush = Instant::now();
+            std::mem::take(&mut *touches.lock().expect("touch buffer"))
+        } else {
+            Vec::new()
+        };
+        if batch.is_empty() && pending_touches.is_empty() {
+            continue;
+        }
+        commit_batch(&conn, batch, pending_touches);
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+fn commit_batch(conn: &Connection, batch: Vec<Job>, touches: Vec<(Vec<u8>, i64)>) {
+    let started = Instant::now();
+    let n = batch.len();
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Nothing ran. Dropping the jobs drops their reply channels, so every caller gets
+        // `Unavailable` instead of an acknowledgement.
+        tracing::error!(error = %db_err(e), jobs = n, "could not begin a write transaction");
+        return;
+    }
+    let completions: Vec<Completion> = batch.into_iter().map(|job| job(conn)).collect();
+    if !touches.is_empty() {
+        let res = in_savepoint(conn, "touch", |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "UPDATE memories SET accessed_at = MAX(accessed_at, ?2) WHERE id = ?1",
+                )
+                .map_err(db_err)?;
+            for (id, at) in &touches {
+                stmt.execute(rusqlite::params![id, at]).map_err(db_err)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "could not record accessed_at");
+        }
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(db_err);
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    metrics::histogram!("engram_store_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("engram_store_commit_jobs").record(n as f64);
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, jobs = n, "group commit failed");
+    }
+    for c in completions {
+        c(committed.clone());
+    }
+}

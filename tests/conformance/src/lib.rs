@@ -1,0 +1,76 @@
+//! The conformance suite: stories about storage behaviour written against the core's ports
+//! (through `MemoryService` and `KeyService`), never against one backend. Each backend's
+//! test file implements [`Backend`] and expands [`conformance_tests!`], so every backend is
+//! held to the same behaviour: CRUD, filters, pagination, idempotency, the change log,
+//! purges, keys and tenant isolation.
+
+pub mod stories;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use engram_core::{KeyStore, MemoryStore};
+
+/// A fresh, empty pair of stores. `guard` keeps temporary resources alive.
+pub struct Stores {
+    pub memories: Arc<dyn MemoryStore>,
+    pub keys: Arc<dyn KeyStore>,
+    pub guard: Box<dyn Any + Send + Sync>,
+}
+
+/// A backend under test.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A new, empty, isolated store (its own file, database or schema).
+    async fn fresh(&self) -> Stores;
+}
+
+/// Runs an async story on a fresh multi-threaded runtime.
+pub fn run<B, F, Fut>(backend: B, story: F)
+where
+    B: Backend,
+    F: FnOnce(Arc<dyn Backend>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(story(Arc::new(backend)));
+}
+
+/// Expands to one `#[test]` per story for the given backend expression.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($backend:expr) => {
+        $crate::conformance_tests!(@each $backend;
+            create_then_get_round_trips_every_field,
+            idempotency_key_returns_the_original,
+            update_changes_only_given_fields,
+            concurrent_updates_all_land,
+            delete_hides_everywhere,
+            list_filters_agree_with_the_reference,
+            pages_and_cursors_cover_everything_once,
+            bulk_stores_valid_items_when_others_fail,
+            retry_embedding_requeues,
+            touch_records_access,
+            change_log_replays_to_current_state,
+            purge_user_and_tenant_remove_everything,
+            keys_are_hashed_scoped_and_revocable,
+        );
+        #[test]
+        fn tenant_isolation_holds_for_random_interleavings() {
+            $crate::stories::tenant_isolation_property($backend);
+        }
+    };
+    (@each $backend:expr; $($story:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $story() {
+                $crate::run($backend, |b| async move { $crate::stories::$story(b).await });
+            }
+        )+
+    };
+}
