@@ -1,1 +1,11 @@
+//! engram's wire types: the REST request and response bodies, the error body, and the
+//! conversions between them and the core's types. Only this crate decides what goes over
+//! the wire; the core's types may change freely behind it. It parses untrusted JSON into
+//! the core's validated newtypes and names the offending field on every failure.
+//! It knows nothing of HTTP frameworks or storage.
 
+mod json;
+mod memory;
+
+pub use json::{parse_json, JsonError};
+pub use memory::*;

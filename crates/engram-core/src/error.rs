@@ -10,6 +10,7 @@ pub enum ErrorCode {
     ValidationFailed,
     InvalidJson,
     PayloadTooLarge,
+    UnsupportedMediaType,
     Unauthorized,
     NotFound,
     MethodNotAllowed,
@@ -26,6 +27,7 @@ impl ErrorCode {
             ErrorCode::ValidationFailed => ("validation_failed", 422, 3), // INVALID_ARGUMENT
             ErrorCode::InvalidJson => ("invalid_json", 400, 3),
             ErrorCode::PayloadTooLarge => ("payload_too_large", 413, 8), // RESOURCE_EXHAUSTED
+            ErrorCode::UnsupportedMediaType => ("unsupported_media_type", 415, 3),
             ErrorCode::Unauthorized => ("unauthorized", 401, 16),        // UNAUTHENTICATED
             ErrorCode::NotFound => ("not_found", 404, 5),
             ErrorCode::MethodNotAllowed => ("method_not_allowed", 405, 12), // UNIMPLEMENTED
@@ -146,6 +148,7 @@ mod tests {
             ErrorCode::ValidationFailed,
             ErrorCode::InvalidJson,
             ErrorCode::PayloadTooLarge,
+            ErrorCode::UnsupportedMediaType,
             ErrorCode::Unauthorized,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,

@@ -1,1 +1,155 @@
+//! engram's transports. Today: the REST API under `/api/v1` (axum), health and readiness
+//! probes, and Prometheus metrics. Every handler only unpacks the request into the core's
+//! types, calls the one core use case, and maps the result; errors are converted to HTTP
+//! exactly once, in [`error`]. It chooses no backend: the binary hands it trait objects.
 
+pub mod error;
+mod extract;
+mod handlers;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use engram_core::{CoreError, KeyService, MemoryService, MemoryStore};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
+use tracing::Level;
+
+pub use error::ApiError;
+
+/// Something `/readyz` checks.
+#[async_trait]
+pub trait ReadinessCheck: Send + Sync + 'static {
+    /// The check's name in the `/readyz` body.
+    fn name(&self) -> &'static str;
+    /// `Err` says what is wrong and how to fix it.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// The store is reachable.
+pub struct StoreCheck(pub Arc<dyn MemoryStore>);
+
+#[async_trait]
+impl ReadinessCheck for StoreCheck {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub memories: MemoryService,
+    pub keys: KeyService,
+    pub checks: Arc<Vec<Arc<dyn ReadinessCheck>>>,
+}
+
+/// HTTP settings.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Largest accepted request body, in bytes (larger is 413).
+    pub body_limit: usize,
+    /// Longest a request may take before it is answered 503.
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_limit: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+        });
+    let Some(key) = presented else {
+        return ApiError::from(CoreError::Unauthorized).into_response();
+    };
+    match state.keys.authenticate(&key).await {
+        Ok(tenant) => {
+            req.extensions_mut().insert(tenant);
+            next.run(req).await
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
+    let api = Router::new()
+        .route("/memories", post(handlers::create).get(handlers::list))
+        .route("/memories/bulk", post(handlers::bulk_create))
+        .route(
+            "/memories/{id}",
+            get(handlers::get_one)
+                .patch(handlers::update)
+                .delete(handlers::delete),
+        )
+        .route("/memories/{id}/retry-embedding", post(handlers::retry_embedding))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(cfg.body_limit));
+
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(metrics::render))
+        .nest("/api/v1", api)
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(middleware::from_fn(metrics::track))
+        .with_state(state)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CatchPanicLayer::custom(error::panic_response))
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    cfg.request_timeout,
+                )),
+        )
+}
+
+/// Header that marks a create answered from an earlier request with the same
+/// `Idempotency-Key`.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+pub(crate) fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}

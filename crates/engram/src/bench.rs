@@ -1,0 +1,283 @@
+//! `engram bench crud`: CRUD throughput and latency over real HTTP, against an in-process
+//! server on a fresh data directory (or an existing server with `--server`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::Args;
+use engram_api::{BulkCreateResponse, CreateMemoryRequest, ListResponse, MemoryResponse};
+use engram_core::{KeyService, TenantId};
+use rand::prelude::*;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+#[derive(Args, Debug)]
+pub struct CrudArgs {
+    /// Memories in the store when GET and list latencies are measured.
+    #[arg(long, default_value_t = 100_000)]
+    pub memories: usize,
+    /// Creates measured with one client.
+    #[arg(long, default_value_t = 2_000)]
+    pub single_creates: usize,
+    /// Creates measured with 32 concurrent clients.
+    #[arg(long, default_value_t = 20_000)]
+    pub concurrent_creates: usize,
+    /// GET and list requests sampled for latency.
+    #[arg(long, default_value_t = 2_000)]
+    pub samples: usize,
+    /// Data directory (default: a fresh temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const USERS: usize = 100;
+const TYPES: [&str; 4] = ["note", "task", "decision", "fact"];
+const WORDS: [&str; 32] = [
+    "agent", "deploy", "customer", "invoice", "meeting", "schema", "rollback", "latency", "budget",
+    "roadmap", "incident", "database", "release", "feedback", "contract", "design", "migration", "alert",
+    "pricing", "review", "sprint", "ticket", "vendor", "cluster", "backup", "report", "policy", "session",
+    "memory", "search", "index", "cache",
+];
+
+fn memory_request(rng: &mut impl Rng, i: usize) -> CreateMemoryRequest {
+    let n = rng.random_range(20..40);
+    let words: Vec<&str> = (0..n).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect();
+    CreateMemoryRequest {
+        content: format!("Memory {i}: {}.", words.join(" ")),
+        memory_type: Some(TYPES[i % TYPES.len()].into()),
+        user_id: Some(format!("user-{}", i % USERS)),
+        project: Some(format!("project-{}", i % 7)),
+        tags: Some(vec![WORDS[i % WORDS.len()].into(), "bench".into()]),
+        metadata: Some(json!({ "seq": i })),
+        ..Default::default()
+    }
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    if sorted_ms.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * (sorted_ms.len() - 1) as f64).round() as usize;
+    sorted_ms[rank.min(sorted_ms.len() - 1)]
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    async fn create(&self, req: &CreateMemoryRequest) -> anyhow::Result<MemoryResponse> {
+        let r = self
+            .http
+            .post(format!("{}/memories", self.base))
+            .bearer_auth(&self.key)
+            .json(req)
+            .send()
+            .await?;
+        ensure!(r.status() == 201, "create answered {}", r.status());
+        Ok(r.json().await?)
+    }
+}
+
+/// Runs `total` requests over `clients` concurrent workers; returns requests per second.
+async fn concurrent<F, Fut>(clients: usize, total: usize, f: F) -> anyhow::Result<(f64, Vec<String>)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<String>> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let f = f.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                ids.push(f(i).await?);
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let mut ids = Vec::with_capacity(total);
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    Ok((total as f64 / started.elapsed().as_secs_f64(), ids))
+}
+
+pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut cfg = Config::default();
+    cfg.store.data_dir = data_dir.clone();
+    let store = crate::serve::open_store(&cfg)?;
+    let keys = KeyService::new(Arc::new(store.clone()));
+    let (key, _) = keys.create(&TenantId::parse("bench")?).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = engram_server::router(crate::serve::app_state(&store), &crate::serve::http_config(&cfg));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Arc::new(Client {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(60))
+            .build()?,
+        base: format!("http://{addr}/api/v1"),
+        key: key.expose().to_owned(),
+    });
+    let log = |msg: String| {
+        if !args.json {
+            eprintln!("{msg}");
+        }
+    };
+    log(format!("bench crud: server on {addr}, data in {}", data_dir.display()));
+
+    // 1. Creates, one client.
+    let c = client.clone();
+    let (creates_1, mut ids) = concurrent(1, args.single_creates, move |i| {
+        let c = c.clone();
+        async move {
+            let req = memory_request(&mut rand::rng(), i);
+            Ok(c.create(&req).await?.id.to_string())
+        }
+    })
+    .await?;
+    log(format!("creates, 1 client:   {creates_1:>9.0}/s"));
+
+    // 2. Creates, 32 clients.
+    let c = client.clone();
+    let offset = ids.len();
+    let (creates_32, more) = concurrent(32, args.concurrent_creates, move |i| {
+        let c = c.clone();
+        async move {
+            let req = memory_request(&mut rand::rng(), offset + i);
+            Ok(c.create(&req).await?.id.to_string())
+        }
+    })
+    .await?;
+    ids.extend(more);
+    log(format!("creates, 32 clients: {creates_32:>9.0}/s"));
+
+    // 3. Bulk, 100 per request, 4 clients, up to the target size.
+    let remaining = args.memories.saturating_sub(ids.len());
+    let requests = remaining.div_ceil(100);
+    let c = client.clone();
+    let offset = ids.len();
+    let started = Instant::now();
+    let (_, bulk_ids) = concurrent(4, requests, move |r| {
+        let c = c.clone();
+        async move {
+            let n = 100.min(remaining - r * 100);
+            let items: Vec<serde_json::Value> = {
+                let mut rng = rand::rng();
+                (0..n)
+                    .map(|k| serde_json::to_value(memory_request(&mut rng, offset + r * 100 + k)).unwrap_or_default())
+                    .collect()
+            };
+            let resp = c
+                .http
+                .post(format!("{}/memories/bulk", c.base))
+                .bearer_auth(&c.key)
+                .json(&json!({ "memories": items }))
+                .send()
+                .await?;
+            ensure!(resp.status() == 200, "bulk answered {}", resp.status());
+            let body: BulkCreateResponse = resp.json().await?;
+            ensure!(body.failed == 0, "bulk items failed: {:?}", body.errors.first());
+            Ok(body.items.first().map(|i| i.id.to_string()).unwrap_or_default())
+        }
+    })
+    .await?;
+    let bulk_per_s = remaining as f64 / started.elapsed().as_secs_f64();
+    ids.extend(bulk_ids.into_iter().filter(|s| !s.is_empty()));
+    log(format!("bulk inserts:        {bulk_per_s:>9.0} memories/s ({remaining} memories)"));
+
+    // Let deferred work settle before measuring latency.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // 4. GET latency, one client, random ids.
+    let mut rng = rand::rng();
+    let mut get_ms = Vec::with_capacity(args.samples);
+    for _ in 0..args.samples {
+        let id = ids.choose(&mut rng).context("no ids")?;
+        let t = Instant::now();
+        let r = client
+            .http
+            .get(format!("{}/memories/{id}", client.base))
+            .bearer_auth(&client.key)
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "get answered {}", r.status());
+        let _ = r.bytes().await?;
+        get_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    get_ms.sort_by(f64::total_cmp);
+
+    // 5. Filtered list latency: one user's tasks, first page of 20.
+    let mut list_ms = Vec::with_capacity(args.samples);
+    for i in 0..args.samples {
+        let t = Instant::now();
+        let r = client
+            .http
+            .get(format!("{}/memories", client.base))
+            .query(&[
+                ("user_id", format!("user-{}", i % USERS)),
+                ("memory_type", TYPES[i % TYPES.len()].to_owned()),
+                ("per_page", "20".to_owned()),
+            ])
+            .bearer_auth(&client.key)
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "list answered {}", r.status());
+        let body: ListResponse = r.json().await?;
+        ensure!(!body.data.is_empty(), "the filtered list found nothing");
+        list_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    list_ms.sort_by(f64::total_cmp);
+
+    let result = json!({
+        "memories": ids.len().max(args.memories),
+        "creates_per_s_1": creates_1.round(),
+        "creates_per_s_32": creates_32.round(),
+        "bulk_per_s": bulk_per_s.round(),
+        "get_p50_ms": percentile(&get_ms, 0.50),
+        "get_p95_ms": percentile(&get_ms, 0.95),
+        "list_p50_ms": percentile(&list_ms, 0.50),
+        "list_p95_ms": percentile(&list_ms, 0.95),
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        eprintln!(
+            "GET at {} memories:  p50 {:.3} ms  p95 {:.3} ms",
+            args.memories,
+            percentile(&get_ms, 0.5),
+            percentile(&get_ms, 0.95)
+        );
+        eprintln!(
+            "filtered list:       p50 {:.3} ms  p95 {:.3} ms",
+            percentile(&list_ms, 0.5),
+            percentile(&list_ms, 0.95)
+        );
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    }
+    server.abort();
+    store.close();
+    Ok(())
+}

@@ -1,0 +1,391 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use engram_api::{CreateMemoryRequest, ListParams, UpdateMemoryRequest};
+use engram_core::{KeyService, TenantId};
+
+use crate::config::{self, Config};
+use crate::target::Target;
+use crate::{bench, logging, output, serve};
+
+#[derive(Parser, Debug)]
+#[command(name = "engram", version, about = "Long-term memory for AI agents")]
+pub struct Cli {
+    /// Config file (default: ./engram.toml if present; also ENGRAM_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Store a memory.
+    Add(AddArgs),
+    /// Show one memory.
+    Get {
+        id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// List memories, newest first.
+    List(ListArgs),
+    /// Change fields of a memory; the others stay as they are.
+    Update(UpdateArgs),
+    /// Delete a memory (soft delete: it disappears from get, list and search).
+    Delete {
+        id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Manage API keys (works on the local data directory).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Apply pending database migrations and print the schema version.
+    Migrate {
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key for a tenant and print it (it is shown only once).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (their public ids, never the keys themselves).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its public id (the part after `egk_`).
+    Revoke {
+        key_id: String,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print a commented configuration file with every default.
+    Default,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// CRUD throughput and latency over HTTP against an in-process server.
+    Crud(bench::CrudArgs),
+}
+
+/// Where a memory command runs: a server, or the local data directory.
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// Talk to this engram server instead of the local data directory.
+    #[arg(long, env = "ENGRAM_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// API key for --server.
+    #[arg(long, env = "ENGRAM_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Local data directory (when no --server is given).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Tenant for local mode.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// Print JSON instead of human-readable text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ScopeArgs {
+    #[arg(long)]
+    pub user_id: Option<String>,
+    #[arg(long)]
+    pub agent_id: Option<String>,
+    #[arg(long)]
+    pub project: Option<String>,
+    #[arg(long)]
+    pub domain: Option<String>,
+    #[arg(long)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// The memory's text.
+    pub content: String,
+    /// note, meeting, task, insight, decision, contact, file, fact, episode, procedure, incident, custom.
+    #[arg(long = "type")]
+    pub memory_type: Option<String>,
+    #[arg(long)]
+    pub title: Option<String>,
+    /// A tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// manual, chat, file, integration, ai_extracted, import.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Provenance, e.g. history.jsonl:42.
+    #[arg(long)]
+    pub source_ref: Option<String>,
+    /// A JSON object.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Makes a retried add return the original memory.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(long = "type")]
+    pub memory_type: Option<String>,
+    /// Comma-separated; all must match.
+    #[arg(long)]
+    pub tags: Option<String>,
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub embedding_status: Option<String>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[arg(long)]
+    pub created_after: Option<String>,
+    #[arg(long)]
+    pub created_before: Option<String>,
+    /// created_at, updated_at or accessed_at.
+    #[arg(long)]
+    pub sort_by: Option<String>,
+    /// asc or desc.
+    #[arg(long)]
+    pub sort_order: Option<String>,
+    #[arg(long)]
+    pub page: Option<u32>,
+    #[arg(long)]
+    pub per_page: Option<u32>,
+    #[arg(long)]
+    pub cursor: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    pub id: String,
+    #[arg(long)]
+    pub content: Option<String>,
+    #[arg(long = "type")]
+    pub memory_type: Option<String>,
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Replace the tags (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Remove every tag.
+    #[arg(long, conflicts_with = "tags")]
+    pub clear_tags: bool,
+    /// Replace the metadata with this JSON object.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+fn metadata_arg(s: Option<String>) -> anyhow::Result<Option<serde_json::Value>> {
+    s.map(|s| serde_json::from_str(&s).context("--metadata must be a JSON object"))
+        .transpose()
+}
+
+/// Applies the flags that override configuration.
+fn with_data_dir(mut cfg: Config, dir: Option<PathBuf>) -> Config {
+    if let Some(d) = dir {
+        cfg.store.data_dir = d;
+    }
+    cfg
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve { addr, data_dir } => {
+            let mut cfg = with_data_dir(cfg, data_dir);
+            if let Some(a) = addr {
+                cfg.server.addr = a;
+            }
+            logging::init(&cfg.log);
+            serve::run(cfg).await?;
+        }
+        Command::Add(a) => {
+            let target = Target::open(&cfg, &a.target).await?;
+            let req = CreateMemoryRequest {
+                content: a.content,
+                memory_type: a.memory_type,
+                source: a.source,
+                source_ref: a.source_ref,
+                title: a.title,
+                tags: (!a.tags.is_empty()).then_some(a.tags),
+                metadata: metadata_arg(a.metadata)?,
+                user_id: a.scope.user_id,
+                agent_id: a.scope.agent_id,
+                project: a.scope.project,
+                domain: a.scope.domain,
+                session_id: a.scope.session_id,
+                ..Default::default()
+            };
+            let m = target.add(req, a.idempotency_key).await?;
+            output::memory(&m, a.target.json);
+        }
+        Command::Get { id, target } => {
+            let t = Target::open(&cfg, &target).await?;
+            output::memory(&t.get(&id).await?, target.json);
+        }
+        Command::List(a) => {
+            let t = Target::open(&cfg, &a.target).await?;
+            let params = ListParams {
+                page: a.page.map(|p| p.to_string()),
+                per_page: a.per_page.map(|p| p.to_string()),
+                cursor: a.cursor,
+                memory_type: a.memory_type,
+                tags: a.tags,
+                source: a.source,
+                embedding_status: a.embedding_status,
+                user_id: a.scope.user_id,
+                agent_id: a.scope.agent_id,
+                project: a.scope.project,
+                domain: a.scope.domain,
+                session_id: a.scope.session_id,
+                created_after: a.created_after,
+                created_before: a.created_before,
+                sort_by: a.sort_by,
+                sort_order: a.sort_order,
+            };
+            output::list(&t.list(params).await?, a.target.json);
+        }
+        Command::Update(a) => {
+            let t = Target::open(&cfg, &a.target).await?;
+            let tags = if a.clear_tags {
+                Some(None)
+            } else {
+                (!a.tags.is_empty()).then_some(Some(a.tags))
+            };
+            let req = UpdateMemoryRequest {
+                content: a.content.map(Some),
+                memory_type: a.memory_type.map(Some),
+                title: a.title.map(Some),
+                tags,
+                metadata: metadata_arg(a.metadata)?.map(Some),
+                user_id: a.scope.user_id.map(Some),
+                agent_id: a.scope.agent_id.map(Some),
+                project: a.scope.project.map(Some),
+                domain: a.scope.domain.map(Some),
+                session_id: a.scope.session_id.map(Some),
+                ..Default::default()
+            };
+            output::memory(&t.update(&a.id, req).await?, a.target.json);
+        }
+        Command::Delete { id, target } => {
+            let t = Target::open(&cfg, &target).await?;
+            t.delete(&id).await?;
+            output::deleted(&id, target.json);
+        }
+        Command::Keys { command } => keys(cfg, command).await?,
+        Command::Migrate { data_dir } => {
+            let cfg = with_data_dir(cfg, data_dir);
+            let store = serve::open_store(&cfg)?;
+            let r = store.migration_report().clone();
+            store.close();
+            if r.applied.is_empty() {
+                println!("schema is up to date at version {}", r.current);
+            } else {
+                for (v, name) in &r.applied {
+                    println!("applied migration {v} ({name})");
+                }
+                println!("schema is now at version {}", r.current);
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => print!("{}", config::DEFAULT_TOML),
+        Command::Bench {
+            command: BenchCommand::Crud(args),
+        } => bench::crud(args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(cfg: Config, command: KeysCommand) -> anyhow::Result<()> {
+    let (data_dir, json) = match &command {
+        KeysCommand::Create { data_dir, json, .. }
+        | KeysCommand::List { data_dir, json, .. }
+        | KeysCommand::Revoke { data_dir, json, .. } => (data_dir.clone(), *json),
+    };
+    let cfg = with_data_dir(cfg, data_dir);
+    let store = serve::open_store(&cfg)?;
+    let keys = KeyService::new(std::sync::Arc::new(store.clone()));
+    let res = async {
+        match command {
+            KeysCommand::Create { tenant, .. } => {
+                let tenant = TenantId::parse(&tenant)?;
+                let (key, record) = keys.create(&tenant).await?;
+                output::key_created(key.expose(), &record, json);
+            }
+            KeysCommand::List { tenant, .. } => {
+                let tenant = tenant.map(|t| TenantId::parse(&t)).transpose()?;
+                output::key_list(&keys.list(tenant.as_ref()).await?, json);
+            }
+            KeysCommand::Revoke { key_id, .. } => {
+                keys.revoke(&key_id).await?;
+                output::key_revoked(&key_id, json);
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    store.close();
+    res
+}

@@ -1,0 +1,103 @@
+//! `engram serve`: wires the chosen backends into the core and the HTTP server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use engram_core::{KeyService, MemoryService, TenantId};
+use engram_server::{AppState, HttpConfig, StoreCheck};
+use engram_sqlite::{SqliteConfig, SqliteStore};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// Opens the embedded store named by the configuration (running migrations).
+pub fn open_store(cfg: &Config) -> anyhow::Result<SqliteStore> {
+    let sc = SqliteConfig {
+        data_dir: cfg.store.data_dir.clone(),
+        readers: cfg.store.readers,
+    };
+    SqliteStore::open(&sc).with_context(|| format!("cannot open the store in {}", cfg.store.data_dir.display()))
+}
+
+/// The application state over one store.
+pub fn app_state(store: &SqliteStore) -> AppState {
+    let memories = Arc::new(store.clone());
+    AppState {
+        memories: MemoryService::new(memories.clone()),
+        keys: KeyService::new(Arc::new(store.clone())),
+        checks: Arc::new(vec![Arc::new(StoreCheck(memories))]),
+    }
+}
+
+pub fn http_config(cfg: &Config) -> HttpConfig {
+    HttpConfig {
+        body_limit: cfg.server.body_limit_bytes,
+        request_timeout: Duration::from_secs(cfg.server.request_timeout_secs.max(1)),
+    }
+}
+
+/// On a store with no API key at all, creates one for the `default` tenant and prints it.
+async fn first_key(keys: &KeyService) -> anyhow::Result<()> {
+    if keys.any().await? {
+        return Ok(());
+    }
+    let tenant = TenantId::parse("default")?;
+    let (key, record) = keys.create(&tenant).await?;
+    println!("No API key existed, so one was created for tenant `default` (id {}).", record.id);
+    println!("It is shown only this once; keep it:");
+    println!();
+    println!("    {}", key.expose());
+    println!();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    engram_server::metrics::install();
+    let store = open_store(&cfg)?;
+    let report = store.migration_report();
+    tracing::info!(
+        data_dir = %cfg.store.data_dir.display(),
+        schema_version = report.current,
+        migrations_applied = report.applied.len(),
+        "store opened"
+    );
+    let state = app_state(&store);
+    first_key(&state.keys).await?;
+    let listener = TcpListener::bind(cfg.server.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.addr))?;
+    let addr = listener.local_addr()?;
+    println!("engram listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+    let app = engram_server::router(state, &http_config(&cfg));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server error")?;
+    store.close();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Where memory commands run: the local data directory (calling the core directly) or a
+//! server over HTTP. Both speak the API's DTOs, so output is the same either way.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use engram_api::{
+    CreateMemoryRequest, ErrorBody, ListParams, ListResponse, MemoryResponse, UpdateMemoryRequest,
+};
+use engram_core::{CoreError, MemoryId, MemoryService, TenantId};
+use engram_sqlite::SqliteStore;
+
+use crate::cli::TargetArgs;
+use crate::config::Config;
+
+pub enum Target {
+    Local {
+        svc: MemoryService,
+        store: SqliteStore,
+        tenant: TenantId,
+    },
+    Remote {
+        http: reqwest::Client,
+        base: String,
+        key: String,
+    },
+}
+
+/// A core error, worded as the server would word it.
+fn core(e: CoreError) -> anyhow::Error {
+    let body = ErrorBody::from(&e);
+    describe(&body)
+}
+
+fn describe(b: &ErrorBody) -> anyhow::Error {
+    match &b.error.field {
+        Some(f) => anyhow!("{} ({}, field `{f}`)", b.error.message, b.error.code),
+        None => anyhow!("{} ({})", b.error.message, b.error.code),
+    }
+}
+
+impl Target {
+    pub async fn open(cfg: &Config, args: &TargetArgs) -> anyhow::Result<Target> {
+        match &args.server {
+            Some(url) => {
+                let key = args
+                    .key
+                    .clone()
+                    .context("--server needs --key KEY (or ENGRAM_KEY); create one with `engram keys create`")?;
+                Ok(Target::Remote {
+                    http: reqwest::Client::builder()
+                        .timeout(std::time::Duration::from_secs(60))
+                        .build()?,
+                    base: format!("{}/api/v1", url.trim_end_matches('/')),
+                    key,
+                })
+            }
+            None => {
+                let mut cfg = cfg.clone();
+                if let Some(d) = &args.data_dir {
+                    cfg.store.data_dir = d.clone();
+                }
+                let store = crate::serve::open_store(&cfg)?;
+                Ok(Target::Local {
+                    svc: MemoryService::new(Arc::new(store.clone())),
+                    store,
+                    tenant: TenantId::parse(&args.tenant).map_err(core)?,
+                })
+            }
+        }
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<Option<T>> {
+        let Target::Remote { key, .. } = self else {
+            unreachable!("send is only called in remote mode")
+        };
+        let resp = req
+            .bearer_auth(key)
+            .send()
+            .await
+            .context("could not reach the engram server")?;
+        let status = resp.status();
+        if status.is_success() {
+            if status == reqwest::StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            return Ok(Some(resp.json().await.context("unexpected response body")?));
+        }
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => Err(describe(&b)),
+            Err(_) => Err(anyhow!("server answered {status}: {text}")),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        match self {
+            Target::Remote { base, .. } => format!("{base}{path}"),
+            Target::Local { .. } => String::new(),
+        }
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        match self {
+            Target::Remote { http, .. } => http,
+            Target::Local { .. } => unreachable!("http is only used in remote mode"),
+        }
+    }
+
+    pub async fn add(&self, req: CreateMemoryRequest, idempotency_key: Option<String>) -> anyhow::Result<MemoryResponse> {
+        match self {
+            Target::Local { svc, tenant, .. } => {
+                let new = req.into_domain().map_err(core)?;
+                let (m, _) = svc
+                    .remember(tenant, new, idempotency_key.as_deref())
+                    .await
+                    .map_err(core)?;
+                Ok(m.into())
+            }
+            Target::Remote { .. } => {
+                let mut r = self.http().post(self.url("/memories")).json(&req);
+                if let Some(k) = idempotency_key {
+                    r = r.header("Idempotency-Key", k);
+                }
+                self.send(r).await?.context("empty response")
+            }
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> anyhow::Result<MemoryResponse> {
+        match self {
+            Target::Local { svc, tenant, .. } => {
+                let id = MemoryId::parse(id, "id").map_err(core)?;
+                Ok(svc.get(tenant, id).await.map_err(core)?.into())
+            }
+            Target::Remote { .. } => {
+                let r = self.http().get(self.url(&format!("/memories/{id}")));
+                self.send(r).await?.context("empty response")
+            }
+        }
+    }
+
+    pub async fn list(&self, params: ListParams) -> anyhow::Result<ListResponse> {
+        match self {
+            Target::Local { svc, tenant, .. } => {
+                let q = params.into_domain().map_err(core)?;
+                Ok(svc.list(tenant, &q).await.map_err(core)?.into())
+            }
+            Target::Remote { .. } => {
+                let r = self.http().get(self.url("/memories")).query(&params);
+                self.send(r).await?.context("empty response")
+            }
+        }
+    }
+
+    pub async fn update(&self, id: &str, req: UpdateMemoryRequest) -> anyhow::Result<MemoryResponse> {
+        match self {
+            Target::Local { svc, tenant, .. } => {
+                let id = MemoryId::parse(id, "id").map_err(core)?;
+                let patch = req.into_domain().map_err(core)?;
+                Ok(svc.update(tenant, id, patch).await.map_err(core)?.into())
+            }
+            Target::Remote { .. } => {
+                let r = self.http().patch(self.url(&format!("/memories/{id}"))).json(&req);
+                self.send(r).await?.context("empty response")
+            }
+        }
+    }
+
+    pub async fn delete(&self, id: &str) -> anyhow::Result<()> {
+        match self {
+            Target::Local { svc, tenant, .. } => {
+                let id = MemoryId::parse(id, "id").map_err(core)?;
+                svc.forget(tenant, id).await.map_err(core)
+            }
+            Target::Remote { .. } => {
+                let r = self.http().delete(self.url(&format!("/memories/{id}")));
+                self.send::<serde_json::Value>(r).await.map(|_| ())
+            }
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Target::Local { store, .. } = self {
+            // Flush deferred writes (accessed_at) before the process exits.
+            store.close();
+        }
+    }
+}
