@@ -22,7 +22,11 @@ fn quoted(msg: &str) -> Option<&str> {
 /// field that failed.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => return Err(JsonError::Syntax("the body is empty; send a JSON object".into())),
+        None => {
+            return Err(JsonError::Syntax(
+                "the body is empty; send a JSON object".into(),
+            ))
+        }
         Some(b'{') => {}
         Some(_) if serde_json::from_slice::<serde_json::Value>(bytes).is_ok() => {
             return Err(JsonError::Data {
@@ -32,21 +36,33 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
         }
         Some(_) => {}
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let res: Result<T, _> = serde_path_to_error::deserialize(de);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let res: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let err = match res {
-        Ok(v) => return Ok(v),
+        Ok(v) => {
+            // Anything but whitespace after the object is malformed.
+            return de
+                .end()
+                .map(|()| v)
+                .map_err(|e| JsonError::Syntax(format!("malformed JSON: {e}")));
+        }
         Err(e) => e,
     };
     let path = err.path().to_string();
     let inner = err.into_inner();
     use serde_json::error::Category;
     match inner.classify() {
-        Category::Syntax | Category::Eof | Category::Io => Err(JsonError::Syntax(format!("malformed JSON: {inner}"))),
+        Category::Syntax | Category::Eof | Category::Io => {
+            Err(JsonError::Syntax(format!("malformed JSON: {inner}")))
+        }
         Category::Data => {
             let msg = inner.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-            let parent = if path == "." { String::new() } else { path.clone() };
+            let parent = if path == "." {
+                String::new()
+            } else {
+                path.clone()
+            };
             let field = if msg.starts_with("unknown field") || msg.starts_with("missing field") {
                 match quoted(&msg) {
                     Some(name) if parent.is_empty() || parent.ends_with(name) => {
@@ -62,7 +78,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
             } else {
                 parent
             };
-            Err(JsonError::Data { field, message: msg })
+            Err(JsonError::Data {
+                field,
+                message: msg,
+            })
         }
     }
 }

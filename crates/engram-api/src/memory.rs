@@ -3,8 +3,8 @@
 use engram_core::filter::{Position, PAGE_MAX, PER_PAGE_DEFAULT, PER_PAGE_MAX};
 use engram_core::validate::{parse_related_ids, Content, Label, Metadata, Tags, Title};
 use engram_core::{
-    BulkItemResult, CoreError, EmbeddingStatus, ListQuery, Listing, Memory, MemoryFilter, MemoryId, MemoryPatch,
-    MemoryType, NewMemory, PageToken, SortBy, SortOrder, Source, Timestamp,
+    BulkItemResult, CoreError, EmbeddingStatus, ListQuery, Listing, Memory, MemoryFilter, MemoryId,
+    MemoryPatch, MemoryType, NewMemory, PageToken, SortBy, SortOrder, Source, Timestamp,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -20,7 +20,10 @@ where
 
 fn timestamp(s: &str, field: &str) -> Result<Timestamp, CoreError> {
     engram_core::time::parse_rfc3339(s).ok_or_else(|| {
-        CoreError::validation(field, "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z")
+        CoreError::validation(
+            field,
+            "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z",
+        )
     })
 }
 
@@ -28,12 +31,19 @@ fn label(v: Option<String>, field: &str) -> Result<Option<Label>, CoreError> {
     v.map(|s| Label::parse(s, field)).transpose()
 }
 
-fn nullable_label(v: Option<Option<String>>, field: &str) -> Result<Option<Option<Label>>, CoreError> {
+fn nullable_label(
+    v: Option<Option<String>>,
+    field: &str,
+) -> Result<Option<Option<Label>>, CoreError> {
     v.map(|o| label(o, field)).transpose()
 }
 
-fn nullable_ts(v: Option<Option<String>>, field: &str) -> Result<Option<Option<Timestamp>>, CoreError> {
-    v.map(|o| o.map(|s| timestamp(&s, field)).transpose()).transpose()
+fn nullable_ts(
+    v: Option<Option<String>>,
+    field: &str,
+) -> Result<Option<Option<Timestamp>>, CoreError> {
+    v.map(|o| o.map(|s| timestamp(&s, field)).transpose())
+        .transpose()
 }
 
 /// `POST /api/v1/memories`, and each item of a bulk create.
@@ -112,8 +122,14 @@ impl CreateMemoryRequest {
             project: label(self.project, "project")?,
             domain: label(self.domain, "domain")?,
             session_id: label(self.session_id, "session_id")?,
-            valid_from: self.valid_from.map(|s| timestamp(&s, "valid_from")).transpose()?,
-            valid_to: self.valid_to.map(|s| timestamp(&s, "valid_to")).transpose()?,
+            valid_from: self
+                .valid_from
+                .map(|s| timestamp(&s, "valid_from"))
+                .transpose()?,
+            valid_to: self
+                .valid_to
+                .map(|s| timestamp(&s, "valid_to"))
+                .transpose()?,
             related_ids: parse_related_ids(&self.related_ids.unwrap_or_default(), "related_ids")?,
             conversation_id: label(self.conversation_id, "conversation_id")?,
         };
@@ -127,37 +143,101 @@ impl CreateMemoryRequest {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMemoryRequest {
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub content: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory_type: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source_ref: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub title: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tags: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub metadata: Option<Option<Value>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user_id: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub agent_id: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub project: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub domain: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub session_id: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub valid_from: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub valid_to: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub related_ids: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub conversation_id: Option<Option<String>>,
 }
 
@@ -183,7 +263,10 @@ impl UpdateMemoryRequest {
                 .transpose()?,
             source_ref: self
                 .source_ref
-                .map(|o| o.map(|s| Label::parse_source_ref(s, "source_ref")).transpose())
+                .map(|o| {
+                    o.map(|s| Label::parse_source_ref(s, "source_ref"))
+                        .transpose()
+                })
                 .transpose()?,
             title: self
                 .title
@@ -196,7 +279,12 @@ impl UpdateMemoryRequest {
                 .transpose()?,
             metadata: self
                 .metadata
-                .map(|o| Metadata::parse(o.unwrap_or_else(|| Value::Object(Default::default())), "metadata"))
+                .map(|o| {
+                    Metadata::parse(
+                        o.unwrap_or_else(|| Value::Object(Default::default())),
+                        "metadata",
+                    )
+                })
                 .transpose()?,
             user_id: nullable_label(self.user_id, "user_id")?,
             agent_id: nullable_label(self.agent_id, "agent_id")?,
@@ -326,7 +414,9 @@ fn number(s: &str, field: &str, min: u32, max: u32) -> Result<u32, CoreError> {
         .parse::<u32>()
         .ok()
         .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| CoreError::validation(field, format!("must be an integer from {min} to {max}")))
+        .ok_or_else(|| {
+            CoreError::validation(field, format!("must be an integer from {min} to {max}"))
+        })
 }
 
 fn filter_label(v: Option<String>, field: &str) -> Result<Option<String>, CoreError> {
@@ -349,7 +439,10 @@ impl ListParams {
                     .map(|s| MemoryType::parse(&s, "memory_type"))
                     .transpose()?,
                 tags,
-                source: self.source.map(|s| Source::parse(&s, "source")).transpose()?,
+                source: self
+                    .source
+                    .map(|s| Source::parse(&s, "source"))
+                    .transpose()?,
                 embedding_status: self
                     .embedding_status
                     .map(|s| EmbeddingStatus::parse(&s, "embedding_status"))
@@ -368,7 +461,11 @@ impl ListParams {
                     .map(|s| timestamp(&s, "created_before"))
                     .transpose()?,
             },
-            sort_by: self.sort_by.map(|s| SortBy::parse(&s)).transpose()?.unwrap_or_default(),
+            sort_by: self
+                .sort_by
+                .map(|s| SortBy::parse(&s))
+                .transpose()?
+                .unwrap_or_default(),
             sort_order: self
                 .sort_order
                 .map(|s| SortOrder::parse(&s))
@@ -383,7 +480,10 @@ impl ListParams {
         };
         match (self.page, self.cursor) {
             (Some(_), Some(_)) => {
-                return Err(CoreError::validation("cursor", "send either page or cursor, not both"))
+                return Err(CoreError::validation(
+                    "cursor",
+                    "send either page or cursor, not both",
+                ))
             }
             (Some(p), None) => q.position = Position::Page(number(&p, "page", 1, PAGE_MAX)?),
             (None, Some(c)) => PageToken::resume(&mut q, &c)?,
@@ -479,7 +579,9 @@ impl BulkCreateRequest {
                 let bytes = serde_json::to_vec(&v).unwrap_or_default();
                 match crate::parse_json::<CreateMemoryRequest>(&bytes) {
                     Ok(req) => req.into_domain(),
-                    Err(crate::JsonError::Data { field, message }) => Err(CoreError::validation(field, message)),
+                    Err(crate::JsonError::Data { field, message }) => {
+                        Err(CoreError::validation(field, message))
+                    }
                     Err(crate::JsonError::Syntax(m)) => Err(CoreError::validation("", m)),
                 }
             })
@@ -493,13 +595,21 @@ impl BulkCreateResponse {
         let mut errors = Vec::new();
         for (index, r) in results.into_iter().enumerate() {
             match r {
-                BulkItemResult::Created(m) => items.push(BulkItem { index, id: m.id, status: "created".into() }),
-                BulkItemResult::Replayed(m) => items.push(BulkItem { index, id: m.id, status: "replayed".into() }),
+                BulkItemResult::Created(m) => items.push(BulkItem {
+                    index,
+                    id: m.id,
+                    status: "created".into(),
+                }),
+                BulkItemResult::Replayed(m) => items.push(BulkItem {
+                    index,
+                    id: m.id,
+                    status: "replayed".into(),
+                }),
                 BulkItemResult::Failed(e) => errors.push(BulkError {
                     index,
                     code: e.code().as_str().to_owned(),
                     message: e.to_string(),
-                    field: e.field().map(str::to_owned),
+                    field: e.field().filter(|f| !f.is_empty()).map(str::to_owned),
                 }),
             }
         }
@@ -539,7 +649,11 @@ impl ErrorBody {
 
 impl From<&CoreError> for ErrorBody {
     fn from(e: &CoreError) -> Self {
-        ErrorBody::new(e.code().as_str(), e.to_string(), e.field().map(str::to_owned))
+        ErrorBody::new(
+            e.code().as_str(),
+            e.to_string(),
+            e.field().map(str::to_owned),
+        )
     }
 }
 
@@ -561,11 +675,28 @@ mod tests {
             parse_json::<CreateMemoryRequest>(b"{\"content\": "),
             Err(JsonError::Syntax(_))
         ));
-        assert!(matches!(parse_json::<CreateMemoryRequest>(b""), Err(JsonError::Syntax(_))));
-        assert_eq!(data_field(parse_json(br#"{"content":"x","colour":1}"#)), "colour");
+        assert!(matches!(
+            parse_json::<CreateMemoryRequest>(b""),
+            Err(JsonError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse_json::<CreateMemoryRequest>(br#"{"content":"x"} {}"#),
+            Err(JsonError::Syntax(_))
+        ));
+        assert!(parse_json::<CreateMemoryRequest>(b" {\"content\":\"x\"} \n").is_ok());
+        assert_eq!(
+            data_field(parse_json(br#"{"content":"x","colour":1}"#)),
+            "colour"
+        );
         assert_eq!(data_field(parse_json(br#"{"title":"x"}"#)), "content");
-        assert_eq!(data_field(parse_json(br#"{"content":"x","tags":"a"}"#)), "tags");
-        assert_eq!(data_field(parse_json(br#"{"content":"x","tags":["a",2]}"#)), "tags[1]");
+        assert_eq!(
+            data_field(parse_json(br#"{"content":"x","tags":"a"}"#)),
+            "tags"
+        );
+        assert_eq!(
+            data_field(parse_json(br#"{"content":"x","tags":["a",2]}"#)),
+            "tags[1]"
+        );
         assert_eq!(data_field(parse_json(br#"{"content":5}"#)), "content");
         assert_eq!(data_field(parse_json(br#"[1]"#)), "");
     }
@@ -584,21 +715,77 @@ mod tests {
     #[test]
     fn list_params_validate_each_field() {
         let field = |p: ListParams| p.into_domain().unwrap_err().field().unwrap().to_owned();
-        assert_eq!(field(ListParams { per_page: Some("0".into()), ..Default::default() }), "per_page");
-        assert_eq!(field(ListParams { per_page: Some("101".into()), ..Default::default() }), "per_page");
-        assert_eq!(field(ListParams { page: Some("x".into()), ..Default::default() }), "page");
-        assert_eq!(field(ListParams { sort_by: Some("size".into()), ..Default::default() }), "sort_by");
-        assert_eq!(field(ListParams { sort_order: Some("up".into()), ..Default::default() }), "sort_order");
-        assert_eq!(field(ListParams { created_after: Some("yesterday".into()), ..Default::default() }), "created_after");
-        assert_eq!(field(ListParams { memory_type: Some("poem".into()), ..Default::default() }), "memory_type");
-        assert_eq!(field(ListParams { cursor: Some("zzz".into()), ..Default::default() }), "cursor");
         assert_eq!(
-            field(ListParams { cursor: Some("zzz".into()), page: Some("1".into()), ..Default::default() }),
+            field(ListParams {
+                per_page: Some("0".into()),
+                ..Default::default()
+            }),
+            "per_page"
+        );
+        assert_eq!(
+            field(ListParams {
+                per_page: Some("101".into()),
+                ..Default::default()
+            }),
+            "per_page"
+        );
+        assert_eq!(
+            field(ListParams {
+                page: Some("x".into()),
+                ..Default::default()
+            }),
+            "page"
+        );
+        assert_eq!(
+            field(ListParams {
+                sort_by: Some("size".into()),
+                ..Default::default()
+            }),
+            "sort_by"
+        );
+        assert_eq!(
+            field(ListParams {
+                sort_order: Some("up".into()),
+                ..Default::default()
+            }),
+            "sort_order"
+        );
+        assert_eq!(
+            field(ListParams {
+                created_after: Some("yesterday".into()),
+                ..Default::default()
+            }),
+            "created_after"
+        );
+        assert_eq!(
+            field(ListParams {
+                memory_type: Some("poem".into()),
+                ..Default::default()
+            }),
+            "memory_type"
+        );
+        assert_eq!(
+            field(ListParams {
+                cursor: Some("zzz".into()),
+                ..Default::default()
+            }),
             "cursor"
         );
-        let q = ListParams { tags: Some("a, b,,".into()), per_page: Some("100".into()), ..Default::default() }
-            .into_domain()
-            .unwrap();
+        assert_eq!(
+            field(ListParams {
+                cursor: Some("zzz".into()),
+                page: Some("1".into()),
+                ..Default::default()
+            }),
+            "cursor"
+        );
+        let q = ListParams {
+            tags: Some("a, b,,".into()),
+            per_page: Some("100".into()),
+            ..Default::default()
+        }
+        .into_domain()
+        .unwrap();
         assert_eq!(q.filter.tags, vec!["a", "b"]);
         assert_eq!(q.per_page, 100);
     }

@@ -28,7 +28,7 @@ impl ErrorCode {
             ErrorCode::InvalidJson => ("invalid_json", 400, 3),
             ErrorCode::PayloadTooLarge => ("payload_too_large", 413, 8), // RESOURCE_EXHAUSTED
             ErrorCode::UnsupportedMediaType => ("unsupported_media_type", 415, 3),
-            ErrorCode::Unauthorized => ("unauthorized", 401, 16),        // UNAUTHENTICATED
+            ErrorCode::Unauthorized => ("unauthorized", 401, 16), // UNAUTHENTICATED
             ErrorCode::NotFound => ("not_found", 404, 5),
             ErrorCode::MethodNotAllowed => ("method_not_allowed", 405, 12), // UNIMPLEMENTED
             ErrorCode::IdempotencyKeyReused => ("idempotency_key_reused", 409, 6), // ALREADY_EXISTS

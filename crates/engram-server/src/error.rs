@@ -38,7 +38,8 @@ impl From<CoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = if status.is_server_error() {
             // Details are logged once, here, and never sent to the client.
             tracing::error!(code = self.code.as_str(), error = %self.message, "request failed");
@@ -68,5 +69,10 @@ pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
         .map(String::as_str)
         .or_else(|| err.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    ApiError::new(ErrorCode::Internal, format!("handler panicked: {detail}"), None).into_response()
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("handler panicked: {detail}"),
+        None,
+    )
+    .into_response()
 }

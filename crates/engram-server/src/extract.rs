@@ -37,7 +37,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     None,
                 )
             } else {
-                ApiError::new(ErrorCode::InvalidJson, format!("could not read the body: {rej}"), None)
+                ApiError::new(
+                    ErrorCode::InvalidJson,
+                    format!("could not read the body: {rej}"),
+                    None,
+                )
             }
         })?;
         match parse_json::<T>(&bytes) {
@@ -60,13 +64,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str::<T>(q).map(QueryParams).map_err(|e| {
-            let msg = e.to_string();
-            let field = msg
-                .find('`')
-                .and_then(|s| msg[s + 1..].find('`').map(|l| msg[s + 1..s + 1 + l].to_owned()));
-            ApiError::new(ErrorCode::ValidationFailed, format!("bad query string: {msg}"), field)
-        })
+        serde_urlencoded::from_str::<T>(q)
+            .map(QueryParams)
+            .map_err(|e| {
+                let msg = e.to_string();
+                let field = msg.find('`').and_then(|s| {
+                    msg[s + 1..]
+                        .find('`')
+                        .map(|l| msg[s + 1..s + 1 + l].to_owned())
+                });
+                ApiError::new(
+                    ErrorCode::ValidationFailed,
+                    format!("bad query string: {msg}"),
+                    field,
+                )
+            })
     }
 }
 
@@ -77,9 +89,18 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::ValidationFailed, e.to_string(), Some("id".into())))?;
-        MemoryId::parse(&raw, "id").map(IdPath).map_err(ApiError::from)
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::ValidationFailed,
+                        e.to_string(),
+                        Some("id".into()),
+                    )
+                })?;
+        MemoryId::parse(&raw, "id")
+            .map(IdPath)
+            .map_err(ApiError::from)
     }
 }

@@ -5,8 +5,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engram_api::{
-    BulkCreateRequest, BulkCreateResponse, CreateMemoryRequest, ListParams, ListResponse, MemoryResponse,
-    UpdateMemoryRequest,
+    BulkCreateRequest, BulkCreateResponse, CreateMemoryRequest, ListParams, ListResponse,
+    MemoryResponse, UpdateMemoryRequest,
 };
 use engram_core::{ErrorCode, TenantId};
 use serde_json::json;
@@ -38,10 +38,14 @@ pub async fn create(
 ) -> Result<Response> {
     let key = idempotency_key(&headers)?;
     let new = req.into_domain()?;
-    let (memory, replayed) = state.memories.remember(&tenant, new, key.as_deref()).await?;
+    let (memory, replayed) = state
+        .memories
+        .remember(&tenant, new, key.as_deref())
+        .await?;
     let location = format!("/api/v1/memories/{}", memory.id);
     let mut resp = (StatusCode::CREATED, Json(MemoryResponse::from(memory))).into_response();
-    resp.headers_mut().insert(header::LOCATION, header_value(&location));
+    resp.headers_mut()
+        .insert(header::LOCATION, header_value(&location));
     if replayed {
         resp.headers_mut()
             .insert(REPLAYED_HEADER, header::HeaderValue::from_static("true"));
@@ -57,7 +61,10 @@ pub async fn bulk_create(
 ) -> Result<Json<BulkCreateResponse>> {
     let key = idempotency_key(&headers)?;
     let items = req.into_domain()?;
-    let results = state.memories.remember_bulk(&tenant, items, key.as_deref()).await?;
+    let results = state
+        .memories
+        .remember_bulk(&tenant, items, key.as_deref())
+        .await?;
     Ok(Json(BulkCreateResponse::from_results(results)))
 }
 
@@ -85,7 +92,9 @@ pub async fn update(
     JsonBody(req): JsonBody<UpdateMemoryRequest>,
 ) -> Result<Json<MemoryResponse>> {
     let patch = req.into_domain()?;
-    Ok(Json(state.memories.update(&tenant, id, patch).await?.into()))
+    Ok(Json(
+        state.memories.update(&tenant, id, patch).await?.into(),
+    ))
 }
 
 pub async fn delete(
@@ -102,7 +111,9 @@ pub async fn retry_embedding(
     Extension(tenant): Extension<TenantId>,
     IdPath(id): IdPath,
 ) -> Result<Json<MemoryResponse>> {
-    Ok(Json(state.memories.retry_embedding(&tenant, id).await?.into()))
+    Ok(Json(
+        state.memories.retry_embedding(&tenant, id).await?.into(),
+    ))
 }
 
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -122,15 +133,27 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         };
         checks.insert(c.name().to_owned(), entry);
     }
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks });
     (status, Json(body)).into_response()
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such route; the API lives under /api/v1", None)
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such route; the API lives under /api/v1",
+        None,
+    )
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method", None)
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method",
+        None,
+    )
 }

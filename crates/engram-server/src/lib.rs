@@ -82,7 +82,9 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
         });
     let Some(key) = presented else {
         return ApiError::from(CoreError::Unauthorized).into_response();
@@ -116,7 +118,10 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
                 .patch(handlers::update)
                 .delete(handlers::delete),
         )
-        .route("/memories/{id}/retry-embedding", post(handlers::retry_embedding))
+        .route(
+            "/memories/{id}/retry-embedding",
+            post(handlers::retry_embedding),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(cfg.body_limit));
 
@@ -135,7 +140,11 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
+                        .on_response(
+                            DefaultOnResponse::new()
+                                .level(Level::INFO)
+                                .latency_unit(LatencyUnit::Micros),
+                        ),
                 )
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(CatchPanicLayer::custom(error::panic_response))

@@ -527,6 +527,11 @@ impl MemoryStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if !self.inner.writer.is_open() {
+            return Err(StoreError::Unavailable(
+                "the store's writer has stopped".into(),
+            ));
+        }
         self.inner
             .readers
             .run("ping", |conn| {

@@ -75,6 +75,17 @@ impl Writer {
         out
     }
 
+    /// Whether the writer still accepts writes.
+    pub(crate) fn is_open(&self) -> bool {
+        self.tx.lock().expect("writer lock").is_some()
+            && self
+                .handle
+                .lock()
+                .expect("writer lock")
+                .as_ref()
+                .is_some_and(|h| !h.is_finished())
+    }
+
     /// Stops accepting writes, writes what is queued (and pending touches), and joins the
     /// thread.
     pub(crate) fn close(&self) {

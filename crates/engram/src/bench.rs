@@ -40,15 +40,45 @@ pub struct CrudArgs {
 const USERS: usize = 100;
 const TYPES: [&str; 4] = ["note", "task", "decision", "fact"];
 const WORDS: [&str; 32] = [
-    "agent", "deploy", "customer", "invoice", "meeting", "schema", "rollback", "latency", "budget",
-    "roadmap", "incident", "database", "release", "feedback", "contract", "design", "migration", "alert",
-    "pricing", "review", "sprint", "ticket", "vendor", "cluster", "backup", "report", "policy", "session",
-    "memory", "search", "index", "cache",
+    "agent",
+    "deploy",
+    "customer",
+    "invoice",
+    "meeting",
+    "schema",
+    "rollback",
+    "latency",
+    "budget",
+    "roadmap",
+    "incident",
+    "database",
+    "release",
+    "feedback",
+    "contract",
+    "design",
+    "migration",
+    "alert",
+    "pricing",
+    "review",
+    "sprint",
+    "ticket",
+    "vendor",
+    "cluster",
+    "backup",
+    "report",
+    "policy",
+    "session",
+    "memory",
+    "search",
+    "index",
+    "cache",
 ];
 
 fn memory_request(rng: &mut impl Rng, i: usize) -> CreateMemoryRequest {
     let n = rng.random_range(20..40);
-    let words: Vec<&str> = (0..n).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect();
+    let words: Vec<&str> = (0..n)
+        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+        .collect();
     CreateMemoryRequest {
         content: format!("Memory {i}: {}.", words.join(" ")),
         memory_type: Some(TYPES[i % TYPES.len()].into()),
@@ -89,7 +119,11 @@ impl Client {
 }
 
 /// Runs `total` requests over `clients` concurrent workers; returns requests per second.
-async fn concurrent<F, Fut>(clients: usize, total: usize, f: F) -> anyhow::Result<(f64, Vec<String>)>
+async fn concurrent<F, Fut>(
+    clients: usize,
+    total: usize,
+    f: F,
+) -> anyhow::Result<(f64, Vec<String>)>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<String>> + Send,
@@ -122,7 +156,10 @@ where
 
 pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let mut cfg = Config::default();
     cfg.store.data_dir = data_dir.clone();
     let store = crate::serve::open_store(&cfg)?;
@@ -130,7 +167,10 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
     let (key, _) = keys.create(&TenantId::parse("bench")?).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = engram_server::router(crate::serve::app_state(&store), &crate::serve::http_config(&cfg));
+    let app = engram_server::router(
+        crate::serve::app_state(&store),
+        &crate::serve::http_config(&cfg),
+    );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let client = Arc::new(Client {
         http: reqwest::Client::builder()
@@ -146,7 +186,10 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
             eprintln!("{msg}");
         }
     };
-    log(format!("bench crud: server on {addr}, data in {}", data_dir.display()));
+    log(format!(
+        "bench crud: server on {addr}, data in {}",
+        data_dir.display()
+    ));
 
     // 1. Creates, one client.
     let c = client.clone();
@@ -187,7 +230,10 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
             let items: Vec<serde_json::Value> = {
                 let mut rng = rand::rng();
                 (0..n)
-                    .map(|k| serde_json::to_value(memory_request(&mut rng, offset + r * 100 + k)).unwrap_or_default())
+                    .map(|k| {
+                        serde_json::to_value(memory_request(&mut rng, offset + r * 100 + k))
+                            .unwrap_or_default()
+                    })
                     .collect()
             };
             let resp = c
@@ -199,14 +245,24 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
                 .await?;
             ensure!(resp.status() == 200, "bulk answered {}", resp.status());
             let body: BulkCreateResponse = resp.json().await?;
-            ensure!(body.failed == 0, "bulk items failed: {:?}", body.errors.first());
-            Ok(body.items.first().map(|i| i.id.to_string()).unwrap_or_default())
+            ensure!(
+                body.failed == 0,
+                "bulk items failed: {:?}",
+                body.errors.first()
+            );
+            Ok(body
+                .items
+                .first()
+                .map(|i| i.id.to_string())
+                .unwrap_or_default())
         }
     })
     .await?;
     let bulk_per_s = remaining as f64 / started.elapsed().as_secs_f64();
     ids.extend(bulk_ids.into_iter().filter(|s| !s.is_empty()));
-    log(format!("bulk inserts:        {bulk_per_s:>9.0} memories/s ({remaining} memories)"));
+    log(format!(
+        "bulk inserts:        {bulk_per_s:>9.0} memories/s ({remaining} memories)"
+    ));
 
     // Let deferred work settle before measuring latency.
     tokio::time::sleep(Duration::from_millis(600)).await;

@@ -118,7 +118,9 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
             anyhow::ensure!(p.exists(), "config file {} does not exist", p.display());
             fig = fig.merge(Toml::file_exact(p));
         }
-        None if Path::new("engram.toml").exists() => fig = fig.merge(Toml::file_exact("engram.toml")),
+        None if Path::new("engram.toml").exists() => {
+            fig = fig.merge(Toml::file_exact("engram.toml"))
+        }
         None => {}
     }
     fig = fig.merge(Env::prefixed("ENGRAM__").split("__"));

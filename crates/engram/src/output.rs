@@ -53,7 +53,10 @@ pub fn memory(m: &MemoryResponse, json: bool) {
         println!("from      {r}");
     }
     if !m.metadata.is_empty() {
-        println!("metadata  {}", serde_json::Value::Object(m.metadata.clone()));
+        println!(
+            "metadata  {}",
+            serde_json::Value::Object(m.metadata.clone())
+        );
     }
     println!();
     println!("{}", m.content);
@@ -129,7 +132,12 @@ pub fn key_list(keys: &[ApiKeyRecord], json: bool) {
             Some(t) => format!("revoked {}", format_rfc3339(t)),
             None => "active".into(),
         };
-        println!("{}  {:<20}  created {}  {state}", k.id, k.tenant.as_str(), format_rfc3339(k.created_at));
+        println!(
+            "{}  {:<20}  created {}  {state}",
+            k.id,
+            k.tenant.as_str(),
+            format_rfc3339(k.created_at)
+        );
     }
 }
 

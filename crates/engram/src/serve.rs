@@ -17,7 +17,8 @@ pub fn open_store(cfg: &Config) -> anyhow::Result<SqliteStore> {
         data_dir: cfg.store.data_dir.clone(),
         readers: cfg.store.readers,
     };
-    SqliteStore::open(&sc).with_context(|| format!("cannot open the store in {}", cfg.store.data_dir.display()))
+    SqliteStore::open(&sc)
+        .with_context(|| format!("cannot open the store in {}", cfg.store.data_dir.display()))
 }
 
 /// The application state over one store.
@@ -44,7 +45,10 @@ async fn first_key(keys: &KeyService) -> anyhow::Result<()> {
     }
     let tenant = TenantId::parse("default")?;
     let (key, record) = keys.create(&tenant).await?;
-    println!("No API key existed, so one was created for tenant `default` (id {}).", record.id);
+    println!(
+        "No API key existed, so one was created for tenant `default` (id {}).",
+        record.id
+    );
     println!("It is shown only this once; keep it:");
     println!();
     println!("    {}", key.expose());

@@ -110,7 +110,11 @@ impl Target {
         }
     }
 
-    pub async fn add(&self, req: CreateMemoryRequest, idempotency_key: Option<String>) -> anyhow::Result<MemoryResponse> {
+    pub async fn add(
+        &self,
+        req: CreateMemoryRequest,
+        idempotency_key: Option<String>,
+    ) -> anyhow::Result<MemoryResponse> {
         match self {
             Target::Local { svc, tenant, .. } => {
                 let new = req.into_domain().map_err(core)?;
@@ -156,7 +160,11 @@ impl Target {
         }
     }
 
-    pub async fn update(&self, id: &str, req: UpdateMemoryRequest) -> anyhow::Result<MemoryResponse> {
+    pub async fn update(
+        &self,
+        id: &str,
+        req: UpdateMemoryRequest,
+    ) -> anyhow::Result<MemoryResponse> {
         match self {
             Target::Local { svc, tenant, .. } => {
                 let id = MemoryId::parse(id, "id").map_err(core)?;
@@ -164,7 +172,10 @@ impl Target {
                 Ok(svc.update(tenant, id, patch).await.map_err(core)?.into())
             }
             Target::Remote { .. } => {
-                let r = self.http().patch(self.url(&format!("/memories/{id}"))).json(&req);
+                let r = self
+                    .http()
+                    .patch(self.url(&format!("/memories/{id}")))
+                    .json(&req);
                 self.send(r).await?.context("empty response")
             }
         }
