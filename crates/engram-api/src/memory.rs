@@ -527,10 +527,10 @@ impl From<Listing> for ListResponse {
 }
 
 /// `POST /api/v1/memories/bulk`. Items are parsed one by one, so a bad item fails alone.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BulkCreateRequest {
-    pub memories: Vec<Value>,
+    pub memories: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// Where one bulk item ended up.
@@ -575,16 +575,15 @@ impl BulkCreateRequest {
         Ok(self
             .memories
             .into_iter()
-            .map(|v| {
-                let bytes = serde_json::to_vec(&v).unwrap_or_default();
-                match crate::parse_json::<CreateMemoryRequest>(&bytes) {
+            .map(
+                |raw| match crate::parse_json::<CreateMemoryRequest>(raw.get().as_bytes()) {
                     Ok(req) => req.into_domain(),
                     Err(crate::JsonError::Data { field, message }) => {
                         Err(CoreError::validation(field, message))
                     }
                     Err(crate::JsonError::Syntax(m)) => Err(CoreError::validation("", m)),
-                }
-            })
+                },
+            )
             .collect())
     }
 }

@@ -45,13 +45,14 @@ CREATE INDEX memories_domain    ON memories (tenant, domain, created_at, id)    
 CREATE INDEX memories_session   ON memories (tenant, session_id, created_at, id) WHERE deleted_at IS NULL AND session_id IS NOT NULL;
 
 -- Tag membership, for "all of these tags" filters. Rows of deleted memories are removed.
+-- Maintained by the store (no foreign key: updates delete a memory's old tags by key, and
+-- purges delete by tenant), so inserts pay for no extra index.
 CREATE TABLE memory_tags (
     tenant TEXT NOT NULL,
     tag    TEXT NOT NULL,
-    rid    INTEGER NOT NULL REFERENCES memories (rid) ON DELETE CASCADE,
+    rid    INTEGER NOT NULL,
     PRIMARY KEY (tenant, tag, rid)
 ) WITHOUT ROWID;
-CREATE INDEX memory_tags_rid ON memory_tags (rid);
 
 -- The change log: one record per change to a memory, in commit order.
 CREATE TABLE changes (
@@ -64,7 +65,6 @@ CREATE TABLE changes (
     payload   TEXT NOT NULL                             -- the memory after the change, JSON
 );
 CREATE INDEX changes_tenant ON changes (tenant, seq);
-CREATE INDEX changes_memory ON changes (memory_id);
 
 -- Idempotency keys of creates: a retried request returns the memory it first created.
 CREATE TABLE idempotency_keys (

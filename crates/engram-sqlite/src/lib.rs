@@ -84,13 +84,15 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db_err)?;
     // WAL: readers never block the writer. synchronous=FULL: every commit is fsynced, so
-    // an acknowledged write survives power loss, not only a process crash.
+    // an acknowledged write survives power loss, not only a process crash. The WAL is
+    // checkpointed every 8,192 pages (32 MiB) rather than 1,000, so hot index pages are
+    // copied back less often.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -32000;",
+         PRAGMA cache_size = -65536;
+         PRAGMA wal_autocheckpoint = 8192;",
     )
     .map_err(db_err)?;
     if read_only {
@@ -361,12 +363,15 @@ fn purge(conn: &Connection, tenant: &str, user: Option<&str>) -> Result<u64, Sto
         .map_err(db_err)
     };
     bind(&format!(
-        "DELETE FROM changes WHERE memory_id IN (SELECT id FROM memories WHERE {scope})"
+        "DELETE FROM changes WHERE tenant = ?1 AND memory_id IN (SELECT id FROM memories WHERE {scope})"
+    ))?;
+    bind(&format!(
+        "DELETE FROM memory_tags WHERE tenant = ?1 AND rid IN (SELECT rid FROM memories WHERE {scope})"
     ))?;
     bind(&format!(
         "DELETE FROM idempotency_keys WHERE memory_id IN (SELECT id FROM memories WHERE {scope})"
     ))?;
-    let n = bind(&format!("DELETE FROM memories WHERE {scope}"))?; // tags cascade
+    let n = bind(&format!("DELETE FROM memories WHERE {scope}"))?;
     if user.is_none() {
         bind("DELETE FROM changes WHERE tenant = ?1")?;
         bind("DELETE FROM idempotency_keys WHERE tenant = ?1")?;
@@ -390,11 +395,19 @@ impl MemoryStore for SqliteStore {
         }
         self.inner
             .writer
-            .write("insert", move |conn| {
-                Ok(items
+            .write("insert", move |conn, careful| {
+                if careful {
+                    // Each item on its own: a failing item is undone alone.
+                    return Ok(items
+                        .iter()
+                        .map(|item| in_savepoint(conn, "item", |c| insert_one(c, &tenant, item)))
+                        .collect());
+                }
+                // Fast path: any failure fails the job, and the writer replays it carefully.
+                items
                     .iter()
-                    .map(|item| in_savepoint(conn, "item", |c| insert_one(c, &tenant, item)))
-                    .collect())
+                    .map(|item| insert_one(conn, &tenant, item).map(Ok))
+                    .collect()
             })
             .await
     }
@@ -446,7 +459,7 @@ impl MemoryStore for SqliteStore {
         let m = next.clone();
         self.inner
             .writer
-            .write("replace", move |conn| {
+            .write("replace", move |conn, _| {
                 if update_row(conn, &m, expected_version)?.is_some() {
                     append_change(conn, &m, op)?;
                     return Ok(());
@@ -513,7 +526,7 @@ impl MemoryStore for SqliteStore {
         let tenant = tenant_str(tenant);
         self.inner
             .writer
-            .write("purge_tenant", move |conn| purge(conn, &tenant, None))
+            .write("purge_tenant", move |conn, _| purge(conn, &tenant, None))
             .await
     }
 
@@ -522,7 +535,9 @@ impl MemoryStore for SqliteStore {
         let user = user_id.to_owned();
         self.inner
             .writer
-            .write("purge_user", move |conn| purge(conn, &tenant, Some(&user)))
+            .write("purge_user", move |conn, _| {
+                purge(conn, &tenant, Some(&user))
+            })
             .await
     }
 
@@ -563,7 +578,7 @@ impl KeyStore for SqliteStore {
         let r = record.clone();
         self.inner
             .writer
-            .write("create_key", move |conn| {
+            .write("create_key", move |conn, _| {
                 conn.execute(
                     "INSERT INTO api_keys (id, tenant, hash, created_at) VALUES (?1, ?2, ?3, ?4)",
                     params![r.id, r.tenant.as_str(), r.hash, to_micros(r.created_at)],
@@ -610,7 +625,7 @@ impl KeyStore for SqliteStore {
         let id = key_id.to_owned();
         self.inner
             .writer
-            .write("revoke_key", move |conn| {
+            .write("revoke_key", move |conn, _| {
                 conn.execute(
                     "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                     params![id, to_micros(at)],

@@ -3,7 +3,9 @@
 use engram_core::time::{from_micros, to_micros};
 use engram_core::{EmbeddingStatus, Memory, MemoryId, MemoryType, Scope, Source, TenantId};
 use rusqlite::types::Value;
-use rusqlite::{Connection, Row};
+use std::sync::LazyLock;
+
+use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::{db_err, StoreError};
 
@@ -113,23 +115,42 @@ fn values(m: &Memory) -> Result<Vec<Value>, StoreError> {
     ])
 }
 
-fn column_names() -> impl Iterator<Item = &'static str> {
+fn column_names() -> Vec<&'static str> {
     COLUMNS
         .split(", ")
         .map(|c| c.trim().trim_start_matches("m."))
+        .collect()
 }
 
-/// Inserts a new memory row and its tags; returns the row id.
-pub(crate) fn insert_row(conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
-    let names: Vec<&str> = column_names().collect();
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+    let names = column_names();
     let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-    let sql = format!(
+    format!(
         "INSERT INTO memories ({}) VALUES ({})",
         names.join(", "),
         placeholders.join(", ")
-    );
+    )
+});
+
+static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    let names = column_names();
+    let sets: Vec<String> = names
+        .iter()
+        .enumerate()
+        .skip(2) // id and tenant never change
+        .map(|(i, n)| format!("{n} = ?{}", i + 1))
+        .collect();
+    format!(
+        "UPDATE memories SET {} WHERE id = ?1 AND tenant = ?2 AND version = ?{} AND deleted_at IS NULL RETURNING rid",
+        sets.join(", "),
+        names.len() + 1
+    )
+});
+
+/// Inserts a new memory row and its tags; returns the row id.
+pub(crate) fn insert_row(conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
     let vals = values(m)?;
-    conn.prepare_cached(&sql)
+    conn.prepare_cached(&INSERT_SQL)
         .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
         .map_err(db_err)?;
     let rid = conn.last_insert_rowid();
@@ -144,31 +165,39 @@ pub(crate) fn update_row(
     m: &Memory,
     expected_version: i64,
 ) -> Result<Option<i64>, StoreError> {
-    let names: Vec<&str> = column_names().collect();
-    let sets: Vec<String> = names
-        .iter()
-        .enumerate()
-        .skip(2) // id and tenant never change
-        .map(|(i, n)| format!("{n} = ?{}", i + 1))
-        .collect();
-    let sql = format!(
-        "UPDATE memories SET {} WHERE id = ?1 AND tenant = ?2 AND version = ?{} AND deleted_at IS NULL RETURNING rid",
-        sets.join(", "),
-        names.len() + 1
-    );
+    // The tags the row has now, to remove their memory_tags rows by key.
+    let old_tags: Option<String> = conn
+        .prepare_cached("SELECT tags FROM memories WHERE id = ?1 AND tenant = ?2 AND version = ?3 AND deleted_at IS NULL")
+        .and_then(|mut s| {
+            s.query_row(
+                rusqlite::params![m.id.as_bytes().as_slice(), m.tenant.as_str(), expected_version],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(db_err)?;
+    let Some(old_tags) = old_tags else {
+        return Ok(None);
+    };
+    let old_tags: Vec<String> = serde_json::from_str(&old_tags)
+        .map_err(|e| StoreError::Other(format!("corrupt tags: {e}")))?;
     let mut params = values(m)?;
     params.push(Value::Integer(expected_version));
     let rid: Option<i64> = conn
-        .prepare_cached(&sql)
+        .prepare_cached(&UPDATE_SQL)
         .and_then(|mut s| {
             let mut rows = s.query(rusqlite::params_from_iter(params))?;
             rows.next()?.map(|r| r.get(0)).transpose()
         })
         .map_err(db_err)?;
     if let Some(rid) = rid {
-        conn.prepare_cached("DELETE FROM memory_tags WHERE rid = ?1")
-            .and_then(|mut s| s.execute([rid]))
+        let mut del = conn
+            .prepare_cached("DELETE FROM memory_tags WHERE tenant = ?1 AND tag = ?2 AND rid = ?3")
             .map_err(db_err)?;
+        for t in &old_tags {
+            del.execute(rusqlite::params![m.tenant.as_str(), t, rid])
+                .map_err(db_err)?;
+        }
         if m.deleted_at.is_none() {
             write_tags(conn, m, rid)?;
         }

@@ -15,9 +15,42 @@ use tokio::sync::oneshot;
 
 use crate::{db_err, StoreError};
 
-/// Called once the batch holding the job has committed (or failed to).
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+/// One write. `run` may be called twice: first in a shared transaction without a
+/// savepoint (the fast path); if any job of the batch fails, the batch is rolled back and
+/// every job runs again inside its own savepoint (`careful = true`), so one failure never
+/// undoes another job and never leaves half a job behind.
+trait Job: Send {
+    fn run(&mut self, conn: &Connection, careful: bool) -> bool;
+    /// Answers the caller once the transaction's fate is known.
+    fn complete(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+struct TypedJob<T, F> {
+    f: F,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send,
+    F: FnMut(&Connection, bool) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection, careful: bool) -> bool {
+        let r = (self.f)(conn, careful);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn complete(self: Box<Self>, committed: Result<(), StoreError>) {
+        let TypedJob { result, reply, .. } = *self;
+        let out = committed.and_then(|()| {
+            result.unwrap_or_else(|| Err(StoreError::Other("write job never ran".into())))
+        });
+        let _ = reply.send(out);
+    }
+}
 
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -27,14 +60,14 @@ const TOUCH_FLUSH: Duration = Duration::from_millis(500);
 pub(crate) type TouchBuffer = Arc<Mutex<Vec<(Vec<u8>, i64)>>>;
 
 pub(crate) struct Writer {
-    tx: Mutex<Option<Sender<Job>>>,
+    tx: Mutex<Option<Sender<Box<dyn Job>>>>,
     handle: Mutex<Option<JoinHandle<()>>>,
     pub(crate) touches: TouchBuffer,
 }
 
 impl Writer {
     pub(crate) fn start(conn: Connection) -> Writer {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         let touches: TouchBuffer = Arc::default();
         let t = touches.clone();
         let handle = std::thread::Builder::new()
@@ -48,19 +81,20 @@ impl Writer {
         }
     }
 
-    /// Runs `f` in the next group commit and resolves once it is durable.
+    /// Runs `f` in the next group commit and resolves once it is durable. `f` may run
+    /// more than once (see [`Job`]); its `careful` argument asks it to isolate
+    /// independent parts (e.g. bulk items) in savepoints.
     pub(crate) async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Connection, bool) -> Result<T, StoreError> + Send + 'static,
     {
         let started = Instant::now();
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let res = in_savepoint(conn, "job", f);
-            Box::new(move |committed: Result<(), StoreError>| {
-                let _ = reply.send(committed.and(res));
-            })
+        let job: Box<dyn Job> = Box::new(TypedJob {
+            f,
+            result: None,
+            reply,
         });
         let sender = self.tx.lock().expect("writer lock").clone();
         sender
@@ -121,7 +155,7 @@ pub(crate) fn in_savepoint<T>(
     res
 }
 
-fn run(conn: Connection, rx: Receiver<Job>, touches: TouchBuffer) {
+fn run(conn: Connection, rx: Receiver<Box<dyn Job>>, touches: TouchBuffer) {
     let mut last_touch_flush = Instant::now();
     let mut open = true;
     while open {
@@ -152,19 +186,45 @@ fn run(conn: Connection, rx: Receiver<Job>, touches: TouchBuffer) {
     tracing::debug!("sqlite writer stopped");
 }
 
-fn commit_batch(conn: &Connection, batch: Vec<Job>, touches: Vec<(Vec<u8>, i64)>) {
+fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, touches: Vec<(Vec<u8>, i64)>) {
     let started = Instant::now();
     let n = batch.len();
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        // Nothing ran. Dropping the jobs drops their reply channels, so every caller gets
-        // `Unavailable` instead of an acknowledgement.
-        tracing::error!(error = %db_err(e), jobs = n, "could not begin a write transaction");
+    let begin = || conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err);
+    if let Err(e) = begin() {
+        // Nothing ran; every caller learns the store is unavailable.
+        tracing::error!(error = %e, jobs = n, "could not begin a write transaction");
+        for job in batch {
+            job.complete(Err(e.clone()));
+        }
         return;
     }
-    let completions: Vec<Completion> = batch.into_iter().map(|job| job(conn)).collect();
-    if !touches.is_empty() {
-        let res = in_savepoint(conn, "touch", |c| {
-            let mut stmt = c
+    // Fast path: every job in one transaction, no savepoints (a savepoint makes SQLite
+    // copy each page it touches into a sub-journal).
+    let mut all_ok = true;
+    for job in batch.iter_mut() {
+        all_ok &= job.run(conn, false);
+    }
+    let mut committed = Ok(());
+    if !all_ok {
+        // Slow path: undo everything, then run each job in its own savepoint.
+        tracing::debug!(jobs = n, "a write failed; replaying the batch job by job");
+        let _ = conn.execute_batch("ROLLBACK");
+        committed = begin();
+        if committed.is_ok() {
+            for job in batch.iter_mut() {
+                let _ = in_savepoint(conn, "job", |c| {
+                    if job.run(c, true) {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Other("job failed".into()))
+                    }
+                });
+            }
+        }
+    }
+    if committed.is_ok() && !touches.is_empty() {
+        let res = (|| {
+            let mut stmt = conn
                 .prepare_cached(
                     "UPDATE memories SET accessed_at = MAX(accessed_at, ?2) WHERE id = ?1",
                 )
@@ -172,13 +232,15 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>, touches: Vec<(Vec<u8>, i64)>
             for (id, at) in &touches {
                 stmt.execute(rusqlite::params![id, at]).map_err(db_err)?;
             }
-            Ok(())
-        });
+            Ok::<_, StoreError>(())
+        })();
         if let Err(e) = res {
             tracing::warn!(error = %e, "could not record accessed_at");
         }
     }
-    let committed = conn.execute_batch("COMMIT").map_err(db_err);
+    if committed.is_ok() {
+        committed = conn.execute_batch("COMMIT").map_err(db_err);
+    }
     if committed.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
@@ -187,7 +249,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>, touches: Vec<(Vec<u8>, i64)>
     if let Err(e) = &committed {
         tracing::error!(error = %e, jobs = n, "group commit failed");
     }
-    for c in completions {
-        c(committed.clone());
+    for job in batch {
+        job.complete(committed.clone());
     }
 }

@@ -26,6 +26,9 @@ pub struct CrudArgs {
     /// Creates measured with 32 concurrent clients.
     #[arg(long, default_value_t = 20_000)]
     pub concurrent_creates: usize,
+    /// Concurrent clients sending bulk requests of 100.
+    #[arg(long, default_value_t = 4)]
+    pub bulk_clients: usize,
     /// GET and list requests sampled for latency.
     #[arg(long, default_value_t = 2_000)]
     pub samples: usize,
@@ -217,13 +220,13 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
     ids.extend(more);
     log(format!("creates, 32 clients: {creates_32:>9.0}/s"));
 
-    // 3. Bulk, 100 per request, 4 clients, up to the target size.
+    // 3. Bulk, 100 per request, several clients, up to the target size.
     let remaining = args.memories.saturating_sub(ids.len());
     let requests = remaining.div_ceil(100);
     let c = client.clone();
     let offset = ids.len();
     let started = Instant::now();
-    let (_, bulk_ids) = concurrent(4, requests, move |r| {
+    let (_, bulk_ids) = concurrent(args.bulk_clients, requests, move |r| {
         let c = c.clone();
         async move {
             let n = 100.min(remaining - r * 100);

@@ -128,6 +128,7 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature is fixed
 mod tests {
     use super::*;
 

@@ -36,9 +36,26 @@ fn create_key(data_dir: &Path) -> String {
     v["key"].as_str().unwrap().to_owned()
 }
 
-/// Starts `engram serve` on a free port and returns the child and its base URL.
-fn serve(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
+/// A running `engram serve`; killed (SIGKILL) and reaped when dropped, so a failing test
+/// never leaves a server behind.
+struct Server(Child);
+
+impl Server {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `engram serve` on a free port and returns it with its base URL.
+fn serve(data_dir: &Path) -> (Server, String) {
+    let child = Command::new(BIN)
         .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("ENGRAM__LOG__LEVEL", "warn")
@@ -47,7 +64,8 @@ fn serve(data_dir: &Path) -> (Child, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn engram serve");
-    let stdout = child.stdout.take().unwrap();
+    let mut server = Server(child);
+    let stdout = server.0.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -59,7 +77,7 @@ fn serve(data_dir: &Path) -> (Child, String) {
         if let Some(url) = line.strip_prefix("engram listening on ") {
             // Keep draining stdout so the child never blocks on a full pipe.
             std::thread::spawn(move || for _ in lines {});
-            return (child, url.trim().to_owned());
+            return (server, url.trim().to_owned());
         }
     }
 }
@@ -141,8 +159,7 @@ async fn acknowledged_writes_survive_sigkill() {
     }
     // Let the writes flow, then kill the server without warning.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    child.kill().expect("SIGKILL the server");
-    child.wait().unwrap();
+    child.kill();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
@@ -180,8 +197,7 @@ async fn acknowledged_writes_survive_sigkill() {
         .json()
         .await
         .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged writes were lost: {:?}",

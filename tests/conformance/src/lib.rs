@@ -54,6 +54,7 @@ macro_rules! conformance_tests {
             list_filters_agree_with_the_reference,
             pages_and_cursors_cover_everything_once,
             bulk_stores_valid_items_when_others_fail,
+            a_failing_insert_is_undone_alone,
             retry_embedding_requeues,
             touch_records_access,
             change_log_replays_to_current_state,

@@ -523,6 +523,65 @@ pub async fn bulk_stores_valid_items_when_others_fail(b: Arc<dyn Backend>) {
     );
 }
 
+pub async fn a_failing_insert_is_undone_alone(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = service(&s);
+    let t = tenant("t1");
+    let now = engram_core::time::now();
+    let first = note("first").into_memory(t.clone(), now);
+    let mut dup = note("same id, different content").into_memory(t.clone(), now);
+    dup.id = first.id;
+    let third = note("third").into_memory(t.clone(), now);
+    let item = |m: &Memory| engram_core::InsertMemory {
+        memory: m.clone(),
+        idempotency: None,
+    };
+    // Concurrent writers share the batch with the failing item.
+    let others: Vec<_> = (0..8)
+        .map(|i| {
+            let svc = svc.clone();
+            let t = t.clone();
+            tokio::spawn(async move {
+                svc.remember(&t, note(&format!("bystander {i}")), None)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let out = s
+        .memories
+        .insert(&t, vec![item(&first), item(&dup), item(&third)])
+        .await
+        .unwrap();
+    assert!(matches!(&out[0], Ok(engram_core::InsertOutcome::Created(m)) if m.id == first.id));
+    assert!(
+        matches!(&out[1], Err(engram_core::StoreError::Conflict(_))),
+        "{:?}",
+        out[1]
+    );
+    assert!(matches!(
+        &out[2],
+        Ok(engram_core::InsertOutcome::Created(_))
+    ));
+    for o in others {
+        o.await.unwrap();
+    }
+    assert_eq!(svc.get(&t, first.id).await.unwrap().content, "first");
+    let all = svc
+        .list(
+            &t,
+            &ListQuery {
+                per_page: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.result.total, 10);
+    // The change log holds exactly the stored memories.
+    assert_eq!(svc.changes(&t, 0, 100).await.unwrap().len(), 10);
+}
+
 pub async fn retry_embedding_requeues(b: Arc<dyn Backend>) {
     let s = b.fresh().await;
     let svc = service(&s);
