@@ -36,6 +36,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
         }
         Some(_) => {}
     }
+    // Fast path: valid input pays for no path tracking.
+    if let Ok(v) = serde_json::from_slice::<T>(bytes) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let res: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let err = match res {

@@ -71,41 +71,80 @@ string_enum!(
 /// Who and what a memory belongs to, below the tenant. All optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
 }
 
 /// A stored memory: ground state.
+/// Its serde form is the compact change-log encoding (absent fields omitted, timestamps as
+/// integer microseconds); the API's wire form is `engram_api::MemoryResponse`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Memory {
     pub id: MemoryId,
     pub tenant: TenantId,
+    #[serde(default)]
     pub scope: Scope,
     pub content: String,
     pub memory_type: MemoryType,
     pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
     /// Hex SHA-256 of `content`.
     pub content_hash: String,
     pub embedding_status: EmbeddingStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_model: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "chrono::serde::ts_microseconds_option"
+    )]
     pub embedding_updated_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_error: Option<String>,
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub created_at: Timestamp,
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub updated_at: Timestamp,
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub accessed_at: Timestamp,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "chrono::serde::ts_microseconds_option"
+    )]
     pub deleted_at: Option<Timestamp>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "chrono::serde::ts_microseconds_option"
+    )]
     pub valid_from: Option<Timestamp>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "chrono::serde::ts_microseconds_option"
+    )]
     pub valid_to: Option<Timestamp>,
     /// Starts at 1 and is bumped on every change.
     pub version: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub related_ids: Vec<MemoryId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<String>,
 }
 

@@ -182,7 +182,10 @@ impl Metadata {
                 format!("is {size} bytes serialised; the maximum is {METADATA_MAX_BYTES}"),
             ));
         }
-        check_json(&Value::Object(map.clone()), 1, field)?;
+        map.iter().try_for_each(|(k, v)| {
+            no_nul(k, field)?;
+            check_json(v, 2, field)
+        })?;
         Ok(Metadata(map))
     }
     pub fn into_inner(self) -> Map<String, Value> {

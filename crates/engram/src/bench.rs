@@ -27,7 +27,7 @@ pub struct CrudArgs {
     #[arg(long, default_value_t = 20_000)]
     pub concurrent_creates: usize,
     /// Concurrent clients sending bulk requests of 100.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 16)]
     pub bulk_clients: usize,
     /// GET and list requests sampled for latency.
     #[arg(long, default_value_t = 2_000)]
@@ -91,6 +91,11 @@ fn memory_request(rng: &mut impl Rng, i: usize) -> CreateMemoryRequest {
         metadata: Some(json!({ "seq": i })),
         ..Default::default()
     }
+}
+
+#[derive(serde::Serialize)]
+struct BulkBody<'a> {
+    memories: &'a [CreateMemoryRequest],
 }
 
 fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
@@ -230,20 +235,17 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
         let c = c.clone();
         async move {
             let n = 100.min(remaining - r * 100);
-            let items: Vec<serde_json::Value> = {
+            let items: Vec<CreateMemoryRequest> = {
                 let mut rng = rand::rng();
                 (0..n)
-                    .map(|k| {
-                        serde_json::to_value(memory_request(&mut rng, offset + r * 100 + k))
-                            .unwrap_or_default()
-                    })
+                    .map(|k| memory_request(&mut rng, offset + r * 100 + k))
                     .collect()
             };
             let resp = c
                 .http
                 .post(format!("{}/memories/bulk", c.base))
                 .bearer_auth(&c.key)
-                .json(&json!({ "memories": items }))
+                .json(&BulkBody { memories: &items })
                 .send()
                 .await?;
             ensure!(resp.status() == 200, "bulk answered {}", resp.status());
