@@ -15,6 +15,13 @@ pub struct ModelInfo {
     pub dim: usize,
 }
 
+impl ModelInfo {
+    /// Identifies the vectors this model makes: `<id>@<revision>`.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.id, self.revision)
+    }
+}
+
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum EmbedError {
     /// The embedder cannot run at all (no model, service down); the message says how to fix it.

@@ -14,17 +14,23 @@ pub mod filter;
 pub mod ids;
 pub mod keys;
 pub mod memory;
+pub mod pipeline;
 pub mod ports;
 pub mod service;
 pub mod time;
 pub mod validate;
 
 pub use change::{ChangeOp, ChangeRecord};
+pub use embed::{DocumentEmbedding, EmbedError, Embedder, ModelInfo};
 pub use error::{CoreError, ErrorCode, StoreError};
 pub use filter::{ListQuery, ListResult, MemoryFilter, PageToken, Position, SortBy, SortOrder};
 pub use ids::{MemoryId, TenantId};
 pub use keys::{ApiKey, ApiKeyRecord, KeyService};
 pub use memory::{EmbeddingStatus, Memory, MemoryPatch, MemoryType, NewMemory, Scope, Source};
-pub use ports::{IdempotencyKey, InsertMemory, InsertOutcome, KeyStore, MemoryStore};
+pub use pipeline::{EmbeddingPipeline, PipelineConfig};
+pub use ports::{
+    EmbeddingJob, EmbeddingStore, IdempotencyKey, InsertMemory, InsertOutcome, KeyStore,
+    MemoryStore, SweepReport,
+};
 pub use service::{parse_idempotency_key, BulkItemResult, Listing, MemoryService, BULK_MAX};
 pub use time::Timestamp;

@@ -106,3 +106,84 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Revokes the key with this public id. `Ok(false)` if there is none, or it was revoked.
     async fn revoke_key(&self, key_id: &str, at: Timestamp) -> Result<bool, StoreError>;
 }
+
+/// A memory claimed for embedding. `claim` identifies this claim: completing or failing it
+/// succeeds only while the claim still holds (not expired and re-claimed, content unchanged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddingJob {
+    pub memory_id: MemoryId,
+    pub tenant: TenantId,
+    pub content: String,
+    pub content_hash: String,
+    /// Claims so far, this one included.
+    pub attempts: u32,
+    pub claim: i64,
+}
+
+/// What the sweeper did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// `processing` rows whose lease expired, back to `pending`.
+    pub expired_leases: u64,
+    /// `failed` rows due for a retry, back to `pending`.
+    pub retried: u64,
+}
+
+/// The embedding pipeline's view of the store: the memory's `embedding_status` is the
+/// queue. Vectors and the cache are derived state. Status bookkeeping bumps `version` (so
+/// a concurrent update retries rather than overwrite it) but is not a change-log entry.
+#[async_trait]
+pub trait EmbeddingStore: Send + Sync + 'static {
+    /// Records a model (id, revision, dimension); the first one recorded becomes active.
+    async fn register_model(&self, model: &crate::embed::ModelInfo) -> Result<(), StoreError>;
+    /// The model whose vectors search uses, if any.
+    async fn active_model(&self) -> Result<Option<crate::embed::ModelInfo>, StoreError>;
+    /// Atomically moves up to `limit` due `pending` memories (any tenant, oldest first) to
+    /// `processing`, leased until `lease_until`.
+    async fn claim_embeddings(
+        &self,
+        limit: u32,
+        lease_until: Timestamp,
+    ) -> Result<Vec<EmbeddingJob>, StoreError>;
+    /// Stores each job's vectors (one per window) for `model` and marks it `completed`, in
+    /// one transaction. A job whose claim no longer holds (content changed, lease lost,
+    /// deleted) is skipped: the result is `false` at its index. Also fills the cache.
+    async fn complete_embeddings(
+        &self,
+        model: &crate::embed::ModelInfo,
+        results: Vec<(EmbeddingJob, Vec<Vec<f32>>)>,
+        at: Timestamp,
+    ) -> Result<Vec<bool>, StoreError>;
+    /// Marks a claimed job `failed` with `error`; `retry_at` schedules a retry (None: give up).
+    async fn fail_embedding(
+        &self,
+        job: &EmbeddingJob,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Re-queues expired leases, and failed rows whose retry is due and was scheduled after
+    /// `retry_since`.
+    async fn sweep_embeddings(
+        &self,
+        now: Timestamp,
+        retry_since: Timestamp,
+    ) -> Result<SweepReport, StoreError>;
+    /// Cached vectors of `model` for these content hashes.
+    async fn cached_embeddings(
+        &self,
+        model: &crate::embed::ModelInfo,
+        content_hashes: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<Vec<f32>>>, StoreError>;
+    /// Memories by embedding status, over all tenants.
+    async fn embedding_queue_depth(
+        &self,
+    ) -> Result<Vec<(crate::memory::EmbeddingStatus, u64)>, StoreError>;
+    /// The stored vectors (one per window) of a memory for `model`.
+    async fn memory_vectors(
+        &self,
+        tenant: &TenantId,
+        id: MemoryId,
+        model: &crate::embed::ModelInfo,
+    ) -> Result<Vec<Vec<f32>>, StoreError>;
+}

@@ -6,6 +6,7 @@
 //! connections on blocking threads. Versioned migrations run when the store opens.
 //! It does not know about HTTP, embeddings or search ranking.
 
+mod embedding;
 mod migrate;
 mod rows;
 mod writer;
@@ -369,9 +370,18 @@ fn purge(conn: &Connection, tenant: &str, user: Option<&str>) -> Result<u64, Sto
         "DELETE FROM memory_tags WHERE tenant = ?1 AND rid IN (SELECT rid FROM memories WHERE {scope})"
     ))?;
     bind(&format!(
+        "DELETE FROM memory_vectors WHERE rid IN (SELECT rid FROM memories WHERE {scope})"
+    ))?;
+    bind(&format!(
         "DELETE FROM idempotency_keys WHERE memory_id IN (SELECT id FROM memories WHERE {scope})"
     ))?;
     let n = bind(&format!("DELETE FROM memories WHERE {scope}"))?;
+    // Cached vectors of content no memory holds any more go too.
+    conn.execute(
+        "DELETE FROM embedding_cache WHERE content_hash NOT IN (SELECT content_hash FROM memories)",
+        [],
+    )
+    .map_err(db_err)?;
     if user.is_none() {
         bind("DELETE FROM changes WHERE tenant = ?1")?;
         bind("DELETE FROM idempotency_keys WHERE tenant = ?1")?;

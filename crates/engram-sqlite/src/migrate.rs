@@ -12,11 +12,18 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "memories",
-    sql: include_str!("../migrations/0001_memories.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "memories",
+        sql: include_str!("../migrations/0001_memories.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "embeddings",
+        sql: include_str!("../migrations/0002_embeddings.sql"),
+    },
+];
 
 fn checksum(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))

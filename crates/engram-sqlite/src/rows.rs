@@ -140,8 +140,20 @@ static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
         .skip(2) // id and tenant never change
         .map(|(i, n)| format!("{n} = ?{}", i + 1))
         .collect();
+    let status = names
+        .iter()
+        .position(|n| *n == "embedding_status")
+        .expect("status column")
+        + 1;
+    // Back to pending (content changed, or a retry was asked for): a fresh start in the queue.
+    let requeue = format!(
+        "embedding_attempts = CASE WHEN ?{status} = 'pending' THEN 0 ELSE embedding_attempts END, \
+         embedding_claim = CASE WHEN ?{status} = 'pending' THEN NULL ELSE embedding_claim END, \
+         embedding_lease_until = CASE WHEN ?{status} = 'pending' THEN NULL ELSE embedding_lease_until END, \
+         embedding_next_attempt_at = CASE WHEN ?{status} = 'pending' THEN NULL ELSE embedding_next_attempt_at END"
+    );
     format!(
-        "UPDATE memories SET {} WHERE id = ?1 AND tenant = ?2 AND version = ?{} AND deleted_at IS NULL RETURNING rid",
+        "UPDATE memories SET {}, {requeue} WHERE id = ?1 AND tenant = ?2 AND version = ?{} AND deleted_at IS NULL RETURNING rid",
         sets.join(", "),
         names.len() + 1
     )
@@ -200,6 +212,11 @@ pub(crate) fn update_row(
         }
         if m.deleted_at.is_none() {
             write_tags(conn, m, rid)?;
+        } else {
+            // Deleted means deleted from the derived state too.
+            conn.prepare_cached("DELETE FROM memory_vectors WHERE rid = ?1")
+                .and_then(|mut s| s.execute([rid]))
+                .map_err(db_err)?;
         }
     }
     Ok(rid)

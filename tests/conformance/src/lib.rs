@@ -4,18 +4,21 @@
 //! held to the same behaviour: CRUD, filters, pagination, idempotency, the change log,
 //! purges, keys and tenant isolation.
 
+pub mod embedder;
+pub mod pipeline;
 pub mod stories;
 
 use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use engram_core::{KeyStore, MemoryStore};
+use engram_core::{EmbeddingStore, KeyStore, MemoryStore};
 
 /// A fresh, empty pair of stores. `guard` keeps temporary resources alive.
 pub struct Stores {
     pub memories: Arc<dyn MemoryStore>,
     pub keys: Arc<dyn KeyStore>,
+    pub embeddings: Arc<dyn EmbeddingStore>,
     pub guard: Box<dyn Any + Send + Sync>,
 }
 
@@ -71,6 +74,22 @@ macro_rules! conformance_tests {
             #[test]
             fn $story() {
                 $crate::run($backend, |b| async move { $crate::stories::$story(b).await });
+            }
+        )+
+        $crate::conformance_tests!(@pipeline $backend;
+            pipeline_embeds_every_pending_memory,
+            identical_content_is_embedded_once,
+            failures_back_off_then_give_up,
+            an_expired_lease_is_requeued,
+            a_stale_result_never_overwrites_new_content,
+            deleting_removes_derived_vectors,
+        );
+    };
+    (@pipeline $backend:expr; $($story:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $story() {
+                $crate::run($backend, |b| async move { $crate::pipeline::$story(b).await });
             }
         )+
     };

@@ -15,7 +15,8 @@ impl Backend for Sqlite {
         let store = SqliteStore::open(&SqliteConfig::new(dir.path())).expect("open sqlite store");
         Stores {
             memories: Arc::new(store.clone()),
-            keys: Arc::new(store),
+            keys: Arc::new(store.clone()),
+            embeddings: Arc::new(store),
             guard: Box::new(dir),
         }
     }

@@ -1,0 +1,62 @@
+//! A deterministic embedder for pipeline stories: unit vectors derived from the text's
+//! SHA-256, with switchable failure, so stories can script what the pipeline meets. The real
+//! model is exercised end to end by the binary's tests.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use engram_core::{DocumentEmbedding, EmbedError, Embedder, ModelInfo};
+
+pub const DIM: usize = 8;
+
+#[derive(Default)]
+pub struct HashEmbedder {
+    pub failing: AtomicBool,
+    /// Texts embedded so far (a cache hit embeds nothing).
+    pub embedded: AtomicUsize,
+    pub calls: AtomicUsize,
+}
+
+pub fn vector_of(text: &str) -> Vec<f32> {
+    let h = engram_core::memory::content_hash(text);
+    let v: Vec<f32> = h.as_bytes()[..DIM]
+        .iter()
+        .map(|b| f32::from(*b) - 80.0)
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+#[async_trait]
+impl Embedder for HashEmbedder {
+    fn model(&self) -> ModelInfo {
+        ModelInfo {
+            id: "test/hash".into(),
+            revision: "1".into(),
+            dim: DIM,
+        }
+    }
+
+    async fn embed_documents(
+        &self,
+        texts: &[String],
+    ) -> Result<Vec<DocumentEmbedding>, EmbedError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(EmbedError::Unavailable(
+                "the test embedder is switched off".into(),
+            ));
+        }
+        self.embedded.fetch_add(texts.len(), Ordering::SeqCst);
+        Ok(texts
+            .iter()
+            .map(|t| DocumentEmbedding {
+                windows: vec![vector_of(t)],
+            })
+            .collect())
+    }
+
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        Ok(vector_of(text))
+    }
+}
