@@ -121,14 +121,18 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let mut ready = true;
+    let (mut ready, mut degraded) = (true, false);
     let mut checks = serde_json::Map::new();
     for c in state.checks.iter() {
         let entry = match c.check().await {
             Ok(()) => json!({ "ok": true }),
             Err(e) => {
-                ready = false;
-                json!({ "ok": false, "error": e })
+                if c.critical() {
+                    ready = false;
+                } else {
+                    degraded = true;
+                }
+                json!({ "ok": false, "critical": c.critical(), "error": e })
             }
         };
         checks.insert(c.name().to_owned(), entry);
@@ -138,8 +142,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks });
-    (status, Json(body)).into_response()
+    let word = match (ready, degraded) {
+        (false, _) => "not_ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
+    (status, Json(json!({ "status": word, "checks": checks }))).into_response()
 }
 
 pub async fn not_found() -> ApiError {

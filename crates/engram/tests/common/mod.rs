@@ -1,0 +1,89 @@
+//! Helpers for tests that run the `engram` binary as a child process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_engram");
+
+pub fn create_key(data_dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "create",
+            "--tenant",
+            "durable",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env_remove("ENGRAM_CONFIG")
+        .output()
+        .expect("run engram keys create");
+    assert!(
+        out.status.success(),
+        "keys create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("keys create --json prints JSON");
+    assert_eq!(v["tenant"], "durable");
+    v["key"].as_str().unwrap().to_owned()
+}
+
+/// A running `engram serve`; killed (SIGKILL) and reaped when dropped, so a failing test
+/// never leaves a server behind.
+pub struct Server(Child);
+
+impl Server {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `engram serve` on a free port and returns it with its base URL.
+pub fn serve(data_dir: &Path) -> (Server, String) {
+    serve_with(data_dir, &[], &[])
+}
+
+/// Starts `engram serve` with extra environment variables set and others removed.
+pub fn serve_with(data_dir: &Path, env: &[(&str, &str)], env_remove: &[&str]) -> (Server, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("ENGRAM__LOG__LEVEL", "warn")
+        .env_remove("ENGRAM_CONFIG")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for k in env_remove {
+        cmd.env_remove(k);
+    }
+    let child = cmd.spawn().expect("spawn engram serve");
+    let mut server = Server(child);
+    let stdout = server.0.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "engram serve did not start");
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("engram listening on ") {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return (server, url.trim().to_owned());
+        }
+    }
+}
