@@ -27,7 +27,7 @@ pub use filter::{ListQuery, ListResult, MemoryFilter, PageToken, Position, SortB
 pub use ids::{MemoryId, TenantId};
 pub use keys::{ApiKey, ApiKeyRecord, KeyService};
 pub use memory::{EmbeddingStatus, Memory, MemoryPatch, MemoryType, NewMemory, Scope, Source};
-pub use pipeline::{EmbeddingPipeline, PipelineConfig};
+pub use pipeline::{reembed, CoreErrorOrEmbed, EmbeddingPipeline, PipelineConfig, ReembedReport};
 pub use ports::{
     EmbeddingJob, EmbeddingStore, IdempotencyKey, InsertMemory, InsertOutcome, KeyStore,
     MemoryStore, SweepReport,

@@ -71,6 +71,8 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 
 impl EmbeddingPipeline {
     /// Registers the embedder's model with the store (the first model becomes active).
+    /// Refuses to run a model that is not the active one: vectors of two models are never
+    /// mixed; `reembed` switches models.
     pub async fn new(
         store: Arc<dyn EmbeddingStore>,
         embedder: Arc<dyn Embedder>,
@@ -78,6 +80,15 @@ impl EmbeddingPipeline {
     ) -> Result<Self, StoreError> {
         let model = embedder.model();
         store.register_model(&model).await?;
+        if let Some(active) = store.active_model().await? {
+            if active != model {
+                return Err(StoreError::Conflict(format!(
+                    "the configured embedding model {} is not the store's active model {}; run `engram reembed` to build its vectors and switch",
+                    model.key(),
+                    active.key()
+                )));
+            }
+        }
         Ok(EmbeddingPipeline {
             store,
             embedder,
@@ -243,4 +254,74 @@ fn futures_poll_ready<F: std::future::Future<Output = ()> + Unpin>(f: &mut F) ->
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     std::pin::Pin::new(f).poll(&mut cx).is_ready()
+}
+
+/// What `reembed` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReembedReport {
+    pub embedded: usize,
+    pub cache_hits: usize,
+    /// Whether the model was already active before.
+    pub was_active: bool,
+}
+
+/// Builds vectors of `embedder`'s model for every live memory beside the existing ones,
+/// then makes it the active model in one transaction once none is missing. Memories
+/// written meanwhile are picked up before the switch, so search never loses a memory.
+pub async fn reembed(
+    store: Arc<dyn EmbeddingStore>,
+    embedder: Arc<dyn Embedder>,
+    batch_size: u32,
+    mut progress: impl FnMut(usize),
+) -> Result<ReembedReport, CoreErrorOrEmbed> {
+    let model = embedder.model();
+    store.register_model(&model).await?;
+    let mut report = ReembedReport {
+        was_active: store.active_model().await?.as_ref() == Some(&model),
+        ..Default::default()
+    };
+    loop {
+        let jobs = store.missing_vectors(&model, batch_size.max(1)).await?;
+        if jobs.is_empty() {
+            if store.activate_model(&model, now()).await? == 0 {
+                return Ok(report);
+            }
+            continue;
+        }
+        let hashes: Vec<String> = jobs.iter().map(|j| j.content_hash.clone()).collect();
+        let cached = store.cached_embeddings(&model, &hashes).await?;
+        let (hits, misses): (Vec<EmbeddingJob>, Vec<EmbeddingJob>) = jobs
+            .into_iter()
+            .partition(|j| cached.contains_key(&j.content_hash));
+        report.cache_hits += hits.len();
+        let mut results: Vec<(EmbeddingJob, Vec<Vec<f32>>)> = hits
+            .into_iter()
+            .map(|j| {
+                let v = cached[&j.content_hash].clone();
+                (j, v)
+            })
+            .collect();
+        if !misses.is_empty() {
+            let texts: Vec<String> = misses.iter().map(|j| j.content.clone()).collect();
+            let docs = embedder.embed_documents(&texts).await?;
+            if docs.len() != misses.len() {
+                return Err(CoreErrorOrEmbed::Embed(EmbedError::Other(
+                    "embedder returned the wrong number of results".into(),
+                )));
+            }
+            report.embedded += misses.len();
+            results.extend(misses.into_iter().zip(docs.into_iter().map(|d| d.windows)));
+        }
+        store.store_vectors(&model, results).await?;
+        progress(report.embedded + report.cache_hits);
+    }
+}
+
+/// Why `reembed` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreErrorOrEmbed {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
 }

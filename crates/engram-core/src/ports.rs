@@ -179,6 +179,28 @@ pub trait EmbeddingStore: Send + Sync + 'static {
     async fn embedding_queue_depth(
         &self,
     ) -> Result<Vec<(crate::memory::EmbeddingStatus, u64)>, StoreError>;
+    /// Live memories (any tenant) with no vectors of `model` for their current content,
+    /// oldest first. The jobs carry no claim (`claim = 0`).
+    async fn missing_vectors(
+        &self,
+        model: &crate::embed::ModelInfo,
+        limit: u32,
+    ) -> Result<Vec<EmbeddingJob>, StoreError>;
+    /// Stores vectors of `model` beside any others, without touching the memories' status,
+    /// for memories whose content is still the one embedded. `false` where it was not.
+    async fn store_vectors(
+        &self,
+        model: &crate::embed::ModelInfo,
+        results: Vec<(EmbeddingJob, Vec<Vec<f32>>)>,
+    ) -> Result<Vec<bool>, StoreError>;
+    /// Makes `model` the active one, atomically, if every live memory has its vectors;
+    /// then every live memory is `completed` by it. Returns how many memories still lack
+    /// vectors (0: switched; otherwise nothing changed).
+    async fn activate_model(
+        &self,
+        model: &crate::embed::ModelInfo,
+        at: Timestamp,
+    ) -> Result<u64, StoreError>;
     /// The stored vectors (one per window) of a memory for `model`.
     async fn memory_vectors(
         &self,

@@ -57,6 +57,8 @@ fn complete_one(
     at: i64,
 ) -> Result<bool, StoreError> {
     check_dims(model, vectors)?;
+    // Only while the claim holds, the content is the one embedded, and the model is the
+    // active one (a worker of a replaced model must not land vectors of the wrong model).
     let rid: Option<i64> = conn
         .prepare_cached(
             "UPDATE memories SET embedding_status = 'completed', embedding_model = ?1, embedding_updated_at = ?2,
@@ -64,11 +66,12 @@ fn complete_one(
                  embedding_next_attempt_at = NULL, version = version + 1
              WHERE id = ?3 AND embedding_status = 'processing' AND embedding_claim = ?4 AND content_hash = ?5
                AND deleted_at IS NULL
+               AND EXISTS (SELECT 1 FROM embedding_models WHERE key = ?6 AND active = 1)
              RETURNING rid",
         )
         .and_then(|mut s| {
             s.query_row(
-                params![model.id, at, job.memory_id.as_bytes().as_slice(), job.claim, job.content_hash],
+                params![model.id, at, job.memory_id.as_bytes().as_slice(), job.claim, job.content_hash, key],
                 |r| r.get(0),
             )
             .optional()
@@ -77,6 +80,19 @@ fn complete_one(
     let Some(rid) = rid else {
         return Ok(false);
     };
+    write_vectors(conn, key, rid, &job.content_hash, vectors, at)?;
+    Ok(true)
+}
+
+/// Replaces a memory's vectors of one model (one row per window) and fills the cache.
+fn write_vectors(
+    conn: &Connection,
+    key: &str,
+    rid: i64,
+    content_hash: &str,
+    vectors: &[Vec<f32>],
+    at: i64,
+) -> Result<(), StoreError> {
     conn.prepare_cached("DELETE FROM memory_vectors WHERE rid = ?1 AND model_key = ?2")
         .and_then(|mut s| s.execute(params![rid, key]))
         .map_err(db_err)?;
@@ -90,7 +106,7 @@ fn complete_one(
             rid,
             key,
             w as i64,
-            job.content_hash,
+            content_hash,
             to_blob(std::slice::from_ref(v))
         ])
         .map_err(db_err)?;
@@ -99,9 +115,9 @@ fn complete_one(
         "INSERT OR IGNORE INTO embedding_cache (model_key, content_hash, windows, vectors, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )
-    .and_then(|mut s| s.execute(params![key, job.content_hash, vectors.len() as i64, to_blob(vectors), at]))
+    .and_then(|mut s| s.execute(params![key, content_hash, vectors.len() as i64, to_blob(vectors), at]))
     .map_err(db_err)?;
-    Ok(true)
+    Ok(())
 }
 
 #[async_trait]
@@ -327,6 +343,119 @@ impl EmbeddingStore for SqliteStore {
                     out.push((*s, n.max(0) as u64));
                 }
                 Ok(out)
+            })
+            .await
+    }
+
+    async fn missing_vectors(
+        &self,
+        model: &ModelInfo,
+        limit: u32,
+    ) -> Result<Vec<EmbeddingJob>, StoreError> {
+        let key = model.key();
+        self.inner
+            .readers
+            .run("missing_vectors", move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT m.id, m.tenant, m.content, m.content_hash FROM memories m
+                         WHERE m.deleted_at IS NULL AND NOT EXISTS (
+                             SELECT 1 FROM memory_vectors v
+                             WHERE v.rid = m.rid AND v.model_key = ?1 AND v.content_hash = m.content_hash)
+                         ORDER BY m.rid LIMIT ?2",
+                    )
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![key, limit], |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                        ))
+                    })
+                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                    .map_err(db_err)?;
+                rows.into_iter()
+                    .map(|(id, tenant, content, content_hash)| {
+                        Ok(EmbeddingJob {
+                            memory_id: MemoryId::from_bytes(&id).ok_or_else(|| StoreError::Other("corrupt id".into()))?,
+                            tenant: TenantId::parse(&tenant).map_err(|_| StoreError::Other("corrupt tenant".into()))?,
+                            content,
+                            content_hash,
+                            attempts: 0,
+                            claim: 0,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn store_vectors(
+        &self,
+        model: &ModelInfo,
+        results: Vec<(EmbeddingJob, Vec<Vec<f32>>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let model = model.clone();
+        let key = model.key();
+        let at = to_micros(engram_core::time::now());
+        self.inner
+            .writer
+            .write("store_vectors", move |conn, _| {
+                let mut out = Vec::with_capacity(results.len());
+                for (job, vectors) in &results {
+                    check_dims(&model, vectors)?;
+                    let rid: Option<i64> = conn
+                        .prepare_cached("SELECT rid FROM memories WHERE id = ?1 AND content_hash = ?2 AND deleted_at IS NULL")
+                        .and_then(|mut s| {
+                            s.query_row(params![job.memory_id.as_bytes().as_slice(), job.content_hash], |r| r.get(0))
+                                .optional()
+                        })
+                        .map_err(db_err)?;
+                    match rid {
+                        Some(rid) => {
+                            write_vectors(conn, &key, rid, &job.content_hash, vectors, at)?;
+                            out.push(true);
+                        }
+                        None => out.push(false),
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn activate_model(&self, model: &ModelInfo, at: Timestamp) -> Result<u64, StoreError> {
+        let model = model.clone();
+        let key = model.key();
+        let at = to_micros(at);
+        self.inner
+            .writer
+            .write("activate_model", move |conn, _| {
+                let missing: i64 = conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM memories m WHERE m.deleted_at IS NULL AND NOT EXISTS (
+                             SELECT 1 FROM memory_vectors v
+                             WHERE v.rid = m.rid AND v.model_key = ?1 AND v.content_hash = m.content_hash)",
+                        params![key],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                if missing > 0 {
+                    return Ok(missing as u64);
+                }
+                conn.execute("UPDATE embedding_models SET active = (key = ?1)", params![key])
+                    .map_err(db_err)?;
+                conn.execute(
+                    "UPDATE memories SET embedding_status = 'completed', embedding_model = ?1, embedding_updated_at = ?2,
+                         embedding_error = NULL, embedding_claim = NULL, embedding_lease_until = NULL,
+                         embedding_next_attempt_at = NULL, embedding_attempts = 0, version = version + 1
+                     WHERE deleted_at IS NULL",
+                    params![model.id, at],
+                )
+                .map_err(db_err)?;
+                Ok(0)
             })
             .await
     }

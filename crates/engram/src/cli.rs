@@ -61,6 +61,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build vectors of the configured embedding model for every memory, beside the current
+    /// ones, then switch search to it atomically. Run it after changing `[embedding]`, then
+    /// restart `engram serve` with the new configuration.
+    Reembed {
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Memories embedded per batch.
+        #[arg(long, default_value_t = 64)]
+        batch_size: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage API keys (works on the local data directory).
     Keys {
         #[command(subcommand)]
@@ -346,6 +358,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output::deleted(&id, target.json);
         }
         Command::Embed { texts, json } => embed(&cfg, texts, json).await?,
+        Command::Reembed {
+            data_dir,
+            batch_size,
+            json,
+        } => reembed(with_data_dir(cfg, data_dir), batch_size, json).await?,
         Command::Keys { command } => keys(cfg, command).await?,
         Command::Migrate { data_dir } => {
             let cfg = with_data_dir(cfg, data_dir);
@@ -382,6 +399,52 @@ async fn embed(cfg: &Config, texts: Vec<String>, json: bool) -> anyhow::Result<(
         vectors.push(embedder.embed_query(t).await?);
     }
     output::embeddings(&model, &texts, &vectors, json);
+    Ok(())
+}
+
+async fn reembed(cfg: Config, batch_size: u32, json: bool) -> anyhow::Result<()> {
+    let store = serve::open_store(&cfg)?;
+    let embedder = engram_embed::build(&cfg.embedding).await?;
+    let model = embedder.model();
+    if !json {
+        eprintln!("re-embedding every memory with {}", model.key());
+    }
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let res = engram_core::reembed(
+        std::sync::Arc::new(store.clone()),
+        embedder,
+        batch_size,
+        |done| {
+            if !json && last.elapsed() >= std::time::Duration::from_secs(2) {
+                last = std::time::Instant::now();
+                eprintln!("  {done} memories embedded…");
+            }
+        },
+    )
+    .await;
+    store.close();
+    let report = res?;
+    let summary = serde_json::json!({
+        "model": model.id,
+        "revision": model.revision,
+        "dim": model.dim,
+        "embedded": report.embedded,
+        "cache_hits": report.cache_hits,
+        "was_active": report.was_active,
+        "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    });
+    if json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{} is now the active embedding model ({} embedded, {} from the cache, {:.1} s)",
+            model.key(),
+            report.embedded,
+            report.cache_hits,
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 

@@ -80,8 +80,8 @@ pub fn start(
         let pipeline = match EmbeddingPipeline::new(store, embedder, pipeline_cfg).await {
             Ok(p) => p,
             Err(e) => {
-                *state.write().expect("embedder state") =
-                    EmbedderState::Unavailable(format!("store: {e}"));
+                tracing::warn!(error = %e, "the embedding pipeline cannot start");
+                *state.write().expect("embedder state") = EmbedderState::Unavailable(e.to_string());
                 return;
             }
         };

@@ -217,3 +217,51 @@ fn engram_embed_json_matches_the_reference_vectors() {
         assert!(c >= 0.9999, "sentence {i}: cosine {c}");
     }
 }
+
+#[test]
+fn reembed_embeds_every_memory_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("ENGRAM_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let mut ids = Vec::new();
+    for text in ["first memory for reembed", "second memory for reembed"] {
+        ids.push(
+            run(&["add", text, "--json"])["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let report = run(&["reembed", "--json"]);
+    assert_eq!(report["model"], "sentence-transformers/all-MiniLM-L6-v2");
+    assert_eq!(report["dim"], 384);
+    assert_eq!(
+        report["embedded"].as_u64().unwrap() + report["cache_hits"].as_u64().unwrap(),
+        2
+    );
+    for id in &ids {
+        let m = run(&["get", id, "--json"]);
+        assert_eq!(m["embedding_status"], "completed");
+        assert_eq!(
+            m["embedding_model"],
+            "sentence-transformers/all-MiniLM-L6-v2"
+        );
+    }
+    // Nothing left to do the second time.
+    let again = run(&["reembed", "--json"]);
+    assert_eq!(again["embedded"], 0);
+    assert_eq!(again["was_active"], true);
+}

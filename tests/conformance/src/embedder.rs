@@ -11,6 +11,10 @@ pub const DIM: usize = 8;
 
 #[derive(Default)]
 pub struct HashEmbedder {
+    /// Another revision is another model, with other vectors.
+    pub revision: u32,
+    /// Per-call delay, to make a run slow enough to observe.
+    pub delay_ms: u64,
     pub failing: AtomicBool,
     /// Texts embedded so far (a cache hit embeds nothing).
     pub embedded: AtomicUsize,
@@ -18,7 +22,15 @@ pub struct HashEmbedder {
 }
 
 pub fn vector_of(text: &str) -> Vec<f32> {
-    let h = engram_core::memory::content_hash(text);
+    vector_of_rev(text, 0)
+}
+
+pub fn vector_of_rev(text: &str, revision: u32) -> Vec<f32> {
+    let h = if revision == 0 {
+        engram_core::memory::content_hash(text)
+    } else {
+        engram_core::memory::content_hash(&format!("{revision}:{text}"))
+    };
     let v: Vec<f32> = h.as_bytes()[..DIM]
         .iter()
         .map(|b| f32::from(*b) - 80.0)
@@ -32,7 +44,7 @@ impl Embedder for HashEmbedder {
     fn model(&self) -> ModelInfo {
         ModelInfo {
             id: "test/hash".into(),
-            revision: "1".into(),
+            revision: (self.revision + 1).to_string(),
             dim: DIM,
         }
     }
@@ -42,6 +54,9 @@ impl Embedder for HashEmbedder {
         texts: &[String],
     ) -> Result<Vec<DocumentEmbedding>, EmbedError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.delay_ms)).await;
+        }
         if self.failing.load(Ordering::SeqCst) {
             return Err(EmbedError::Unavailable(
                 "the test embedder is switched off".into(),
@@ -51,12 +66,12 @@ impl Embedder for HashEmbedder {
         Ok(texts
             .iter()
             .map(|t| DocumentEmbedding {
-                windows: vec![vector_of(t)],
+                windows: vec![vector_of_rev(t, self.revision)],
             })
             .collect())
     }
 
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        Ok(vector_of(text))
+        Ok(vector_of_rev(text, self.revision))
     }
 }

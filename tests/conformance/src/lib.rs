@@ -83,6 +83,7 @@ macro_rules! conformance_tests {
             an_expired_lease_is_requeued,
             a_stale_result_never_overwrites_new_content,
             deleting_removes_derived_vectors,
+            reembed_switches_models_without_a_gap,
         );
     };
     (@pipeline $backend:expr; $($story:ident),+ $(,)?) => {

@@ -11,7 +11,7 @@ use engram_core::{
     MemoryService, NewMemory, PipelineConfig, TenantId,
 };
 
-use crate::embedder::{vector_of, HashEmbedder, DIM};
+use crate::embedder::{vector_of, vector_of_rev, HashEmbedder, DIM};
 use crate::{Backend, Stores};
 
 fn tenant(name: &str) -> TenantId {
@@ -351,4 +351,100 @@ pub async fn deleting_removes_derived_vectors(b: Arc<dyn Backend>) {
         .await
         .unwrap()
         .is_empty());
+}
+
+pub async fn reembed_switches_models_without_a_gap(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            svc.remember(&t, NewMemory::note(&format!("memory {i}")).unwrap(), None)
+                .await
+                .unwrap()
+                .0
+                .id,
+        );
+    }
+    let old = Arc::new(HashEmbedder::default());
+    let short_lease = PipelineConfig {
+        lease: Duration::from_millis(100),
+        ..fast()
+    };
+    let p_old = pipeline(&s, old.clone(), short_lease).await;
+    drain(&p_old).await;
+    // A new model cannot simply start: its vectors would mix with the old ones.
+    let new = Arc::new(HashEmbedder {
+        revision: 1,
+        delay_ms: 30,
+        ..Default::default()
+    });
+    let refused = EmbeddingPipeline::new(s.embeddings.clone(), new.clone(), fast()).await;
+    assert!(matches!(refused, Err(engram_core::StoreError::Conflict(_))));
+    // Rebuild beside the old vectors, while writes keep coming.
+    let (store, emb) = (s.embeddings.clone(), new.clone());
+    let job = tokio::spawn(async move { engram_core::reembed(store, emb, 4, |_| {}).await });
+    for i in 30..36 {
+        ids.push(
+            svc.remember(&t, NewMemory::note(&format!("memory {i}")).unwrap(), None)
+                .await
+                .unwrap()
+                .0
+                .id,
+        );
+        // The old model stays active and its worker keeps the new memories searchable.
+        drain(&p_old).await;
+        assert_eq!(
+            s.embeddings.active_model().await.unwrap(),
+            Some(old.model())
+        );
+        for id in &ids {
+            assert!(!s
+                .embeddings
+                .memory_vectors(&t, *id, &old.model())
+                .await
+                .unwrap()
+                .is_empty());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let report = job.await.unwrap().unwrap();
+    assert!(!report.was_active);
+    assert!(report.embedded >= 36);
+    // Switched: every live memory has the new model's vectors, completed by it.
+    assert_eq!(
+        s.embeddings.active_model().await.unwrap(),
+        Some(new.model())
+    );
+    for id in &ids {
+        let m = svc.get(&t, *id).await.unwrap();
+        assert_eq!(m.embedding_status, EmbeddingStatus::Completed);
+        assert_eq!(
+            s.embeddings
+                .memory_vectors(&t, *id, &new.model())
+                .await
+                .unwrap(),
+            vec![vector_of_rev(&m.content, 1)]
+        );
+    }
+    // The old model's worker can no longer land results; the new one carries on.
+    svc.remember(&t, NewMemory::note("after the switch").unwrap(), None)
+        .await
+        .unwrap();
+    assert!(
+        EmbeddingPipeline::new(s.embeddings.clone(), old.clone(), fast())
+            .await
+            .is_err()
+    );
+    let r = p_old.run_batch().await.unwrap();
+    assert_eq!((r.claimed, r.completed), (1, 0));
+    assert_eq!(count(&svc, &t, EmbeddingStatus::Processing).await, 1);
+    let p_new = EmbeddingPipeline::new(s.embeddings.clone(), new.clone(), fast())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(p_new.sweep().await.unwrap().expired_leases, 1);
+    drain(&p_new).await;
+    assert_eq!(count(&svc, &t, EmbeddingStatus::Completed).await, 37);
 }
