@@ -409,10 +409,8 @@ pub async fn embed(cfg: &Config, args: EmbedArgs) -> anyhow::Result<()> {
     let embeddings: Arc<dyn EmbeddingStore> = Arc::new(store.clone());
     let pipeline =
         EmbeddingPipeline::new(embeddings.clone(), Arc::new(local), cfg.pipeline.to_core()).await?;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(pipeline.run(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = crate::embedding::spawn_workers(&pipeline, cfg.pipeline.workers, &stop_rx);
     let http = reqwest::Client::new();
     // Distinct sentences, so the cache does not flatter the figure.
     let texts = engram_embed::bench_sentences(args.memories, 12, 7);
@@ -458,7 +456,9 @@ pub async fn embed(cfg: &Config, args: EmbedArgs) -> anyhow::Result<()> {
         args.memories
     ));
     let _ = stop_tx.send(true);
-    let _ = worker.await;
+    for w in workers {
+        let _ = w.await;
+    }
     server.abort();
     store.close();
     let result = json!({

@@ -23,8 +23,10 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Run the embedding worker in `engram serve`.
+    /// Run the embedding workers in `engram serve`.
     pub enabled: bool,
+    /// Concurrent workers: while one waits on the store, another keeps the model busy.
+    pub workers: usize,
     /// Memories claimed and embedded together.
     pub batch_size: u32,
     /// Seconds a claim holds before a crashed worker's batch is given to another.
@@ -41,6 +43,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             enabled: true,
+            workers: 2,
             batch_size: 32,
             lease_secs: 120,
             max_attempts: 3,
@@ -196,8 +199,10 @@ backoff_ms = 500
 batch_size = 128
 
 [pipeline]
-# The background embedding worker of `engram serve`.
+# The background embedding workers of `engram serve`.
 enabled = true
+# Concurrent workers: while one waits on the store, another keeps the model busy.
+workers = 2
 batch_size = 32
 # Seconds a claimed batch is leased; a crashed worker's batch is re-queued after it.
 lease_secs = 120

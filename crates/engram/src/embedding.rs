@@ -47,6 +47,23 @@ impl ReadinessCheck for EmbedderCheck {
     }
 }
 
+/// Runs `n` pipeline workers until `stop` turns true. Claims are atomic, so workers never
+/// share a memory; while one waits on the store, another keeps the model busy.
+pub fn spawn_workers(
+    pipeline: &EmbeddingPipeline,
+    n: usize,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n.max(1))
+        .map(|_| {
+            let (p, mut stop) = (pipeline.clone(), stop.clone());
+            tokio::spawn(p.run(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        })
+        .collect()
+}
+
 /// Builds the configured embedder in the background and, once it works, runs the
 /// pipeline until `stop` turns true. Returns the readiness check and the worker's handle.
 pub fn start(
@@ -60,10 +77,11 @@ pub fn start(
         EmbedderState::Disabled
     }));
     let check = EmbedderCheck(state.clone());
-    let (embedding, pipeline_cfg, enabled) = (
+    let (embedding, pipeline_cfg, enabled, workers) = (
         cfg.embedding.clone(),
         cfg.pipeline.to_core(),
         cfg.pipeline.enabled,
+        cfg.pipeline.workers,
     );
     let handle = tokio::spawn(async move {
         if !enabled {
@@ -86,12 +104,9 @@ pub fn start(
             }
         };
         *state.write().expect("embedder state") = EmbedderState::Ready;
-        let mut stop = stop;
-        pipeline
-            .run(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
+        for w in spawn_workers(&pipeline, workers, &stop) {
+            let _ = w.await;
+        }
     });
     (check, handle)
 }

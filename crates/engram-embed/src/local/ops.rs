@@ -1,21 +1,12 @@
-//! Fused CPU kernels for the BERT forward pass, run as candle custom ops.
+//! CPU kernels for the BERT forward pass, on plain `f32` slices.
 //!
-//! candle's generic ops cost one allocation and one pass over memory each, its GELU calls
-//! a scalar `erff` per element, and its softmax and layer norm cannot take a padding mask
-//! or a bias. These kernels fuse what is adjacent in BERT (bias + GELU; bias + residual +
-//! layer norm; head split + bias + padding; mask + softmax; head merge + unpadding) and are
-//! written so that the compiler vectorises them; on x86-64 they are also compiled for
-//! AVX2+FMA and chosen at run time. Matrix products stay with candle (the `gemm` crate).
+//! Elementwise work is fused where BERT puts it side by side (bias + GELU; bias + residual +
+//! layer norm; head split + bias) and written so the compiler vectorises it; on x86-64 each
+//! kernel is also compiled for AVX2+FMA and chosen at run time. Matrix products go to the
+//! `gemm` crate (candle's own CPU matmul engine) called directly, with the thread count
+//! given explicitly.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
-
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("engram-embed kernels need contiguous inputs"),
-    }
-}
+use gemm::Parallelism;
 
 // ---------------------------------------------------------------------------------------
 // Scalar maths, written branch-free so loops over them vectorise.
@@ -30,7 +21,7 @@ pub fn erf(x: f32) -> f32 {
     p = x2 * p + -2.101_024e-6;
     p = x2 * p + -5.692_506_4e-5;
     p = x2 * p + -7.349_906_3e-4;
-    p = x2 * p + -2.954_600_0e-3;
+    p = x2 * p + -2.954_6e-3;
     p = x2 * p + -1.609_603_3e-2;
     p *= x;
     let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
@@ -92,7 +83,8 @@ fn has_avx2() -> bool {
 }
 
 macro_rules! dispatch {
-    ($name:ident, $generic:ident, ($($arg:ident : $ty:ty),*)) => {
+    ($(#[$doc:meta])* $name:ident, $generic:ident, ($($arg:ident : $ty:ty),*)) => {
+        $(#[$doc])*
         pub fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
@@ -112,42 +104,22 @@ macro_rules! dispatch {
 }
 
 #[inline(always)]
-fn bias_gelu_generic(xs: &[f32], bias: &[f32], out: &mut [f32]) {
-    let n = bias.len();
-    for (x_row, o_row) in xs.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        for ((o, &x), &b) in o_row.iter_mut().zip(x_row).zip(bias) {
-            *o = gelu(x + b);
+fn bias_gelu_generic(xs: &mut [f32], bias: &[f32]) {
+    for row in xs.chunks_exact_mut(bias.len()) {
+        for (x, &b) in row.iter_mut().zip(bias) {
+            *x = gelu(*x + b);
         }
-    }
-}
-dispatch!(bias_gelu, bias_gelu_generic, (xs: &[f32], bias: &[f32], out: &mut [f32]));
-
-#[inline(always)]
-fn layer_norm_rows_generic(
-    xs: &[f32],
-    residual: &[f32],
-    bias: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    out: &mut [f32],
-) {
-    let n = gamma.len();
-    for ((x_row, r_row), o_row) in xs.chunks_exact(n).zip(residual.chunks_exact(n)).zip(out.chunks_exact_mut(n)) {
-        for (((o, &x), &r), &b) in o_row.iter_mut().zip(x_row).zip(r_row).zip(bias) {
-            *o = x + r + b;
-        }
-        layer_norm_in_place_generic(o_row, gamma, beta, eps);
     }
 }
 dispatch!(
-    layer_norm_rows,
-    layer_norm_rows_generic,
-    (xs: &[f32], residual: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32])
+    /// `x = gelu(x + bias)` over the rows of `xs` (row length `bias.len()`).
+    bias_gelu,
+    bias_gelu_generic,
+    (xs: &mut [f32], bias: &[f32])
 );
 
 #[inline(always)]
-fn layer_norm_in_place_generic(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+fn layer_norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let n = row.len() as f32;
     let mean = sum(row) / n;
     let mut sq = [0f32; 8];
@@ -159,44 +131,127 @@ fn layer_norm_in_place_generic(row: &mut [f32], gamma: &[f32], beta: &[f32], eps
             sq[i] += d * d;
         }
     }
-    let var = (sq.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
+    let var =
+        (sq.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
         *v = (*v - mean) * inv * g + b;
     }
 }
 
-/// Layer norm of each row of `rows` (row length = `gamma.len()`), in place.
-pub fn layer_norm_in_place(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    #[inline(always)]
-    fn all_rows(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-        for row in rows.chunks_exact_mut(gamma.len()) {
-            layer_norm_in_place_generic(row, gamma, beta, eps);
+#[inline(always)]
+fn add_layer_norm_generic(
+    xs: &mut [f32],
+    residual: &[f32],
+    bias: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    let n = gamma.len();
+    for (row, r_row) in xs.chunks_exact_mut(n).zip(residual.chunks_exact(n)) {
+        for ((x, &r), &b) in row.iter_mut().zip(r_row).zip(bias) {
+            *x += r + b;
         }
+        layer_norm_row(row, gamma, beta, eps);
     }
-    dispatch!(run, all_rows, (rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32));
-    run(rows, gamma, beta, eps)
 }
+dispatch!(
+    /// `x = layer_norm(x + residual + bias)` over rows of length `gamma.len()`.
+    add_layer_norm,
+    add_layer_norm_generic,
+    (xs: &mut [f32], residual: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32)
+);
 
 #[inline(always)]
-fn softmax_rows_generic(scores: &mut [f32], row_len: usize, valid: usize) {
-    for row in scores.chunks_exact_mut(row_len) {
-        let (live, dead) = row.split_at_mut(valid);
-        let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        for v in live.iter_mut() {
-            *v = exp_neg(*v - max);
-        }
-        let inv = 1.0 / sum(live);
-        for v in live.iter_mut() {
-            *v *= inv;
-        }
-        dead.fill(0.0);
+fn layer_norm_generic(xs: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    for row in xs.chunks_exact_mut(gamma.len()) {
+        layer_norm_row(row, gamma, beta, eps);
     }
 }
-dispatch!(softmax_rows, softmax_rows_generic, (scores: &mut [f32], row_len: usize, valid: usize));
+dispatch!(
+    /// Layer norm of each row of `xs` (row length `gamma.len()`), in place.
+    layer_norm,
+    layer_norm_generic,
+    (xs: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32)
+);
+
+#[inline(always)]
+fn softmax_rows_generic(scores: &mut [f32], row_len: usize) {
+    for row in scores.chunks_exact_mut(row_len) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for v in row.iter_mut() {
+            *v = exp_neg(*v - max);
+        }
+        let inv = 1.0 / sum(row);
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+dispatch!(
+    /// Softmax of each row (length `row_len`) of `scores`, in place.
+    softmax_rows,
+    softmax_rows_generic,
+    (scores: &mut [f32], row_len: usize)
+);
 
 // ---------------------------------------------------------------------------------------
-// The custom ops.
+// Matrix products.
+
+/// A `*mut f32` that may cross threads: tasks write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand disjoint output regions to parallel tasks (see `attention`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+fn parallelism(threads: usize) -> Parallelism {
+    if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `out[m, n] = x[m, k] · w[k, n]`, all row-major and contiguous, on up to `threads`
+/// threads of the current rayon pool (`gemm` decides how many are worth it).
+pub fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, threads: usize) -> Vec<f32> {
+    assert!(x.len() == m * k && w.len() == k * n);
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    // SAFETY: the sizes are checked above, so every read stays inside x and w and every
+    // write inside `out`, a fresh buffer that aliases neither.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(threads),
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention.
 
 /// Where each sequence of a packed batch lives: sequence `s` has `lens[s]` tokens starting
 /// at row `offsets[s]` of the packed `[total, hidden]` matrix.
@@ -205,7 +260,6 @@ pub struct Packing {
     pub lens: Vec<usize>,
     pub offsets: Vec<usize>,
     pub total: usize,
-    pub max_len: usize,
 }
 
 impl Packing {
@@ -216,8 +270,11 @@ impl Packing {
             offsets.push(total);
             total += l;
         }
-        let max_len = lens.iter().copied().max().unwrap_or(0);
-        Self { lens, offsets, total, max_len }
+        Self {
+            lens,
+            offsets,
+            total,
+        }
     }
 
     pub fn batch(&self) -> usize {
@@ -225,164 +282,146 @@ impl Packing {
     }
 }
 
-/// gelu(x + bias) over a `[rows, bias.len()]` matrix.
-pub struct BiasGelu<'a> {
-    pub bias: &'a [f32],
-}
-
-impl CustomOp1 for BiasGelu<'_> {
-    fn name(&self) -> &'static str {
-        "engram-bias-gelu"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous(storage, layout)?;
-        let (_, cols) = layout.shape().dims2()?;
-        if cols != self.bias.len() {
-            bail!("bias-gelu: {cols} columns, bias of {}", self.bias.len());
-        }
-        let mut out = vec![0f32; xs.len()];
-        bias_gelu(xs, self.bias, &mut out);
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
-/// layer_norm(x + bias + residual) over `[rows, hidden]` matrices.
-pub struct BiasResidualLayerNorm<'a> {
-    pub bias: &'a [f32],
-    pub gamma: &'a [f32],
-    pub beta: &'a [f32],
-    pub eps: f32,
-}
-
-impl CustomOp2 for BiasResidualLayerNorm<'_> {
-    fn name(&self) -> &'static str {
-        "engram-bias-residual-layer-norm"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous(s1, l1)?;
-        let residual = contiguous(s2, l2)?;
-        let (_, cols) = l1.shape().dims2()?;
-        if l1.shape() != l2.shape() || cols != self.gamma.len() {
-            bail!("layer norm: shapes {:?} and {:?}, hidden {}", l1.shape(), l2.shape(), self.gamma.len());
-        }
-        let mut out = vec![0f32; xs.len()];
-        layer_norm_rows(xs, residual, self.bias, self.gamma, self.beta, self.eps, &mut out);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// Packed `[total, 3 * hidden]` (the fused Q|K|V projection, bias not yet added) to padded,
-/// head-major `[3 * batch * heads, max_len, head_dim]`: Q for every (sequence, head), then
-/// K, then V. Padding rows are zero (they are masked out as keys and dropped as queries).
-pub struct SplitHeads<'a> {
-    pub packing: &'a Packing,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub bias: &'a [f32],
-}
-
-impl CustomOp1 for SplitHeads<'_> {
-    fn name(&self) -> &'static str {
-        "engram-split-heads"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous(storage, layout)?;
-        let p = self.packing;
-        let (h, d) = (self.heads, self.head_dim);
-        let hidden = h * d;
-        let (rows, cols) = layout.shape().dims2()?;
-        if rows != p.total || cols != 3 * hidden || self.bias.len() != 3 * hidden {
-            bail!("split-heads: input {rows}x{cols} for {} tokens, hidden {hidden}", p.total);
-        }
-        let b = p.batch();
-        let l = p.max_len;
-        let mut out = vec![0f32; 3 * b * h * l * d];
-        for s in 0..b {
-            for t in 0..p.lens[s] {
-                let row = &src[(p.offsets[s] + t) * cols..][..cols];
-                for part in 0..3 {
-                    for head in 0..h {
-                        let from = part * hidden + head * d;
-                        let to = (((part * b + s) * h + head) * l + t) * d;
-                        for ((o, &x), &bb) in out[to..to + d].iter_mut().zip(&row[from..from + d]).zip(&self.bias[from..from + d]) {
-                            *o = x + bb;
-                        }
+/// Packed `[total, 3 * hidden]` (the fused Q|K|V projection, bias not yet added) to one
+/// block per sequence, `[3, heads, len, head_dim]` (Q, K, V; head-major), blocks back to
+/// back: sequence `s` starts at element `3 * hidden * offsets[s]`. No padding anywhere.
+pub fn split_heads(
+    qkv: &[f32],
+    p: &Packing,
+    heads: usize,
+    head_dim: usize,
+    bias: &[f32],
+) -> Vec<f32> {
+    let hidden = heads * head_dim;
+    let cols = 3 * hidden;
+    assert!(qkv.len() == p.total * cols && bias.len() == cols);
+    let mut out = vec![0f32; qkv.len()];
+    for s in 0..p.batch() {
+        let len = p.lens[s];
+        let block = &mut out[cols * p.offsets[s]..][..cols * len];
+        for t in 0..len {
+            let row = &qkv[(p.offsets[s] + t) * cols..][..cols];
+            for part in 0..3 {
+                for head in 0..heads {
+                    let from = part * hidden + head * head_dim;
+                    let to = ((part * heads + head) * len + t) * head_dim;
+                    for ((o, &x), &b) in block[to..to + head_dim]
+                        .iter_mut()
+                        .zip(&row[from..from + head_dim])
+                        .zip(&bias[from..from + head_dim])
+                    {
+                        *o = x + b;
                     }
                 }
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((3 * b * h, l, d))))
     }
+    out
 }
 
-/// Softmax over the last dimension of `[batch * heads, max_len, max_len]` attention scores,
-/// keys past each sequence's length masked out (weight exactly zero).
-pub struct MaskedSoftmax<'a> {
-    pub packing: &'a Packing,
-    pub heads: usize,
+/// Scaled dot-product attention of every (sequence, head), each at its sequence's own
+/// length, from `split` (see [`split_heads`]; Q already carries the 1/sqrt(head_dim) scale)
+/// into a packed `[total, hidden]` context matrix. Pairs are shared among `threads`.
+pub fn attention(
+    split: &[f32],
+    p: &Packing,
+    heads: usize,
+    head_dim: usize,
+    threads: usize,
+) -> Vec<f32> {
+    let hidden = heads * head_dim;
+    assert!(split.len() == p.total * 3 * hidden);
+    let mut context = vec![0f32; p.total * hidden];
+    let out = SendPtr(context.as_mut_ptr());
+    let pair = |(s, head): (usize, usize)| {
+        let len = p.lens[s];
+        let block = &split[3 * hidden * p.offsets[s]..][..3 * hidden * len];
+        let q = &block[head * len * head_dim..][..len * head_dim];
+        let k = &block[(heads + head) * len * head_dim..][..len * head_dim];
+        let v = &block[(2 * heads + head) * len * head_dim..][..len * head_dim];
+        let mut scores = vec![0f32; len * len];
+        let dst = out;
+        // SAFETY: every product stays inside its slices (q, k, v: len × head_dim; scores:
+        // len × len). The context rows offsets[s]..+len, columns head·d..+d, belong to this
+        // (sequence, head) pair alone, so parallel pairs write disjoint memory, and
+        // `context` outlives the tasks.
+        unsafe {
+            // scores = q · kᵀ
+            gemm::gemm(
+                len,
+                len,
+                head_dim,
+                scores.as_mut_ptr(),
+                1,
+                len as isize,
+                false,
+                q.as_ptr(),
+                1,
+                head_dim as isize,
+                k.as_ptr(),
+                head_dim as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+            softmax_rows(&mut scores, len);
+            // context[rows of s, columns of head] = softmax(scores) · v
+            gemm::gemm(
+                len,
+                head_dim,
+                len,
+                dst.0.add(p.offsets[s] * hidden + head * head_dim),
+                1,
+                hidden as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                len as isize,
+                v.as_ptr(),
+                1,
+                head_dim as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    };
+    let pairs = (0..p.batch()).flat_map(|s| (0..heads).map(move |h| (s, h)));
+    let work: usize = p.lens.iter().map(|l| l * l).sum::<usize>() * heads * head_dim;
+    if threads > 1 && work >= 1 << 18 {
+        use rayon::prelude::*;
+        pairs.collect::<Vec<_>>().into_par_iter().for_each(pair);
+    } else {
+        pairs.for_each(pair);
+    }
+    context
 }
 
-impl CustomOp1 for MaskedSoftmax<'_> {
-    fn name(&self) -> &'static str {
-        "engram-masked-softmax"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous(storage, layout)?;
-        let p = self.packing;
-        let l = p.max_len;
-        let (bh, rows, cols) = layout.shape().dims3()?;
-        if bh != p.batch() * self.heads || rows != l || cols != l {
-            bail!("masked-softmax: scores {bh}x{rows}x{cols} for batch {} heads {}", p.batch(), self.heads);
+/// Merges one sequence's `[heads, len, head_dim]` back into packed rows (the inverse of
+/// [`split_heads`] for one part); used by tests.
+#[cfg(test)]
+fn merge_heads(
+    ctx: &[f32],
+    heads: usize,
+    len: usize,
+    head_dim: usize,
+    out: &mut [f32],
+    first: usize,
+) {
+    let hidden = heads * head_dim;
+    for head in 0..heads {
+        for t in 0..len {
+            let from = (head * len + t) * head_dim;
+            let to = (first + t) * hidden + head * head_dim;
+            out[to..to + head_dim].copy_from_slice(&ctx[from..from + head_dim]);
         }
-        let mut out = src.to_vec();
-        for (i, block) in out.chunks_exact_mut(l * l).enumerate() {
-            let len = p.lens[i / self.heads];
-            // Query rows past the sequence's end are padding: their output is dropped.
-            let (live, dead) = block.split_at_mut(len * l);
-            softmax_rows(live, l, len);
-            dead.fill(0.0);
-        }
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
-/// Padded head-major `[batch * heads, max_len, head_dim]` back to packed `[total, hidden]`.
-pub struct MergeHeads<'a> {
-    pub packing: &'a Packing,
-    pub heads: usize,
-    pub head_dim: usize,
-}
-
-impl CustomOp1 for MergeHeads<'_> {
-    fn name(&self) -> &'static str {
-        "engram-merge-heads"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous(storage, layout)?;
-        let p = self.packing;
-        let (h, d) = (self.heads, self.head_dim);
-        let l = p.max_len;
-        let (bh, rows, cols) = layout.shape().dims3()?;
-        if bh != p.batch() * h || rows != l || cols != d {
-            bail!("merge-heads: context {bh}x{rows}x{cols} for batch {} heads {h}", p.batch());
-        }
-        let hidden = h * d;
-        let mut out = vec![0f32; p.total * hidden];
-        for s in 0..p.batch() {
-            for t in 0..p.lens[s] {
-                let to_row = (p.offsets[s] + t) * hidden;
-                for head in 0..h {
-                    let from = ((s * h + head) * l + t) * d;
-                    out[to_row + head * d..to_row + (head + 1) * d].copy_from_slice(&src[from..from + d]);
-                }
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((p.total, hidden))))
     }
 }
 
@@ -391,8 +430,7 @@ mod tests {
     use super::*;
 
     fn erf_f64(x: f64) -> f64 {
-        // Abramowitz-Stegun 7.1.28 is not precise enough to judge a 1e-7 approximation,
-        // so integrate instead: erf(x) = 2/sqrt(pi) * ∫0^x e^{-t²} dt (Simpson, 2000 steps).
+        // erf(x) = 2/sqrt(pi) ∫0^x e^{-t²} dt, by Simpson's rule with 2000 steps.
         let n = 2000;
         let h = x / n as f64;
         let f = |t: f64| (-t * t).exp();
@@ -409,8 +447,7 @@ mod tests {
         let mut worst = 0f64;
         for i in -600..=600 {
             let x = i as f64 / 100.0;
-            let err = (erf(x as f32) as f64 - erf_f64(x)).abs();
-            worst = worst.max(err);
+            worst = worst.max((erf(x as f32) as f64 - erf_f64(x)).abs());
         }
         assert!(worst < 3e-7, "worst erf error {worst}");
     }
@@ -421,8 +458,7 @@ mod tests {
         for i in 0..=87_000 {
             let x = -(i as f32) / 1000.0;
             let want = x.exp();
-            let rel = ((exp_neg(x) - want) / want).abs();
-            worst = worst.max(rel);
+            worst = worst.max(((exp_neg(x) - want) / want).abs());
         }
         assert!(worst < 5e-7, "worst relative exp error {worst}");
         assert_eq!(exp_neg(0.0), 1.0);
@@ -432,72 +468,173 @@ mod tests {
     #[test]
     fn gelu_known_values() {
         // gelu(1) = 0.5 * (1 + erf(1/sqrt 2)) = 0.841344746...
-        assert!((gelu(1.0) - 0.841_344_75).abs() < 1e-6);
+        assert!((gelu(1.0) - 0.841_344_8).abs() < 1e-6);
         assert!((gelu(-1.0) + 0.158_655_25).abs() < 1e-6);
         assert_eq!(gelu(0.0), 0.0);
         assert!((gelu(10.0) - 10.0).abs() < 1e-6);
         assert!(gelu(-10.0).abs() < 1e-6);
+        let mut xs = vec![1.0f32, -1.0];
+        bias_gelu(&mut xs, &[0.0, 2.0]);
+        assert!((xs[0] - gelu(1.0)).abs() < 1e-7 && (xs[1] - gelu(1.0)).abs() < 1e-7);
     }
 
     #[test]
-    fn masked_softmax_rows_sum_to_one_and_ignore_padding() {
-        let mut scores = vec![1.0, 2.0, 3.0, 100.0, 0.5, 0.5, 0.5, -7.0];
-        softmax_rows(&mut scores, 4, 3);
-        for row in scores.chunks(4) {
-            assert!((row[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
-            assert_eq!(row[3], 0.0);
-        }
-        assert!((scores[4] - 1.0 / 3.0).abs() < 1e-6);
+    fn softmax_rows_sum_to_one() {
+        let mut scores = vec![1.0, 2.0, 3.0, 0.5, 0.5, 0.5];
+        softmax_rows(&mut scores, 3);
         let e: Vec<f32> = [1f32, 2.0, 3.0].iter().map(|v| v.exp()).collect();
         let z: f32 = e.iter().sum();
         for i in 0..3 {
             assert!((scores[i] - e[i] / z).abs() < 1e-6);
+            assert!((scores[3 + i] - 1.0 / 3.0).abs() < 1e-6);
         }
     }
 
     #[test]
-    fn layer_norm_matches_definition() {
-        let xs: Vec<f32> = (0..20).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    fn add_layer_norm_matches_definition() {
+        let mut xs: Vec<f32> = (0..20).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let orig = xs.clone();
         let res: Vec<f32> = (0..20).map(|i| i as f32 * 0.01).collect();
         let bias = vec![0.5f32; 10];
         let gamma: Vec<f32> = (0..10).map(|i| 1.0 + i as f32 * 0.1).collect();
         let beta: Vec<f32> = (0..10).map(|i| i as f32 * -0.2).collect();
-        let mut out = vec![0f32; 20];
-        layer_norm_rows(&xs, &res, &bias, &gamma, &beta, 1e-12, &mut out);
+        add_layer_norm(&mut xs, &res, &bias, &gamma, &beta, 1e-12);
         for r in 0..2 {
-            let v: Vec<f64> = (0..10).map(|i| (xs[r * 10 + i] + res[r * 10 + i] + 0.5) as f64).collect();
+            let v: Vec<f64> = (0..10)
+                .map(|i| (orig[r * 10 + i] + res[r * 10 + i] + 0.5) as f64)
+                .collect();
             let mean = v.iter().sum::<f64>() / 10.0;
             let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 10.0;
             for i in 0..10 {
                 let want = (v[i] - mean) / (var + 1e-12).sqrt() * gamma[i] as f64 + beta[i] as f64;
-                assert!((out[r * 10 + i] as f64 - want).abs() < 1e-5, "row {r} col {i}");
+                assert!(
+                    (xs[r * 10 + i] as f64 - want).abs() < 1e-5,
+                    "row {r} col {i}"
+                );
+            }
+        }
+    }
+
+    fn naive(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                out[r * n + c] = (0..k).map(|i| x[r * k + i] * w[i * n + c]).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn products_match_a_naive_one() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (k, n) in [(40, 48), (64, 272)] {
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) / 10.0)
+                .collect();
+            for m in [1, 2, 7, 14, 64, 65, 200] {
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 5 % 17) as f32 - 8.0) / 7.0)
+                    .collect();
+                let want = naive(&x, m, k, &w, n);
+                for threads in [1, 2] {
+                    let got = pool.install(|| matmul(&x, m, k, &w, n, threads));
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() < 1e-3,
+                            "{m}x{k}x{n}, {threads} threads, at {i}: {g} vs {w}"
+                        );
+                    }
+                }
             }
         }
     }
 
     #[test]
-    fn split_then_merge_round_trips_the_packed_rows() {
-        use candle_core::{Device, Tensor};
-        let packing = Packing::new(vec![3, 1, 2]);
+    fn split_heads_then_merge_gives_back_the_columns() {
+        let p = Packing::new(vec![3, 1, 2]);
         let (heads, head_dim) = (2, 2);
         let hidden = heads * head_dim;
-        let data: Vec<f32> = (0..packing.total * 3 * hidden).map(|i| i as f32).collect();
-        let bias = vec![0f32; 3 * hidden];
-        let qkv = Tensor::from_vec(data.clone(), (packing.total, 3 * hidden), &Device::Cpu).unwrap();
-        let split = qkv.apply_op1_no_bwd(&SplitHeads { packing: &packing, heads, head_dim, bias: &bias }).unwrap();
-        assert_eq!(split.dims(), &[3 * 3 * heads, 3, head_dim]);
-        // V (part 2) merged back gives the V columns of the packed input.
-        let bh = packing.batch() * heads;
-        let v = split.narrow(0, 2 * bh, bh).unwrap();
-        let merged = v.apply_op1_no_bwd(&MergeHeads { packing: &packing, heads, head_dim }).unwrap();
-        let merged = merged.to_vec2::<f32>().unwrap();
-        for (row, got) in merged.iter().enumerate() {
-            let want = &data[row * 3 * hidden + 2 * hidden..row * 3 * hidden + 3 * hidden];
-            assert_eq!(got.as_slice(), want);
+        let data: Vec<f32> = (0..p.total * 3 * hidden).map(|i| i as f32).collect();
+        let bias: Vec<f32> = (0..3 * hidden).map(|i| i as f32 * 1000.0).collect();
+        let split = split_heads(&data, &p, heads, head_dim, &bias);
+        let mut merged = vec![vec![0f32; p.total * hidden]; 3];
+        for s in 0..p.batch() {
+            let len = p.lens[s];
+            let block = &split[3 * hidden * p.offsets[s]..][..3 * hidden * len];
+            for (part, m) in merged.iter_mut().enumerate() {
+                merge_heads(
+                    &block[part * hidden * len..][..hidden * len],
+                    heads,
+                    len,
+                    head_dim,
+                    m,
+                    p.offsets[s],
+                );
+            }
         }
-        // The second sequence has one token: its padding rows (t = 1, 2) are zero.
-        let k = split.narrow(0, bh, bh).unwrap().to_vec3::<f32>().unwrap();
-        assert_eq!(k[heads][1], vec![0.0, 0.0]);
-        assert_eq!(k[heads][2], vec![0.0, 0.0]);
+        for row in 0..p.total {
+            for part in 0..3 {
+                for c in 0..hidden {
+                    let want = data[row * 3 * hidden + part * hidden + c] + bias[part * hidden + c];
+                    assert_eq!(
+                        merged[part][row * hidden + c],
+                        want,
+                        "row {row} part {part} col {c}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_matches_a_naive_one_per_sequence() {
+        let p = Packing::new(vec![4, 1, 3]);
+        let (heads, d) = (2, 3);
+        let hidden = heads * d;
+        let qkv: Vec<f32> = (0..p.total * 3 * hidden)
+            .map(|i| ((i * 7 % 19) as f32 - 9.0) / 10.0)
+            .collect();
+        let split = split_heads(&qkv, &p, heads, d, &vec![0.0; 3 * hidden]);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let ctx = pool.install(|| attention(&split, &p, heads, d, threads));
+            for s in 0..p.batch() {
+                for h in 0..heads {
+                    for t in 0..p.lens[s] {
+                        let row = |r: usize, part: usize| {
+                            &qkv[(p.offsets[s] + r) * 3 * hidden + part * hidden + h * d..][..d]
+                        };
+                        let scores: Vec<f64> = (0..p.lens[s])
+                            .map(|j| {
+                                row(t, 0)
+                                    .iter()
+                                    .zip(row(j, 1))
+                                    .map(|(a, b)| (a * b) as f64)
+                                    .sum()
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                        let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                        let z: f64 = e.iter().sum();
+                        for c in 0..d {
+                            let want: f64 =
+                                (0..p.lens[s]).map(|j| e[j] / z * row(j, 2)[c] as f64).sum();
+                            let got = ctx[(p.offsets[s] + t) * hidden + h * d + c] as f64;
+                            assert!(
+                                (got - want).abs() < 1e-5,
+                                "threads {threads} s {s} h {h} t {t} c {c}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
