@@ -117,46 +117,13 @@ impl EmbeddingPipeline {
         if jobs.is_empty() {
             return Ok(report);
         }
-        let hashes: Vec<String> = jobs.iter().map(|j| j.content_hash.clone()).collect();
-        let cached = self.store.cached_embeddings(&self.model, &hashes).await?;
-        let (hits, misses): (Vec<EmbeddingJob>, Vec<EmbeddingJob>) = jobs
-            .into_iter()
-            .partition(|j| cached.contains_key(&j.content_hash));
-        report.cache_hits = hits.len();
-        metrics::counter!("engram_embedding_cache_hits_total").increment(hits.len() as u64);
+        let (mut results, misses) = from_cache(&*self.store, &self.model, jobs).await?;
+        report.cache_hits = results.len();
+        metrics::counter!("engram_embedding_cache_hits_total").increment(results.len() as u64);
         metrics::counter!("engram_embedding_cache_misses_total").increment(misses.len() as u64);
-        let mut results: Vec<(EmbeddingJob, Vec<Vec<f32>>)> = hits
-            .into_iter()
-            .map(|j| {
-                let v = cached[&j.content_hash].clone();
-                (j, v)
-            })
-            .collect();
         if !misses.is_empty() {
-            // Identical content within the batch is embedded once.
-            let mut unique: Vec<String> = Vec::new();
-            let mut slot_of = std::collections::HashMap::new();
-            for j in &misses {
-                slot_of.entry(j.content_hash.clone()).or_insert_with(|| {
-                    unique.push(j.content.clone());
-                    unique.len() - 1
-                });
-            }
-            match self.embedder.embed_documents(&unique).await {
-                Ok(docs) if docs.len() == unique.len() => {
-                    for j in misses {
-                        let windows = docs[slot_of[&j.content_hash]].windows.clone();
-                        results.push((j, windows));
-                    }
-                }
-                Ok(docs) => {
-                    let e = EmbedError::Other(format!(
-                        "embedder returned {} results for {} inputs",
-                        docs.len(),
-                        unique.len()
-                    ));
-                    report.failed += self.fail_all(&misses, &e).await?;
-                }
+            match embed_unique(&*self.embedder, &misses).await {
+                Ok(vectors) => results.extend(misses.into_iter().zip(vectors)),
                 Err(e) => report.failed += self.fail_all(&misses, &e).await?,
             }
         }
@@ -256,6 +223,56 @@ fn futures_poll_ready<F: std::future::Future<Output = ()> + Unpin>(f: &mut F) ->
     std::pin::Pin::new(f).poll(&mut cx).is_ready()
 }
 
+/// Splits jobs into those whose content is in the cache (with their vectors) and the rest.
+async fn from_cache(
+    store: &dyn EmbeddingStore,
+    model: &ModelInfo,
+    jobs: Vec<EmbeddingJob>,
+) -> Result<(Vec<(EmbeddingJob, Vec<Vec<f32>>)>, Vec<EmbeddingJob>), StoreError> {
+    let hashes: Vec<String> = jobs.iter().map(|j| j.content_hash.clone()).collect();
+    let cached = store.cached_embeddings(model, &hashes).await?;
+    let mut hits = Vec::new();
+    let mut misses = Vec::new();
+    for j in jobs {
+        match cached.get(&j.content_hash) {
+            Some(v) => {
+                let v = v.clone();
+                hits.push((j, v));
+            }
+            None => misses.push(j),
+        }
+    }
+    Ok((hits, misses))
+}
+
+/// Embeds the jobs' contents, identical contents once; one entry of window vectors per
+/// job, in order.
+async fn embed_unique(
+    embedder: &dyn Embedder,
+    jobs: &[EmbeddingJob],
+) -> Result<Vec<Vec<Vec<f32>>>, EmbedError> {
+    let mut unique: Vec<String> = Vec::new();
+    let mut slot_of = std::collections::HashMap::new();
+    for j in jobs {
+        slot_of.entry(j.content_hash.as_str()).or_insert_with(|| {
+            unique.push(j.content.clone());
+            unique.len() - 1
+        });
+    }
+    let docs = embedder.embed_documents(&unique).await?;
+    if docs.len() != unique.len() {
+        return Err(EmbedError::Other(format!(
+            "embedder returned {} results for {} inputs",
+            docs.len(),
+            unique.len()
+        )));
+    }
+    Ok(jobs
+        .iter()
+        .map(|j| docs[slot_of[j.content_hash.as_str()]].windows.clone())
+        .collect())
+}
+
 /// What `reembed` did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReembedReport {
@@ -288,29 +305,12 @@ pub async fn reembed(
             }
             continue;
         }
-        let hashes: Vec<String> = jobs.iter().map(|j| j.content_hash.clone()).collect();
-        let cached = store.cached_embeddings(&model, &hashes).await?;
-        let (hits, misses): (Vec<EmbeddingJob>, Vec<EmbeddingJob>) = jobs
-            .into_iter()
-            .partition(|j| cached.contains_key(&j.content_hash));
-        report.cache_hits += hits.len();
-        let mut results: Vec<(EmbeddingJob, Vec<Vec<f32>>)> = hits
-            .into_iter()
-            .map(|j| {
-                let v = cached[&j.content_hash].clone();
-                (j, v)
-            })
-            .collect();
+        let (mut results, misses) = from_cache(&*store, &model, jobs).await?;
+        report.cache_hits += results.len();
         if !misses.is_empty() {
-            let texts: Vec<String> = misses.iter().map(|j| j.content.clone()).collect();
-            let docs = embedder.embed_documents(&texts).await?;
-            if docs.len() != misses.len() {
-                return Err(CoreErrorOrEmbed::Embed(EmbedError::Other(
-                    "embedder returned the wrong number of results".into(),
-                )));
-            }
+            let vectors = embed_unique(&*embedder, &misses).await?;
             report.embedded += misses.len();
-            results.extend(misses.into_iter().zip(docs.into_iter().map(|d| d.windows)));
+            results.extend(misses.into_iter().zip(vectors));
         }
         store.store_vectors(&model, results).await?;
         progress(report.embedded + report.cache_hits);

@@ -162,6 +162,36 @@ where
     Ok((total as f64 / started.elapsed().as_secs_f64(), ids))
 }
 
+/// An in-process server over a store in `cfg.store.data_dir`, with a key for the tenant
+/// `bench`.
+struct BenchServer {
+    store: engram_sqlite::SqliteStore,
+    key: engram_core::ApiKey,
+    addr: std::net::SocketAddr,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl BenchServer {
+    async fn start(cfg: &Config) -> anyhow::Result<BenchServer> {
+        let store = crate::serve::open_store(cfg)?;
+        let keys = KeyService::new(Arc::new(store.clone()));
+        let (key, _) = keys.create(&TenantId::parse("bench")?).await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = engram_server::router(
+            crate::serve::app_state(&store, Vec::new()),
+            &crate::serve::http_config(cfg),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(BenchServer {
+            store,
+            key,
+            addr,
+            server,
+        })
+    }
+}
+
 pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let data_dir = args
@@ -170,16 +200,12 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| tmp.path().to_path_buf());
     let mut cfg = Config::default();
     cfg.store.data_dir = data_dir.clone();
-    let store = crate::serve::open_store(&cfg)?;
-    let keys = KeyService::new(Arc::new(store.clone()));
-    let (key, _) = keys.create(&TenantId::parse("bench")?).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = engram_server::router(
-        crate::serve::app_state(&store, Vec::new()),
-        &crate::serve::http_config(&cfg),
-    );
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let BenchServer {
+        store,
+        key,
+        addr,
+        server,
+    } = BenchServer::start(&cfg).await?;
     let client = Arc::new(Client {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -396,16 +422,12 @@ pub async fn embed(cfg: &Config, args: EmbedArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut scfg = cfg.clone();
     scfg.store.data_dir = tmp.path().to_path_buf();
-    let store = crate::serve::open_store(&scfg)?;
-    let keys = KeyService::new(Arc::new(store.clone()));
-    let (key, _) = keys.create(&TenantId::parse("bench")?).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = engram_server::router(
-        crate::serve::app_state(&store, Vec::new()),
-        &crate::serve::http_config(&scfg),
-    );
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let BenchServer {
+        store,
+        key,
+        addr,
+        server,
+    } = BenchServer::start(&scfg).await?;
     let embeddings: Arc<dyn EmbeddingStore> = Arc::new(store.clone());
     let pipeline =
         EmbeddingPipeline::new(embeddings.clone(), Arc::new(local), cfg.pipeline.to_core()).await?;
