@@ -20,8 +20,8 @@ pub struct PipelineConfig {
     pub batch_size: u32,
     /// How long a claim holds before the sweeper may give the work to another worker.
     pub lease: Duration,
-    /// Claims before a failing memory is given up (stays `failed`).
-    pub max_attempts: u32,
+    /// Retries after a failed first attempt before the memory is given up (stays `failed`).
+    pub max_retries: u32,
     /// First retry delay; doubled for each later attempt.
     pub backoff: Duration,
     /// Failed memories are retried only while their failure is younger than this.
@@ -37,7 +37,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             batch_size: 32,
             lease: Duration::from_secs(120),
-            max_attempts: 3,
+            max_retries: 3,
             backoff: Duration::from_secs(5),
             retry_window: Duration::from_secs(24 * 3600),
             sweep_every: Duration::from_secs(10),
@@ -150,7 +150,7 @@ impl EmbeddingPipeline {
         let at = now();
         for j in jobs {
             // A rejected input will not get better by retrying.
-            let retry = !matches!(e, EmbedError::Rejected(_)) && j.attempts < self.cfg.max_attempts;
+            let retry = !matches!(e, EmbedError::Rejected(_)) && j.attempts <= self.cfg.max_retries;
             let retry_at = retry.then(|| {
                 let factor = 1u32 << (j.attempts.saturating_sub(1)).min(16);
                 at + chrono_dur(self.cfg.backoff * factor)

@@ -31,8 +31,9 @@ pub struct PipelineConfig {
     pub batch_size: u32,
     /// Seconds a claim holds before a crashed worker's batch is given to another.
     pub lease_secs: u64,
-    /// Claims before a failing memory is given up (it stays `failed`).
-    pub max_attempts: u32,
+    /// Retries, with exponential backoff, before a failing memory is given up (it stays
+    /// `failed`).
+    pub max_retries: u32,
     /// First retry delay in seconds; doubled for each later attempt.
     pub backoff_secs: u64,
     /// How often the sweeper re-queues expired leases and due retries, in seconds.
@@ -46,7 +47,7 @@ impl Default for PipelineConfig {
             workers: 2,
             batch_size: 32,
             lease_secs: 120,
-            max_attempts: 3,
+            max_retries: 3,
             backoff_secs: 5,
             sweep_secs: 10,
         }
@@ -59,7 +60,7 @@ impl PipelineConfig {
         engram_core::PipelineConfig {
             batch_size: self.batch_size.max(1),
             lease: Duration::from_secs(self.lease_secs.max(1)),
-            max_attempts: self.max_attempts.max(1),
+            max_retries: self.max_retries,
             backoff: Duration::from_secs(self.backoff_secs),
             sweep_every: Duration::from_secs(self.sweep_secs.max(1)),
             ..Default::default()
@@ -209,8 +210,9 @@ workers = 2
 batch_size = 32
 # Seconds a claimed batch is leased; a crashed worker's batch is re-queued after it.
 lease_secs = 120
-# Claims before a failing memory stays failed; retries back off from backoff_secs, doubling.
-max_attempts = 3
+# Retries of a failed embedding before it stays failed; they back off from backoff_secs,
+# doubling each time.
+max_retries = 3
 backoff_secs = 5
 sweep_secs = 10
 "#;

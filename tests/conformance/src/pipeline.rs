@@ -179,15 +179,18 @@ pub async fn failures_back_off_then_give_up(b: Arc<dyn Backend>) {
     assert_eq!(p.run_batch().await.unwrap().failed, 1); // attempt 2, backoff 80 ms
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(p.sweep().await.unwrap().retried, 1);
-    assert_eq!(p.run_batch().await.unwrap().failed, 1); // attempt 3: the last
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(p.run_batch().await.unwrap().failed, 1); // attempt 3, backoff 160 ms
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.sweep().await.unwrap().retried, 1);
+    assert_eq!(p.run_batch().await.unwrap().failed, 1); // attempt 4 = retry 3: the last
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         p.sweep().await.unwrap().retried,
         0,
-        "given up after 3 attempts"
+        "given up after 3 retries"
     );
     assert_eq!(p.run_batch().await.unwrap().claimed, 0);
-    assert_eq!(emb.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(emb.calls.load(Ordering::SeqCst), 4);
     // An explicit retry starts over, and succeeds once the embedder works.
     emb.failing.store(false, Ordering::SeqCst);
     let r = svc.retry_embedding(&t, m.id).await.unwrap();
