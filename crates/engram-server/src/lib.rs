@@ -35,7 +35,7 @@ pub trait ReadinessCheck: Send + Sync + 'static {
     /// `Err` says what is wrong and how to fix it.
     async fn check(&self) -> Result<(), String>;
     /// Whether a failure makes the server not ready (503). A non-critical failure (e.g. no
-    /// embedding model: writes and keyword search still work) reports `degraded` with 200.
+    /// embedding model: writes and reads still work) reports `degraded` with 200.
     fn critical(&self) -> bool {
         true
     }

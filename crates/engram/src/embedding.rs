@@ -19,7 +19,7 @@ pub enum EmbedderState {
 }
 
 /// `/readyz` entry for the embedder. Not critical: without a model engram still takes
-/// writes and serves keyword search, and memories wait as `pending`.
+/// takes writes and serves reads, and memories wait as `pending`.
 #[derive(Clone)]
 pub struct EmbedderCheck(pub Arc<RwLock<EmbedderState>>);
 
@@ -90,7 +90,7 @@ pub fn start(
         let embedder: Arc<dyn Embedder> = match engram_embed::build(&embedding).await {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(error = %e, "no embedder: memories stay pending; writes and keyword search work");
+                tracing::warn!(error = %e, "no embedder: memories stay pending; writes and reads work");
                 *state.write().expect("embedder state") = EmbedderState::Unavailable(e.to_string());
                 return;
             }
