@@ -138,3 +138,56 @@ async fn acknowledged_writes_survive_sigkill() {
     assert!(total["meta"]["total"].as_u64().unwrap() >= acked.len() as u64);
     eprintln!("{} acknowledged writes all survived SIGKILL", acked.len());
 }
+
+/// SIGTERM drains requests, stops the workers and flushes deferred writes (the read time
+/// of a memory read just before) before exiting 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly_and_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path());
+    let (mut child, base) =
+        common::serve_with(dir.path(), &[("ENGRAM__PIPELINE__ENABLED", "false")], &[]);
+    let http = reqwest::Client::new();
+    let m: Value = http
+        .post(format!("{base}/api/v1/memories"))
+        .bearer_auth(&key)
+        .json(&json!({ "content": "read me, then stop" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = m["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let read: Value = http
+        .get(format!("{base}/api/v1/memories/{id}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(read["accessed_at"].as_str().unwrap() > m["accessed_at"].as_str().unwrap());
+    // Stop at once, sooner than the deferred accessed_at flush would run on its own.
+    let status = child.terminate();
+    assert!(status.success(), "engram serve exited with {status}");
+
+    let (mut child, base) =
+        common::serve_with(dir.path(), &[("ENGRAM__PIPELINE__ENABLED", "false")], &[]);
+    let list: Value = http
+        .get(format!("{base}/api/v1/memories?sort_by=accessed_at"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["data"][0]["accessed_at"], read["accessed_at"],
+        "the read time was flushed at shutdown"
+    );
+    child.kill();
+}
