@@ -6,6 +6,7 @@
 
 mod json;
 mod memory;
+pub mod schema;
 
 pub use json::{parse_json, JsonError};
 pub use memory::*;

@@ -8,6 +8,7 @@ use engram_core::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 /// `Some(None)` for an explicit `null`, `None` for an absent field.
 fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -47,13 +48,15 @@ fn nullable_ts(
 }
 
 /// `POST /api/v1/memories`, and each item of a bulk create.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMemoryRequest {
     pub content: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::schema::MemoryType>)]
     pub memory_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::schema::Source>)]
     pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ref: Option<String>,
@@ -62,6 +65,7 @@ pub struct CreateMemoryRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
@@ -74,10 +78,13 @@ pub struct CreateMemoryRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub valid_from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub valid_to: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<uuid::Uuid>>)]
     pub related_ids: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<String>,
@@ -140,7 +147,7 @@ impl CreateMemoryRequest {
 
 /// `PATCH /api/v1/memories/{id}`: absent fields stay as they are; `null` clears a
 /// nullable field.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMemoryRequest {
     #[serde(
@@ -154,12 +161,14 @@ pub struct UpdateMemoryRequest {
         deserialize_with = "nullable",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<crate::schema::MemoryType>)]
     pub memory_type: Option<Option<String>>,
     #[serde(
         default,
         deserialize_with = "nullable",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<crate::schema::Source>)]
     pub source: Option<Option<String>>,
     #[serde(
         default,
@@ -184,6 +193,7 @@ pub struct UpdateMemoryRequest {
         deserialize_with = "nullable",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Option<Value>>,
     #[serde(
         default,
@@ -220,18 +230,21 @@ pub struct UpdateMemoryRequest {
         deserialize_with = "nullable",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub valid_from: Option<Option<String>>,
     #[serde(
         default,
         deserialize_with = "nullable",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub valid_to: Option<Option<String>>,
     #[serde(
         default,
         deserialize_with = "nullable",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<Vec<uuid::Uuid>>)]
     pub related_ids: Option<Option<Vec<String>>>,
     #[serde(
         default,
@@ -303,16 +316,20 @@ impl UpdateMemoryRequest {
 }
 
 /// A memory as the API returns it.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct MemoryResponse {
+    #[schema(value_type = uuid::Uuid)]
     pub id: MemoryId,
     pub tenant: String,
     pub content: String,
+    #[schema(value_type = crate::schema::MemoryType)]
     pub memory_type: MemoryType,
+    #[schema(value_type = crate::schema::Source)]
     pub source: Source,
     pub source_ref: Option<String>,
     pub title: Option<String>,
     pub tags: Vec<String>,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, Value>,
     pub user_id: Option<String>,
     pub agent_id: Option<String>,
@@ -320,17 +337,26 @@ pub struct MemoryResponse {
     pub domain: Option<String>,
     pub session_id: Option<String>,
     pub content_hash: String,
+    #[schema(value_type = crate::schema::EmbeddingStatus)]
     pub embedding_status: EmbeddingStatus,
     pub embedding_model: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub embedding_updated_at: Option<Timestamp>,
     pub embedding_error: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub accessed_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub deleted_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub valid_from: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub valid_to: Option<Timestamp>,
     pub version: i64,
+    #[schema(value_type = Vec<uuid::Uuid>)]
     pub related_ids: Vec<MemoryId>,
     pub conversation_id: Option<String>,
 }
@@ -372,39 +398,63 @@ impl From<Memory> for MemoryResponse {
 
 /// The query string of `GET /api/v1/memories`. Everything arrives as text and is parsed
 /// here, so every error names its parameter.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// 1-based page number (default 1). Send either `page` or `cursor`.
+    #[param(value_type = Option<u32>, minimum = 1)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<String>,
+    /// Memories per page, 1..100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_page: Option<String>,
+    /// The `next_cursor` of the previous page, with the same filters and order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// Only this type.
+    #[param(value_type = Option<crate::schema::MemoryType>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_type: Option<String>,
+    /// Comma-separated tags; a memory must carry all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<String>,
+    /// Only this source.
+    #[param(value_type = Option<crate::schema::Source>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Only this embedding status.
+    #[param(value_type = Option<crate::schema::EmbeddingStatus>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding_status: Option<String>,
+    /// Only this user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// Only this agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
+    /// Only this project.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Only this domain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// Only this session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// Created strictly after this RFC 3339 time.
+    #[param(format = DateTime)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_after: Option<String>,
+    /// Created strictly before this RFC 3339 time.
+    #[param(format = DateTime)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_before: Option<String>,
+    /// `created_at` (default), `updated_at` or `accessed_at`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sort_by: Option<String>,
+    /// `desc` (default) or `asc`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sort_order: Option<String>,
 }
@@ -494,7 +544,7 @@ impl ListParams {
 }
 
 /// Paging information of a list response.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct PageMeta {
     pub page: u32,
     pub per_page: u32,
@@ -504,7 +554,7 @@ pub struct PageMeta {
 }
 
 /// `GET /api/v1/memories`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct ListResponse {
     pub data: Vec<MemoryResponse>,
     pub meta: PageMeta,
@@ -527,23 +577,26 @@ impl From<Listing> for ListResponse {
 }
 
 /// `POST /api/v1/memories/bulk`. Items are parsed one by one, so a bad item fails alone.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkCreateRequest {
+    /// At most 100 memories, each as in `POST /memories`.
+    #[schema(value_type = Vec<CreateMemoryRequest>)]
     pub memories: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// Where one bulk item ended up.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct BulkItem {
     pub index: usize,
+    #[schema(value_type = uuid::Uuid)]
     pub id: MemoryId,
     /// `created`, or `replayed` when an idempotency key matched an earlier request.
     pub status: String,
 }
 
 /// One failed bulk item.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct BulkError {
     pub index: usize,
     pub code: String,
@@ -551,7 +604,7 @@ pub struct BulkError {
     pub field: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct BulkCreateResponse {
     pub created: usize,
     pub failed: usize,
@@ -622,12 +675,12 @@ impl BulkCreateResponse {
 }
 
 /// The body of every error response.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,

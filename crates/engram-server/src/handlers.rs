@@ -5,8 +5,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engram_api::{
-    BulkCreateRequest, BulkCreateResponse, CreateMemoryRequest, ListParams, ListResponse,
-    MemoryResponse, UpdateMemoryRequest,
+    BulkCreateRequest, BulkCreateResponse, CreateMemoryRequest, ErrorBody, ListParams,
+    ListResponse, MemoryResponse, UpdateMemoryRequest,
 };
 use engram_core::{ErrorCode, TenantId};
 use serde_json::json;
@@ -30,6 +30,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     }
 }
 
+/// Store a memory.
+#[utoipa::path(post, path = "/api/v1/memories", tag = "memories",
+    request_body = CreateMemoryRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the original memory")),
+    responses(
+        (status = 201, description = "Stored (or replayed: header `Idempotent-Replayed: true`)", body = MemoryResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(tenant): Extension<TenantId>,
@@ -53,6 +67,18 @@ pub async fn create(
     Ok(resp)
 }
 
+/// Store up to 100 memories; valid items are stored even when others fail.
+#[utoipa::path(post, path = "/api/v1/memories/bulk", tag = "memories",
+    request_body = BulkCreateRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Item i uses `<key>#<i>`")),
+    responses(
+        (status = 200, description = "What was stored and what failed, by index", body = BulkCreateResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn bulk_create(
     State(state): State<AppState>,
     Extension(tenant): Extension<TenantId>,
@@ -68,6 +94,16 @@ pub async fn bulk_create(
     Ok(Json(BulkCreateResponse::from_results(results)))
 }
 
+/// Read one memory (records the read in `accessed_at`).
+#[utoipa::path(get, path = "/api/v1/memories/{id}", tag = "memories",
+    params(("id" = uuid::Uuid, Path, description = "The memory's id")),
+    responses(
+        (status = 200, body = MemoryResponse),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 404, description = "No such memory for this tenant", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn get_one(
     State(state): State<AppState>,
     Extension(tenant): Extension<TenantId>,
@@ -76,6 +112,15 @@ pub async fn get_one(
     Ok(Json(state.memories.get(&tenant, id).await?.into()))
 }
 
+/// List memories with filters, sorting and pagination.
+#[utoipa::path(get, path = "/api/v1/memories", tag = "memories",
+    params(ListParams),
+    responses(
+        (status = 200, body = ListResponse),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(tenant): Extension<TenantId>,
@@ -85,6 +130,18 @@ pub async fn list(
     Ok(Json(state.memories.list(&tenant, &query).await?.into()))
 }
 
+/// Change only the given fields; `null` clears a nullable field.
+#[utoipa::path(patch, path = "/api/v1/memories/{id}", tag = "memories",
+    params(("id" = uuid::Uuid, Path, description = "The memory's id")),
+    request_body = UpdateMemoryRequest,
+    responses(
+        (status = 200, body = MemoryResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 404, description = "No such memory for this tenant", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(tenant): Extension<TenantId>,
@@ -97,6 +154,16 @@ pub async fn update(
     ))
 }
 
+/// Soft-delete a memory.
+#[utoipa::path(delete, path = "/api/v1/memories/{id}", tag = "memories",
+    params(("id" = uuid::Uuid, Path, description = "The memory's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 404, description = "No such memory for this tenant", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(tenant): Extension<TenantId>,
@@ -106,6 +173,16 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Put a memory's embedding back in the queue.
+#[utoipa::path(post, path = "/api/v1/memories/{id}/retry-embedding", tag = "memories",
+    params(("id" = uuid::Uuid, Path, description = "The memory's id")),
+    responses(
+        (status = 200, body = MemoryResponse),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 404, description = "No such memory for this tenant", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn retry_embedding(
     State(state): State<AppState>,
     Extension(tenant): Extension<TenantId>,
@@ -116,10 +193,18 @@ pub async fn retry_embedding(
     ))
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is alive")))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Readiness: `ready`, `degraded` (200: a non-critical check such as the embedder fails)
+/// or `not_ready` (503), with each check's error.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready or degraded"),
+    (status = 503, description = "Not ready"),
+))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let (mut ready, mut degraded) = (true, false);
     let mut checks = serde_json::Map::new();

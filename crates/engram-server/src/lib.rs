@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 mod handlers;
 pub mod metrics;
+pub mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +135,7 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi::serve))
         .nest("/api/v1", api)
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)

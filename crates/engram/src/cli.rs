@@ -83,6 +83,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Print the OpenAPI document of the REST API (also served at /openapi.json).
+    Openapi,
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -381,6 +383,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Default,
         } => print!("{}", config::DEFAULT_TOML),
+        Command::Openapi => println!("{}", engram_server::openapi::json()),
         Command::Bench {
             command: BenchCommand::Crud(args),
         } => bench::crud(args).await?,

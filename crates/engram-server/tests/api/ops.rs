@@ -95,3 +95,49 @@ async fn every_response_carries_a_request_id() {
         "errors carry it too"
     );
 }
+
+/// The served OpenAPI document is the committed docs/openapi.json, and it describes every
+/// route of the API.
+#[tokio::test]
+async fn openapi_is_served_current_and_complete() {
+    let app = spawn_app().await;
+    let r = app
+        .send(Method::GET, "/openapi.json", None, None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .expect("docs/openapi.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        r.body, committed,
+        "docs/openapi.json is out of date: run `cargo run -p engram -- openapi > docs/openapi.json`"
+    );
+    let paths = &r.body["paths"];
+    for (path, methods) in [
+        ("/api/v1/memories", &["get", "post"][..]),
+        ("/api/v1/memories/bulk", &["post"]),
+        ("/api/v1/memories/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/memories/{id}/retry-embedding", &["post"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+    ] {
+        for m in methods {
+            assert!(
+                paths[path][m].is_object(),
+                "{m} {path} is missing from the OpenAPI document"
+            );
+        }
+    }
+    let schemas = &r.body["components"]["schemas"];
+    assert_eq!(schemas["MemoryType"]["enum"].as_array().unwrap().len(), 12);
+    assert!(schemas["CreateMemoryRequest"]["required"]
+        .as_array()
+        .unwrap()
+        .contains(&"content".into()));
+    assert!(r.body["components"]["securitySchemes"]["bearer"].is_object());
+}
