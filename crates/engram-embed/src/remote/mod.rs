@@ -1,6 +1,43 @@
 //! Embedders behind HTTP: Ollama and OpenAI-compatible endpoints, and what they share:
 //! time-outs, retries with exponential backoff, and the mapping of failures to [`EmbedError`].
 
+/// The `Embedder` impl shared by the HTTP providers: each has `model` (its name), `dim`
+/// and an `embed(&[String])` that returns one vector per text (no windows: the service
+/// truncates long inputs itself).
+macro_rules! remote_embedder {
+    ($ty:ident) => {
+        #[async_trait::async_trait]
+        impl engram_core::embed::Embedder for $ty {
+            fn model(&self) -> engram_core::embed::ModelInfo {
+                engram_core::embed::ModelInfo {
+                    id: format!("{PROVIDER}:{}", self.model),
+                    revision: self.model.clone(),
+                    dim: self.dim.get(),
+                }
+            }
+
+            async fn embed_documents(
+                &self,
+                texts: &[String],
+            ) -> Result<Vec<engram_core::embed::DocumentEmbedding>, EmbedError> {
+                if texts.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(self
+                    .embed(texts)
+                    .await?
+                    .into_iter()
+                    .map(|v| engram_core::embed::DocumentEmbedding { windows: vec![v] })
+                    .collect())
+            }
+
+            async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+                Ok(self.embed(&[text.to_string()]).await?.remove(0))
+            }
+        }
+    };
+}
+
 mod ollama;
 mod openai;
 

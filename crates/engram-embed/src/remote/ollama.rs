@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use engram_core::embed::{DocumentEmbedding, EmbedError, Embedder, ModelInfo};
+use engram_core::embed::{EmbedError, Embedder, ModelInfo};
 use serde::{Deserialize, Serialize};
 
 use super::{join_url, Client, Dim, Hints, RetryPolicy};
@@ -105,32 +104,4 @@ impl OllamaEmbedder {
     }
 }
 
-#[async_trait]
-impl Embedder for OllamaEmbedder {
-    fn model(&self) -> ModelInfo {
-        ModelInfo {
-            id: format!("{PROVIDER}:{}", self.model),
-            revision: self.model.clone(),
-            dim: self.dim.get(),
-        }
-    }
-
-    async fn embed_documents(
-        &self,
-        texts: &[String],
-    ) -> Result<Vec<DocumentEmbedding>, EmbedError> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(self
-            .embed(texts)
-            .await?
-            .into_iter()
-            .map(|v| DocumentEmbedding { windows: vec![v] })
-            .collect())
-    }
-
-    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        Ok(self.embed(&[text.to_string()]).await?.remove(0))
-    }
-}
+remote_embedder!(OllamaEmbedder);
