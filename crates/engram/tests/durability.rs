@@ -117,15 +117,8 @@ async fn acknowledged_writes_survive_sigkill() {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["content"], content.as_str());
     }
-    let total: Value = http
-        .get(format!("{base}/api/v1/memories?per_page=1"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let total: Value =
+        common::get_json(&http, &format!("{base}/api/v1/memories?per_page=1"), &key).await;
     child.kill();
     assert!(
         missing.is_empty(),
@@ -148,27 +141,16 @@ async fn sigterm_shuts_down_cleanly_and_flushes() {
     let (mut child, base) =
         common::serve_with(dir.path(), &[("ENGRAM__PIPELINE__ENABLED", "false")], &[]);
     let http = reqwest::Client::new();
-    let m: Value = http
-        .post(format!("{base}/api/v1/memories"))
-        .bearer_auth(&key)
-        .json(&json!({ "content": "read me, then stop" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = common::post_json(
+        &http,
+        &format!("{base}/api/v1/memories"),
+        &key,
+        &json!({ "content": "read me, then stop" }),
+    )
+    .await;
     let id = m["id"].as_str().unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let read: Value = http
-        .get(format!("{base}/api/v1/memories/{id}"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Value = common::get_json(&http, &format!("{base}/api/v1/memories/{id}"), &key).await;
     assert!(read["accessed_at"].as_str().unwrap() > m["accessed_at"].as_str().unwrap());
     // Stop at once, sooner than the deferred accessed_at flush would run on its own.
     let status = child.terminate();
@@ -176,15 +158,12 @@ async fn sigterm_shuts_down_cleanly_and_flushes() {
 
     let (mut child, base) =
         common::serve_with(dir.path(), &[("ENGRAM__PIPELINE__ENABLED", "false")], &[]);
-    let list: Value = http
-        .get(format!("{base}/api/v1/memories?sort_by=accessed_at"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::get_json(
+        &http,
+        &format!("{base}/api/v1/memories?sort_by=accessed_at"),
+        &key,
+    )
+    .await;
     assert_eq!(
         list["data"][0]["accessed_at"], read["accessed_at"],
         "the read time was flushed at shutdown"

@@ -12,17 +12,6 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_engram");
 
-async fn get(http: &reqwest::Client, url: &str, key: &str) -> Value {
-    http.get(url)
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_model_writes_work_and_readyz_says_how_to_fix_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,7 +73,7 @@ async fn without_a_model_writes_work_and_readyz_says_how_to_fix_it() {
     );
     assert!(why.contains("pip"), "the message names the fix: {why}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = get(&http, &format!("{base}/api/v1/memories/{id}"), &key).await;
+    let m = common::get_json(&http, &format!("{base}/api/v1/memories/{id}"), &key).await;
     assert_eq!(m["embedding_status"], "pending");
     server.kill();
 }
@@ -120,7 +109,7 @@ async fn served_memories_are_embedded_by_the_real_model() {
     let deadline = Instant::now() + Duration::from_secs(600);
     for id in &ids {
         loop {
-            let m = get(&http, &format!("{base}/api/v1/memories/{id}"), &key).await;
+            let m = common::get_json(&http, &format!("{base}/api/v1/memories/{id}"), &key).await;
             if m["embedding_status"] == "completed" {
                 assert_eq!(
                     m["embedding_model"],

@@ -107,3 +107,28 @@ pub fn serve_with(data_dir: &Path, env: &[(&str, &str)], env_remove: &[&str]) ->
         }
     }
 }
+
+/// `GET url` with the bearer key; the JSON body.
+pub async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Value {
+    http.get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `POST url` with the bearer key and a JSON body; the JSON answer.
+pub async fn post_json(http: &reqwest::Client, url: &str, key: &str, body: &Value) -> Value {
+    http.post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
