@@ -17,6 +17,42 @@ use crate::{header_value, AppState, REPLAYED_HEADER};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+/// Errors every `/api/v1` route may answer (for the OpenAPI document).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum KeyAndFieldErrors {
+    /// Missing or unknown API key
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// A field is invalid; `field` names it
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+}
+
+/// Errors of routes that read a JSON body.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyErrors {
+    /// Malformed JSON
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// Body larger than `server.body_limit_bytes`
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Not JSON
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+}
+
+/// The error of routes that name a memory.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum NotFoundError {
+    /// No such memory for this tenant
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     match headers.get("idempotency-key") {
         None => Ok(None),
@@ -36,12 +72,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the original memory")),
     responses(
         (status = 201, description = "Stored (or replayed: header `Idempotent-Replayed: true`)", body = MemoryResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        KeyAndFieldErrors,
         (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        BodyErrors,
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -73,10 +106,8 @@ pub async fn create(
     params(("Idempotency-Key" = Option<String>, Header, description = "Item i uses `<key>#<i>`")),
     responses(
         (status = 200, description = "What was stored and what failed, by index", body = BulkCreateResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
+        KeyAndFieldErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])))]
 pub async fn bulk_create(
@@ -99,9 +130,8 @@ pub async fn bulk_create(
     params(("id" = uuid::Uuid, Path, description = "The memory's id")),
     responses(
         (status = 200, body = MemoryResponse),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
-        (status = 404, description = "No such memory for this tenant", body = ErrorBody),
+        KeyAndFieldErrors,
+        NotFoundError,
     ),
     security(("bearer" = [])))]
 pub async fn get_one(
@@ -117,8 +147,7 @@ pub async fn get_one(
     params(ListParams),
     responses(
         (status = 200, body = ListResponse),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        KeyAndFieldErrors,
     ),
     security(("bearer" = [])))]
 pub async fn list(
@@ -136,10 +165,9 @@ pub async fn list(
     request_body = UpdateMemoryRequest,
     responses(
         (status = 200, body = MemoryResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
-        (status = 404, description = "No such memory for this tenant", body = ErrorBody),
+        KeyAndFieldErrors,
+        BodyErrors,
+        NotFoundError,
     ),
     security(("bearer" = [])))]
 pub async fn update(
@@ -159,9 +187,8 @@ pub async fn update(
     params(("id" = uuid::Uuid, Path, description = "The memory's id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
-        (status = 404, description = "No such memory for this tenant", body = ErrorBody),
+        KeyAndFieldErrors,
+        NotFoundError,
     ),
     security(("bearer" = [])))]
 pub async fn delete(
@@ -178,9 +205,8 @@ pub async fn delete(
     params(("id" = uuid::Uuid, Path, description = "The memory's id")),
     responses(
         (status = 200, body = MemoryResponse),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
-        (status = 404, description = "No such memory for this tenant", body = ErrorBody),
+        KeyAndFieldErrors,
+        NotFoundError,
     ),
     security(("bearer" = [])))]
 pub async fn retry_embedding(
