@@ -113,17 +113,6 @@ impl CoreError {
             _ => None,
         }
     }
-
-    /// Prefixes the field of a validation error, e.g. `memories[3].` for bulk items.
-    pub fn in_field(self, prefix: &str) -> Self {
-        match self {
-            CoreError::Validation { field, message } => CoreError::Validation {
-                field: format!("{prefix}{field}"),
-                message,
-            },
-            other => other,
-        }
-    }
 }
 
 impl From<StoreError> for CoreError {

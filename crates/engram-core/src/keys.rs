@@ -18,9 +18,6 @@ use crate::time::{now, Timestamp};
 pub struct ApiKey(String);
 
 impl ApiKey {
-    pub fn from_plaintext(s: impl Into<String>) -> Self {
-        ApiKey(s.into())
-    }
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -146,7 +146,6 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    path: PathBuf,
     writer: Writer,
     readers: ReadPool,
     migration: MigrationReport,
@@ -170,11 +169,10 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 writer: Writer::start(conn),
                 readers: ReadPool {
-                    path: path.clone(),
+                    path,
                     idle: Mutex::new(Vec::new()),
                     permits: Semaphore::new(readers),
                 },
-                path,
                 migration,
             }),
         })
@@ -183,10 +181,6 @@ impl SqliteStore {
     /// The migrations this open applied, and the schema version.
     pub fn migration_report(&self) -> &MigrationReport {
         &self.inner.migration
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     /// Writes what is queued, including deferred `accessed_at` updates, and stops the
