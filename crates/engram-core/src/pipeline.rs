@@ -183,19 +183,27 @@ impl EmbeddingPipeline {
         Ok(r)
     }
 
+    /// Sweeps every `sweep_every` until `shutdown` resolves (one sweeper per process is
+    /// enough, however many workers run). Store errors are logged and retried.
+    pub async fn run_sweeper(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "embedding sweep failed");
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(self.cfg.sweep_every) => {}
+            }
+        }
+    }
+
     /// Works until `shutdown` resolves: batches back to back while there is work, polls
-    /// when idle, sweeps periodically. Store errors are logged and retried.
+    /// when idle. Store errors are logged and retried. Run `run_sweeper` beside it.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut last_sweep = Instant::now() - self.cfg.sweep_every;
         tracing::info!(model = %self.model.key(), "embedding worker started");
         loop {
-            if last_sweep.elapsed() >= self.cfg.sweep_every {
-                last_sweep = Instant::now();
-                if let Err(e) = self.sweep().await {
-                    tracing::warn!(error = %e, "embedding sweep failed");
-                }
-            }
             let idle = match self.run_batch().await {
                 Ok(r) => r.claimed == 0,
                 Err(e) => {

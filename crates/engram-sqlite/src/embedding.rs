@@ -331,17 +331,26 @@ impl EmbeddingStore for SqliteStore {
         self.inner
             .readers
             .run("embedding_queue_depth", |conn| {
-                let mut out = Vec::new();
-                for s in EmbeddingStatus::ALL {
-                    let n: i64 = conn
-                        .query_row(
-                            "SELECT COUNT(*) FROM memories WHERE embedding_status = ?1 AND deleted_at IS NULL",
-                            [s.as_str()],
-                            |r| r.get(0),
+                // One pass over the index of live memories, grouped by status.
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT embedding_status, COUNT(*) FROM memories WHERE deleted_at IS NULL
+                         GROUP BY embedding_status",
+                    )
+                    .map_err(db_err)?;
+                let counts: std::collections::HashMap<String, i64> = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect())
+                    .map_err(db_err)?;
+                let out: Vec<(EmbeddingStatus, u64)> = EmbeddingStatus::ALL
+                    .iter()
+                    .map(|s| {
+                        (
+                            *s,
+                            counts.get(s.as_str()).copied().unwrap_or(0).max(0) as u64,
                         )
-                        .map_err(db_err)?;
-                    out.push((*s, n.max(0) as u64));
-                }
+                    })
+                    .collect();
                 Ok(out)
             })
             .await

@@ -47,21 +47,25 @@ impl ReadinessCheck for EmbedderCheck {
     }
 }
 
-/// Runs `n` pipeline workers until `stop` turns true. Claims are atomic, so workers never
-/// share a memory; while one waits on the store, another keeps the model busy.
+/// Runs `n` pipeline workers and one sweeper until `stop` turns true. Claims are atomic,
+/// so workers never share a memory; while one waits on the store, another keeps the model
+/// busy.
 pub fn spawn_workers(
     pipeline: &EmbeddingPipeline,
     n: usize,
     stop: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..n.max(1))
-        .map(|_| {
-            let (p, mut stop) = (pipeline.clone(), stop.clone());
-            tokio::spawn(p.run(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }))
-        })
-        .collect()
+    let until_stopped = || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks: Vec<_> = (0..n.max(1))
+        .map(|_| tokio::spawn(pipeline.clone().run(until_stopped())))
+        .collect();
+    tasks.push(tokio::spawn(pipeline.clone().run_sweeper(until_stopped())));
+    tasks
 }
 
 /// Builds the configured embedder in the background and, once it works, runs the
