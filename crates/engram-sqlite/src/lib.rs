@@ -433,15 +433,16 @@ impl MemoryStore for SqliteStore {
         at: Timestamp,
     ) -> Result<(), StoreError> {
         // Deferred: the writer folds these into its next commit (at most ~0.5 s later).
-        // The id is unique across tenants, and the reader checked the tenant already.
-        let _ = tenant;
         let at = to_micros(at);
         self.inner
             .writer
             .touches
             .lock()
             .expect("touch buffer")
-            .extend(ids.iter().map(|id| (id.as_bytes().to_vec(), at)));
+            .extend(
+                ids.iter()
+                    .map(|id| (tenant.clone(), id.as_bytes().to_vec(), at)),
+            );
         Ok(())
     }
 

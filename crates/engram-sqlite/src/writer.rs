@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use engram_core::TenantId;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -57,7 +58,8 @@ const MAX_BATCH: usize = 1024;
 /// How often deferred `accessed_at` updates are written.
 const TOUCH_FLUSH: Duration = Duration::from_millis(500);
 
-pub(crate) type TouchBuffer = Arc<Mutex<Vec<(Vec<u8>, i64)>>>;
+/// Deferred `accessed_at` updates: (tenant, memory id, time).
+pub(crate) type TouchBuffer = Arc<Mutex<Vec<(TenantId, Vec<u8>, i64)>>>;
 
 pub(crate) struct Writer {
     tx: Mutex<Option<Sender<Box<dyn Job>>>>,
@@ -186,7 +188,11 @@ fn run(conn: Connection, rx: Receiver<Box<dyn Job>>, touches: TouchBuffer) {
     tracing::debug!("sqlite writer stopped");
 }
 
-fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, touches: Vec<(Vec<u8>, i64)>) {
+fn commit_batch(
+    conn: &Connection,
+    mut batch: Vec<Box<dyn Job>>,
+    touches: Vec<(TenantId, Vec<u8>, i64)>,
+) {
     let started = Instant::now();
     let n = batch.len();
     let begin = || conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err);
@@ -226,11 +232,12 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, touches: Vec<(V
         let res = (|| {
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE memories SET accessed_at = MAX(accessed_at, ?2) WHERE id = ?1",
+                    "UPDATE memories SET accessed_at = MAX(accessed_at, ?3) WHERE id = ?1 AND tenant = ?2",
                 )
                 .map_err(db_err)?;
-            for (id, at) in &touches {
-                stmt.execute(rusqlite::params![id, at]).map_err(db_err)?;
+            for (tenant, id, at) in &touches {
+                stmt.execute(rusqlite::params![id, tenant.as_str(), at])
+                    .map_err(db_err)?;
             }
             Ok::<_, StoreError>(())
         })();
