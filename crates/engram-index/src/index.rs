@@ -1,0 +1,642 @@
+//! [`VectorIndex`]: the HNSW graph (usearch) behind a lock, with persistence.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+
+use usearch::MetricKind;
+
+use crate::persist::{self, Meta, FORMAT_VERSION};
+use crate::vector::{self, TopK};
+use crate::{IndexConfig, IndexError, Quantization};
+
+/// The smallest capacity reserved; it then doubles as vectors are added.
+const MIN_CAPACITY: usize = 1024;
+
+/// One search result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    /// The key the vector was added under.
+    pub key: u64,
+    /// Cosine similarity to the query, in [-1, 1] (1 = same direction).
+    pub similarity: f32,
+}
+
+/// A persistent HNSW index of vectors under `u64` keys, compared by cosine similarity.
+///
+/// Every method takes `&self`: share it in an `Arc`. Searches run concurrently with each
+/// other; [`add`](Self::add), [`add_batch`](Self::add_batch) and
+/// [`remove`](Self::remove) take an internal write lock, so they wait for running
+/// searches and block new ones for as long as the change takes (tens to hundreds of
+/// microseconds for one vector). [`save`](Self::save) blocks changes, not searches,
+/// while the engine writes the file.
+///
+/// Changes live in memory until [`save`](Self::save): the index is derived state, and
+/// the caller replays whatever the last save missed from its own store.
+pub struct VectorIndex {
+    path: PathBuf,
+    cfg: IndexConfig,
+    engine: RwLock<usearch::Index>,
+    /// The engine keeps one search context per thread it reserved; a search that finds
+    /// none free fails, so concurrent searches are limited to that many here.
+    permits: Permits,
+    threads: usize,
+    save_lock: Mutex<()>,
+}
+
+impl fmt::Debug for VectorIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VectorIndex")
+            .field("path", &self.path)
+            .field("config", &self.cfg)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl VectorIndex {
+    /// Opens the index saved at `path`, or starts an empty one there if no file exists.
+    ///
+    /// Fails with [`IndexError::Corrupt`] when the file or its sidecar
+    /// (`path.meta.json`) is missing, truncated, garbled or of an unknown format, and
+    /// with [`IndexError::Mismatch`] when it holds vectors of another dimension or
+    /// quantization than `cfg`; for both, delete the files and rebuild
+    /// ([`IndexError::needs_rebuild`]). A saved index keeps the `connectivity` it was
+    /// built with; the expansion factors come from `cfg`.
+    pub fn open(path: &Path, cfg: IndexConfig) -> Result<Self, IndexError> {
+        cfg.validate()?;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        for leftover in [
+            persist::with_suffix(path, ".tmp"),
+            persist::with_suffix(&persist::meta_path(path), ".tmp"),
+        ] {
+            // Debris of a save that crashed; the saved files are intact without it.
+            let _ = fs::remove_file(leftover);
+        }
+
+        let (engine, cfg) = match fs::metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (new_engine(&cfg)?, cfg),
+            Err(e) => return Err(IndexError::io(path, e)),
+            Ok(_) => load(path, cfg)?,
+        };
+        let capacity = engine.size().max(MIN_CAPACITY);
+        engine
+            .reserve_capacity_and_threads(capacity, threads)
+            .map_err(IndexError::backend)?;
+        engine.change_expansion_add(cfg.expansion_add);
+        engine.change_expansion_search(cfg.expansion_search);
+
+        Ok(VectorIndex {
+            path: path.to_path_buf(),
+            cfg,
+            engine: RwLock::new(engine),
+            permits: Permits::new(threads),
+            threads,
+            save_lock: Mutex::new(()),
+        })
+    }
+
+    /// Where the index is saved.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configuration in force (`connectivity` is the saved graph's when one was
+    /// loaded).
+    pub fn config(&self) -> &IndexConfig {
+        &self.cfg
+    }
+
+    /// Number of vectors in the index.
+    pub fn len(&self) -> usize {
+        self.read().size()
+    }
+
+    /// True when the index holds no vectors.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when a vector is stored under `key`.
+    pub fn contains(&self, key: u64) -> bool {
+        self.read().contains(key)
+    }
+
+    /// Stores `vector` under `key`, replacing the vector already there.
+    ///
+    /// The vector is normalised to unit length before it is stored. Fails (changing
+    /// nothing) when it has the wrong dimension, a NaN or infinite component, or zero
+    /// length, or when `key` is `u64::MAX`.
+    pub fn add(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
+        check_key(key)?;
+        let unit = vector::normalized(vector, self.cfg.dim)?;
+        let engine = self.write();
+        self.ensure_capacity(&engine, 1)?;
+        if engine.contains(key) {
+            engine.remove(key).map_err(IndexError::backend)?;
+        }
+        add_unit(&engine, self.cfg.quantization, key, &unit)
+    }
+
+    /// Stores many vectors at once, replacing those whose keys are already present; on
+    /// a duplicate key within `items` the last one wins. Inserts on every core, so it is
+    /// the way to build or rebuild an index.
+    ///
+    /// Every item is checked before anything changes: one invalid vector or key fails
+    /// the whole batch with nothing stored. Blocks searches until it returns.
+    pub fn add_batch<V>(&self, items: &[(u64, V)]) -> Result<(), IndexError>
+    where
+        V: AsRef<[f32]> + Sync,
+    {
+        let mut last: HashMap<u64, usize> = HashMap::with_capacity(items.len());
+        for (i, (key, v)) in items.iter().enumerate() {
+            check_key(*key)?;
+            check_vector(v.as_ref(), self.cfg.dim)?;
+            last.insert(*key, i);
+        }
+        let mut order: Vec<usize> = last.into_values().collect();
+        order.sort_unstable();
+
+        let engine = self.write();
+        self.ensure_capacity(&engine, order.len())?;
+        for &i in &order {
+            let key = items[i].0;
+            if engine.contains(key) {
+                engine.remove(key).map_err(IndexError::backend)?;
+            }
+        }
+
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let first_error: Mutex<Option<IndexError>> = Mutex::new(None);
+        let workers = self.threads.min(order.len().div_ceil(256)).max(1);
+        let insert = || {
+            while !failed.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = order.get(n) else { break };
+                let (key, v) = &items[i];
+                let result = vector::normalized(v.as_ref(), self.cfg.dim)
+                    .and_then(|unit| add_unit(&engine, self.cfg.quantization, *key, &unit));
+                if let Err(e) = result {
+                    failed.store(true, Ordering::Relaxed);
+                    lock(&first_error).get_or_insert(e);
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..workers {
+                s.spawn(insert);
+            }
+            insert();
+        });
+        match first_error
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the vector under `key`; returns whether there was one.
+    pub fn remove(&self, key: u64) -> Result<bool, IndexError> {
+        let engine = self.write();
+        let removed = engine.remove(key).map_err(IndexError::backend)?;
+        Ok(removed > 0)
+    }
+
+    /// The vector stored under `key`, as the index holds it: unit length, and rounded to
+    /// the index's quantization.
+    pub fn get(&self, key: u64) -> Result<Option<Vec<f32>>, IndexError> {
+        let engine = self.read();
+        let mut buf = vec![0f32; self.cfg.dim];
+        let found = engine
+            .get::<f32>(key, &mut buf)
+            .map_err(IndexError::backend)?;
+        if found == 0 {
+            return Ok(None);
+        }
+        let norm = vector::norm(&buf);
+        if norm > 0.0 {
+            buf.iter_mut().for_each(|x| *x /= norm);
+        }
+        Ok(Some(buf))
+    }
+
+    /// The (approximately) `k` most similar vectors to `query`, best first.
+    ///
+    /// With a `filter`, only keys for which it returns true are returned, and the
+    /// filter is applied inside the graph search: the search goes on until it has
+    /// gathered `max(k, expansion_search)` keys that pass, so a filter that passes few
+    /// keys still finds its best matches (at the cost of visiting more of the graph).
+    /// When the filter passes only a few thousand keys that the caller can list,
+    /// [`exact_search`](Self::exact_search) over them is faster and exact.
+    ///
+    /// A panic in `filter` is caught at the engine boundary and resumed here once the
+    /// search has stopped.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&dyn Fn(u64) -> bool>,
+    ) -> Result<Vec<Hit>, IndexError> {
+        let unit = vector::normalized(query, self.cfg.dim)?;
+        let engine = self.read();
+        let k = k.min(engine.size());
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let query = Query::new(self.cfg.quantization, &unit);
+        let _permit = self.permits.acquire();
+        let matches = match filter {
+            None => query.search(&engine, k),
+            Some(filter) => {
+                // After a panic the filter is not called again; the search winds down
+                // passing nothing.
+                let stopped = Cell::new(false);
+                let panicked = Cell::new(None);
+                let guarded = |key: u64| {
+                    if stopped.get() {
+                        return false;
+                    }
+                    panic::catch_unwind(AssertUnwindSafe(|| filter(key))).unwrap_or_else(
+                        |payload| {
+                            stopped.set(true);
+                            panicked.set(Some(payload));
+                            false
+                        },
+                    )
+                };
+                let matches = query.filtered_search(&engine, k, guarded);
+                if let Some(payload) = panicked.take() {
+                    panic::resume_unwind(payload);
+                }
+                matches
+            }
+        }?;
+        Ok(to_hits(&matches))
+    }
+
+    /// The exact `k` most similar vectors to `query` among `keys`, best first, by brute
+    /// force over their stored vectors. Keys not in the index are skipped; duplicates
+    /// count once. For selective filters: a few thousand keys take well under a
+    /// millisecond.
+    pub fn exact_search(
+        &self,
+        query: &[f32],
+        keys: &[u64],
+        k: usize,
+    ) -> Result<Vec<Hit>, IndexError> {
+        let unit = vector::normalized(query, self.cfg.dim)?;
+        let engine = self.read();
+        let mut top = TopK::new(k);
+        let mut seen = HashSet::with_capacity(keys.len());
+        let mut buf = vec![0f32; self.cfg.dim];
+        for &key in keys {
+            if k == 0 || !seen.insert(key) {
+                continue;
+            }
+            let found = engine
+                .get::<f32>(key, &mut buf)
+                .map_err(IndexError::backend)?;
+            if found > 0 {
+                top.push(Hit {
+                    key,
+                    similarity: vector::cosine(&unit, 1.0, &buf),
+                });
+            }
+        }
+        Ok(top.into_sorted())
+    }
+
+    /// The exact `k` most similar vectors to `query` in the whole index, best first, by
+    /// brute force (linear in the index size: for ground truth in tests and benchmarks,
+    /// not for serving).
+    pub fn exact_search_all(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, IndexError> {
+        let unit = vector::normalized(query, self.cfg.dim)?;
+        let engine = self.read();
+        let k = k.min(engine.size());
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let query = Query::new(self.cfg.quantization, &unit);
+        let _permit = self.permits.acquire();
+        let matches = query.exact_search(&engine, k)?;
+        Ok(to_hits(&matches))
+    }
+
+    /// Changes how wide searches look (`ef`); takes effect for the next search.
+    pub fn set_expansion_search(&self, expansion: usize) -> Result<(), IndexError> {
+        if !(1..=65_536).contains(&expansion) {
+            return Err(IndexError::InvalidConfig(format!(
+                "expansion_search must be between 1 and 65536, got {expansion}"
+            )));
+        }
+        self.write().change_expansion_search(expansion);
+        Ok(())
+    }
+
+    /// Bytes the engine holds in memory for the graph and the vectors.
+    pub fn memory_usage(&self) -> usize {
+        self.read().memory_usage()
+    }
+
+    /// Writes the index to its path atomically: a crash at any point leaves either the
+    /// previous save or this one, never a mix that `open` would accept.
+    ///
+    /// Searches go on meanwhile; changes wait until the engine has written the file.
+    pub fn save(&self) -> Result<(), IndexError> {
+        let _one_save_at_a_time = lock(&self.save_lock);
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+        }
+        let tmp = persist::with_suffix(&self.path, ".tmp");
+        let meta_path = persist::meta_path(&self.path);
+        let meta_tmp = persist::with_suffix(&meta_path, ".tmp");
+
+        let count = {
+            let engine = self.read();
+            engine
+                .save(utf8(&tmp)?)
+                .map_err(|e| IndexError::io(&tmp, io::Error::other(e.to_string())))?;
+            engine.size()
+        };
+        persist::sync_file(&tmp)?;
+        let (index_bytes, index_crc32) = persist::checksum(&tmp)?;
+        let meta = Meta {
+            format_version: FORMAT_VERSION,
+            engine: format!("usearch {}", usearch::version()),
+            dim: self.cfg.dim,
+            quantization: self.cfg.quantization,
+            connectivity: self.cfg.connectivity,
+            count,
+            index_bytes,
+            index_crc32,
+        };
+        persist::write_meta_tmp(&meta_tmp, &meta)?;
+        persist::rename(&tmp, &self.path)?;
+        persist::rename(&meta_tmp, &meta_path)?;
+        persist::sync_parent_dir(&self.path)
+    }
+
+    fn ensure_capacity(&self, engine: &usearch::Index, extra: usize) -> Result<(), IndexError> {
+        let needed = engine.size().saturating_add(extra);
+        if needed > engine.capacity() {
+            let capacity = needed
+                .max(engine.capacity().saturating_mul(2))
+                .max(MIN_CAPACITY);
+            engine
+                .reserve_capacity_and_threads(capacity, self.threads)
+                .map_err(IndexError::backend)?;
+        }
+        Ok(())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, usearch::Index> {
+        // The engine is only touched through its own API, which cannot leave it half
+        // changed when a panic (in a filter, say) unwinds past a guard.
+        self.engine.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, usearch::Index> {
+        self.engine.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A normalised query in the form the engine compares with the stored vectors.
+enum Query {
+    /// The engine converts f32 to its storage type itself.
+    F32(Vec<f32>),
+    /// i8 storage uses this crate's own scaling (see [`vector::quantize_i8`]).
+    I8(Vec<i8>),
+}
+
+impl Query {
+    fn new(quantization: Quantization, unit: &[f32]) -> Self {
+        match quantization {
+            Quantization::F32 | Quantization::F16 => Query::F32(unit.to_vec()),
+            Quantization::I8 => Query::I8(vector::quantize_i8(unit)),
+        }
+    }
+
+    fn search(&self, engine: &usearch::Index, k: usize) -> Result<Matches, IndexError> {
+        match self {
+            Query::F32(q) => engine.search(q, k),
+            Query::I8(q) => engine.search(q, k),
+        }
+        .map_err(IndexError::backend)
+    }
+
+    fn filtered_search(
+        &self,
+        engine: &usearch::Index,
+        k: usize,
+        filter: impl Fn(u64) -> bool,
+    ) -> Result<Matches, IndexError> {
+        match self {
+            Query::F32(q) => engine.filtered_search(q, k, filter),
+            Query::I8(q) => engine.filtered_search(q, k, filter),
+        }
+        .map_err(IndexError::backend)
+    }
+
+    fn exact_search(&self, engine: &usearch::Index, k: usize) -> Result<Matches, IndexError> {
+        match self {
+            Query::F32(q) => engine.exact_search(q, k),
+            Query::I8(q) => engine.exact_search(q, k),
+        }
+        .map_err(IndexError::backend)
+    }
+}
+
+type Matches = usearch::ffi::Matches;
+
+/// Adds an already normalised vector in the storage form of `quantization`.
+fn add_unit(
+    engine: &usearch::Index,
+    quantization: Quantization,
+    key: u64,
+    unit: &[f32],
+) -> Result<(), IndexError> {
+    match quantization {
+        Quantization::F32 | Quantization::F16 => engine.add(key, unit),
+        Quantization::I8 => engine.add(key, &vector::quantize_i8(unit)),
+    }
+    .map_err(IndexError::backend)
+}
+
+fn to_hits(matches: &Matches) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = matches
+        .keys
+        .iter()
+        .zip(&matches.distances)
+        .map(|(&key, &distance)| Hit {
+            key,
+            // The engine's cosine distance is 1 - cosine similarity.
+            similarity: (1.0 - distance).clamp(-1.0, 1.0),
+        })
+        .collect();
+    vector::sort_hits(&mut hits);
+    hits
+}
+
+fn check_key(key: u64) -> Result<(), IndexError> {
+    if key == u64::MAX {
+        return Err(IndexError::ReservedKey(key));
+    }
+    Ok(())
+}
+
+/// The checks of [`vector::normalized`] without building the normalised copy.
+fn check_vector(v: &[f32], dim: usize) -> Result<(), IndexError> {
+    if v.len() != dim {
+        return Err(IndexError::DimensionMismatch {
+            expected: dim,
+            actual: v.len(),
+        });
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(IndexError::InvalidVector("it contains NaN or infinity"));
+    }
+    if !vector::norm(v).is_normal() {
+        return Err(IndexError::InvalidVector(
+            "it has zero length, so it has no direction to compare",
+        ));
+    }
+    Ok(())
+}
+
+fn engine_options(cfg: &IndexConfig) -> usearch::IndexOptions {
+    usearch::IndexOptions {
+        dimensions: cfg.dim,
+        metric: MetricKind::Cos,
+        quantization: cfg.quantization.scalar_kind(),
+        connectivity: cfg.connectivity,
+        expansion_add: cfg.expansion_add,
+        expansion_search: cfg.expansion_search,
+        multi: false,
+    }
+}
+
+fn new_engine(cfg: &IndexConfig) -> Result<usearch::Index, IndexError> {
+    usearch::Index::new(&engine_options(cfg)).map_err(IndexError::backend)
+}
+
+/// Loads a saved index after checking its sidecar and every byte of the file.
+fn load(path: &Path, cfg: IndexConfig) -> Result<(usearch::Index, IndexConfig), IndexError> {
+    let corrupt = |reason: String| IndexError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = persist::read_meta(path)?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "format version {} (this build reads {FORMAT_VERSION})",
+            meta.format_version
+        )));
+    }
+    if meta.dim != cfg.dim || meta.quantization != cfg.quantization {
+        return Err(IndexError::Mismatch {
+            path: path.to_path_buf(),
+            reason: format!(
+                "saved with dim {} and {}, opened with dim {} and {}",
+                meta.dim, meta.quantization, cfg.dim, cfg.quantization
+            ),
+        });
+    }
+    let (len, crc) = persist::checksum(path)?;
+    if len != meta.index_bytes {
+        return Err(corrupt(format!(
+            "{len} bytes where the sidecar records {}",
+            meta.index_bytes
+        )));
+    }
+    if crc != meta.index_crc32 {
+        return Err(corrupt(format!(
+            "CRC-32 {crc:08x} where the sidecar records {:08x}",
+            meta.index_crc32
+        )));
+    }
+
+    let cfg = IndexConfig {
+        connectivity: meta.connectivity,
+        ..cfg
+    };
+    cfg.validate().map_err(|e| corrupt(e.to_string()))?;
+    let engine = new_engine(&cfg)?;
+    engine
+        .load(utf8(path)?)
+        .map_err(|e| corrupt(format!("the engine cannot load it: {e}")))?;
+    let expected_kind = cfg.quantization.scalar_kind();
+    if engine.dimensions() != cfg.dim
+        || engine.metric_kind() != MetricKind::Cos
+        || engine.scalar_kind() != expected_kind
+        || engine.size() != meta.count
+    {
+        return Err(corrupt(format!(
+            "it holds {} vectors of dim {} ({:?}, {:?}) where the sidecar records {} of dim {} ({:?}, Cos)",
+            engine.size(),
+            engine.dimensions(),
+            engine.scalar_kind(),
+            engine.metric_kind(),
+            meta.count,
+            cfg.dim,
+            expected_kind,
+        )));
+    }
+    Ok((engine, cfg))
+}
+
+fn utf8(path: &Path) -> Result<&str, IndexError> {
+    path.to_str().ok_or_else(|| {
+        IndexError::InvalidConfig(format!("index path {} is not valid UTF-8", path.display()))
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A counting semaphore for the engine's per-thread search contexts.
+struct Permits {
+    free: Mutex<usize>,
+    returned: Condvar,
+}
+
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    fn new(n: usize) -> Self {
+        Permits {
+            free: Mutex::new(n),
+            returned: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> Permit<'_> {
+        let mut free = lock(&self.free);
+        while *free == 0 {
+            free = self
+                .returned
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.free) += 1;
+        self.0.returned.notify_one();
+    }
+}

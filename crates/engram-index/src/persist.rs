@@ -1,0 +1,156 @@
+//! The files of a saved index and how they are written and checked.
+//!
+//! A saved index is two files: the engine's own file at `path`, and a sidecar
+//! `path.meta.json` that records the format version, the shape, the count and the
+//! length and CRC-32 of the index file. `open` trusts the engine with the index file
+//! only after the sidecar vouches for every byte of it, so a truncated or garbled file
+//! is reported as corrupt instead of being read into a graph with dangling links.
+//!
+//! A save writes both files under temporary names, fsyncs them, renames the index file
+//! and then the sidecar into place, and fsyncs the directory. A crash before the first
+//! rename leaves the previous save untouched; a crash between the two renames leaves a
+//! new index file under an old sidecar, which the CRC check reports as corrupt.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{IndexError, Quantization};
+
+/// Bumped whenever the meaning of the files changes; other versions are rebuilt.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// The sidecar describing a saved index file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    pub format_version: u32,
+    /// The engine and its version, for people reading the file.
+    pub engine: String,
+    pub dim: usize,
+    pub quantization: Quantization,
+    pub connectivity: usize,
+    /// Vectors in the index (removed ones excluded).
+    pub count: usize,
+    /// Length of the index file in bytes.
+    pub index_bytes: u64,
+    /// CRC-32 (IEEE) of the whole index file.
+    pub index_crc32: u32,
+}
+
+/// `path.meta.json`, next to the index file.
+pub(crate) fn meta_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".meta.json")
+}
+
+/// `path` with `suffix` appended to its file name.
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Reads and parses the sidecar of the index at `index_path`.
+pub(crate) fn read_meta(index_path: &Path) -> Result<Meta, IndexError> {
+    let meta_path = meta_path(index_path);
+    let bytes = match fs::read(&meta_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(IndexError::Corrupt {
+                path: index_path.to_path_buf(),
+                reason: format!("its sidecar {} is missing", meta_path.display()),
+            })
+        }
+        Err(e) => return Err(IndexError::io(meta_path, e)),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| IndexError::Corrupt {
+        path: index_path.to_path_buf(),
+        reason: format!("its sidecar {} is unreadable: {e}", meta_path.display()),
+    })
+}
+
+/// Length and CRC-32 of the file at `path`, read in 1 MiB blocks.
+pub(crate) fn checksum(path: &Path) -> Result<(u64, u32), IndexError> {
+    let mut file = File::open(path).map_err(|e| IndexError::io(path, e))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(IndexError::io(path, e)),
+        };
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, hasher.finalize()))
+}
+
+/// Fsyncs the file at `path`.
+pub(crate) fn sync_file(path: &Path) -> Result<(), IndexError> {
+    OpenOptions::new()
+        .read(true)
+        .open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| IndexError::io(path, e))
+}
+
+/// Writes `meta` to the temporary file `dest_tmp` and fsyncs it; the caller renames it
+/// into place.
+pub(crate) fn write_meta_tmp(dest_tmp: &Path, meta: &Meta) -> Result<(), IndexError> {
+    let json = serde_json::to_vec_pretty(meta).map_err(IndexError::backend)?;
+    let mut file = File::create(dest_tmp).map_err(|e| IndexError::io(dest_tmp, e))?;
+    file.write_all(&json)
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| IndexError::io(dest_tmp, e))
+}
+
+/// Renames `from` to `to` (atomic on POSIX file systems).
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), IndexError> {
+    fs::rename(from, to).map_err(|e| IndexError::io(to, e))
+}
+
+/// Fsyncs the directory holding `path`, so renames inside it survive a crash.
+pub(crate) fn sync_parent_dir(path: &Path) -> Result<(), IndexError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| IndexError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_paths_append_to_the_file_name() {
+        assert_eq!(
+            meta_path(Path::new("/data/vectors.usearch")),
+            PathBuf::from("/data/vectors.usearch.meta.json")
+        );
+        assert_eq!(
+            with_suffix(Path::new("idx"), ".tmp"),
+            PathBuf::from("idx.tmp")
+        );
+    }
+
+    #[test]
+    fn checksum_covers_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, vec![7u8; 3 << 20]).unwrap();
+        let (len, crc) = checksum(&path).unwrap();
+        assert_eq!(len, 3 << 20);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[2 << 20] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_ne!(checksum(&path).unwrap().1, crc);
+    }
+}

@@ -1,0 +1,187 @@
+//! Vector arithmetic done on the Rust side: checking input, normalising, quantising to
+//! i8, and the brute-force top-k used by the exact searches.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use crate::{Hit, IndexError};
+
+/// Checks `v` has `dim` finite components, not all zero, and returns it scaled to unit
+/// length.
+pub(crate) fn normalized(v: &[f32], dim: usize) -> Result<Vec<f32>, IndexError> {
+    if v.len() != dim {
+        return Err(IndexError::DimensionMismatch {
+            expected: dim,
+            actual: v.len(),
+        });
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(IndexError::InvalidVector("it contains NaN or infinity"));
+    }
+    let norm = norm(v);
+    if !norm.is_normal() {
+        return Err(IndexError::InvalidVector(
+            "it has zero length, so it has no direction to compare",
+        ));
+    }
+    Ok(v.iter().map(|x| x / norm).collect())
+}
+
+/// Euclidean length, accumulated in f64 so long vectors of tiny components keep precision.
+pub(crate) fn norm(v: &[f32]) -> f32 {
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt() as f32
+}
+
+/// Scales `v` so its largest component becomes ±127 and rounds to the nearest integer.
+/// Cosine similarity ignores the scale, so this keeps as much of the direction as 8 bits
+/// can (the engine's own conversion assumes components near ±1 and truncates, which
+/// leaves unit vectors of hundreds of dimensions with a handful of levels).
+pub(crate) fn quantize_i8(v: &[f32]) -> Vec<i8> {
+    let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    if max == 0.0 {
+        return vec![0; v.len()];
+    }
+    let scale = 127.0 / max;
+    v.iter()
+        .map(|x| (x * scale).round().clamp(-127.0, 127.0) as i8)
+        .collect()
+}
+
+/// Cosine similarity of `a` and `b`; `a_norm` is `a`'s precomputed length.
+pub(crate) fn cosine(a: &[f32], a_norm: f32, b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let b_norm = norm(b);
+    if b_norm == 0.0 || a_norm == 0.0 {
+        return 0.0;
+    }
+    (dot / (a_norm * b_norm)).clamp(-1.0, 1.0)
+}
+
+/// Keeps the `k` best hits seen so far.
+pub(crate) struct TopK {
+    k: usize,
+    // A min-heap on similarity (via `Worst`), so the root is the hit to evict.
+    heap: BinaryHeap<Worst>,
+}
+
+struct Worst(Hit);
+
+impl PartialEq for Worst {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Worst {}
+impl PartialOrd for Worst {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Worst {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: the lowest similarity (then the highest key) is the "greatest".
+        other
+            .0
+            .similarity
+            .total_cmp(&self.0.similarity)
+            .then(self.0.key.cmp(&other.0.key))
+    }
+}
+
+impl TopK {
+    pub(crate) fn new(k: usize) -> Self {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k.saturating_add(1).min(4096)),
+        }
+    }
+
+    pub(crate) fn push(&mut self, hit: Hit) {
+        if self.k == 0 {
+            return;
+        }
+        if self.heap.len() < self.k {
+            self.heap.push(Worst(hit));
+        } else if let Some(mut worst) = self.heap.peek_mut() {
+            if Worst(hit).cmp(&worst) == Ordering::Less {
+                *worst = Worst(hit);
+            }
+        }
+    }
+
+    /// The hits, best first (ties broken by the smaller key).
+    pub(crate) fn into_sorted(self) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = self.heap.into_iter().map(|w| w.0).collect();
+        sort_hits(&mut hits);
+        hits
+    }
+}
+
+/// Sorts hits by similarity, best first, ties broken by the smaller key.
+pub(crate) fn sort_hits(hits: &mut [Hit]) {
+    hits.sort_by(|a, b| {
+        b.similarity
+            .total_cmp(&a.similarity)
+            .then(a.key.cmp(&b.key))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalized_checks_and_scales() {
+        let v = normalized(&[3.0, 4.0], 2).unwrap();
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        assert!(matches!(
+            normalized(&[1.0], 2),
+            Err(IndexError::DimensionMismatch {
+                expected: 2,
+                actual: 1
+            })
+        ));
+        assert!(matches!(
+            normalized(&[0.0, 0.0], 2),
+            Err(IndexError::InvalidVector(_))
+        ));
+        assert!(matches!(
+            normalized(&[f32::NAN, 1.0], 2),
+            Err(IndexError::InvalidVector(_))
+        ));
+        assert!(matches!(
+            normalized(&[f32::INFINITY, 1.0], 2),
+            Err(IndexError::InvalidVector(_))
+        ));
+    }
+
+    #[test]
+    fn i8_quantization_uses_the_full_range_and_keeps_direction() {
+        let v = [0.01, -0.02, 0.005, 0.0];
+        let q = quantize_i8(&v);
+        assert_eq!(q, vec![64, -127, 32, 0]);
+        let back: Vec<f32> = q.iter().map(|&x| f32::from(x)).collect();
+        assert!(cosine(&v, norm(&v), &back) > 0.9999);
+        assert_eq!(quantize_i8(&[0.0, 0.0]), vec![0, 0]);
+    }
+
+    #[test]
+    fn top_k_keeps_the_best_sorted() {
+        let mut top = TopK::new(3);
+        for (key, similarity) in [(1, 0.1), (2, 0.9), (3, 0.5), (4, 0.7), (5, -0.2), (6, 0.7)] {
+            top.push(Hit { key, similarity });
+        }
+        let keys: Vec<u64> = top.into_sorted().iter().map(|h| h.key).collect();
+        assert_eq!(keys, vec![2, 4, 6]);
+
+        let mut none = TopK::new(0);
+        none.push(Hit {
+            key: 1,
+            similarity: 1.0,
+        });
+        assert!(none.into_sorted().is_empty());
+    }
+}

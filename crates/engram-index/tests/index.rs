@@ -1,0 +1,577 @@
+//! `VectorIndex` against real files in a temporary directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use engram_index::eval::{self, Fixture};
+use engram_index::{Hit, IndexConfig, IndexError, Quantization, VectorIndex};
+
+const DIM: usize = 16;
+const ALL: [Quantization; 3] = [Quantization::F32, Quantization::F16, Quantization::I8];
+
+/// Deterministic pseudo-random vectors (for behaviour, not recall: see the fixture).
+fn vector(seed: u64, dim: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+    (0..dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn cfg(quantization: Quantization) -> IndexConfig {
+    IndexConfig::new(DIM).with_quantization(quantization)
+}
+
+fn keys(hits: &[Hit]) -> Vec<u64> {
+    hits.iter().map(|h| h.key).collect()
+}
+
+fn fixture() -> Fixture {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm-2k.f16");
+    Fixture::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; regenerate it with the make_fixture example",
+            path.display()
+        )
+    })
+}
+
+fn index_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("vectors.usearch")
+}
+
+#[test]
+fn add_search_replace_remove() {
+    for q in ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::open(&index_path(&dir), cfg(q)).unwrap();
+        assert!(index.is_empty());
+        for key in 0..200 {
+            index.add(key, &vector(key, DIM)).unwrap();
+        }
+        assert_eq!(index.len(), 200);
+
+        // A stored vector is its own best match, with similarity ~1.
+        let hits = index.search(&vector(42, DIM), 5, None).unwrap();
+        assert_eq!(hits.len(), 5);
+        assert_eq!(hits[0].key, 42, "{q}");
+        assert!(hits[0].similarity > 0.99, "{q}: {hits:?}");
+        assert!(hits.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+        assert!(hits.iter().all(|h| (-1.0..=1.0).contains(&h.similarity)));
+
+        // Scale does not matter to cosine.
+        let scaled: Vec<f32> = vector(42, DIM).iter().map(|x| x * 1000.0).collect();
+        assert_eq!(index.search(&scaled, 1, None).unwrap()[0].key, 42);
+
+        // Replacing moves the key to its new vector.
+        index.add(42, &vector(10_000, DIM)).unwrap();
+        assert_eq!(index.len(), 200);
+        assert_eq!(
+            index.search(&vector(10_000, DIM), 1, None).unwrap()[0].key,
+            42
+        );
+        assert_ne!(index.search(&vector(42, DIM), 1, None).unwrap()[0].key, 42);
+
+        // Removing takes it out of results; removing again reports nothing there.
+        assert!(index.remove(42).unwrap());
+        assert!(!index.remove(42).unwrap());
+        assert!(!index.contains(42));
+        assert_eq!(index.len(), 199);
+        assert!(!keys(&index.search(&vector(10_000, DIM), 199, None).unwrap()).contains(&42));
+        assert_eq!(index.get(42).unwrap(), None);
+
+        // A removed key can come back.
+        index.add(42, &vector(42, DIM)).unwrap();
+        assert_eq!(index.search(&vector(42, DIM), 1, None).unwrap()[0].key, 42);
+    }
+}
+
+#[test]
+fn get_returns_the_stored_direction() {
+    for (q, tolerance) in [
+        (Quantization::F32, 1e-6),
+        (Quantization::F16, 1e-3),
+        (Quantization::I8, 2e-2),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::open(&index_path(&dir), cfg(q)).unwrap();
+        let v = vector(7, DIM);
+        index.add(7, &v).unwrap();
+        let got = index.get(7).unwrap().unwrap();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let got_norm = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((got_norm - 1.0).abs() < 1e-5, "{q}");
+        for (a, b) in v.iter().zip(&got) {
+            assert!((a / norm - b).abs() < tolerance, "{q}: {a} vs {b}");
+        }
+        assert_eq!(index.get(8).unwrap(), None);
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = VectorIndex::open(&index_path(&dir), cfg(Quantization::F16)).unwrap();
+    // Searching an empty index finds nothing.
+    assert!(index.search(&vector(1, DIM), 10, None).unwrap().is_empty());
+    assert!(index
+        .exact_search_all(&vector(1, DIM), 10)
+        .unwrap()
+        .is_empty());
+
+    assert!(matches!(
+        index.add(1, &vector(1, DIM + 1)),
+        Err(IndexError::DimensionMismatch {
+            expected: DIM,
+            actual
+        }) if actual == DIM + 1
+    ));
+    assert!(matches!(
+        index.search(&vector(1, 3), 10, None),
+        Err(IndexError::DimensionMismatch { .. })
+    ));
+    assert!(matches!(
+        index.exact_search(&[], &[1], 10),
+        Err(IndexError::DimensionMismatch { .. })
+    ));
+    let mut nan = vector(1, DIM);
+    nan[3] = f32::NAN;
+    assert!(matches!(
+        index.add(1, &nan),
+        Err(IndexError::InvalidVector(_))
+    ));
+    assert!(matches!(
+        index.add(1, &[0.0; DIM]),
+        Err(IndexError::InvalidVector(_))
+    ));
+    assert!(matches!(
+        index.search(&[0.0; DIM], 1, None),
+        Err(IndexError::InvalidVector(_))
+    ));
+    assert!(matches!(
+        index.add(u64::MAX, &vector(1, DIM)),
+        Err(IndexError::ReservedKey(_))
+    ));
+    assert!(index.is_empty());
+
+    index.add(1, &vector(1, DIM)).unwrap();
+    assert!(index.search(&vector(1, DIM), 0, None).unwrap().is_empty());
+    // k beyond the size returns what there is.
+    assert_eq!(
+        index
+            .search(&vector(1, DIM), usize::MAX, None)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(matches!(
+        index.set_expansion_search(0),
+        Err(IndexError::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        VectorIndex::open(&dir.path().join("other"), IndexConfig::new(0)),
+        Err(IndexError::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn add_batch_replaces_dedupes_and_is_all_or_nothing() {
+    for q in ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::open(&index_path(&dir), cfg(q)).unwrap();
+        index.add(5, &vector(5, DIM)).unwrap();
+        let mut items: Vec<(u64, Vec<f32>)> = (0..3000).map(|k| (k, vector(k, DIM))).collect();
+        items.push((5, vector(77_777, DIM))); // the last of two for key 5 wins
+        index.add_batch(&items).unwrap();
+        assert_eq!(index.len(), 3000);
+        assert_eq!(
+            index.search(&vector(77_777, DIM), 1, None).unwrap()[0].key,
+            5
+        );
+        assert_eq!(
+            index.search(&vector(2999, DIM), 1, None).unwrap()[0].key,
+            2999
+        );
+
+        let bad = vec![(10_000u64, vector(1, DIM)), (10_001, vector(2, DIM - 1))];
+        assert!(matches!(
+            index.add_batch(&bad),
+            Err(IndexError::DimensionMismatch { .. })
+        ));
+        assert!(!index.contains(10_000));
+        assert_eq!(index.len(), 3000);
+        index.add_batch::<Vec<f32>>(&[]).unwrap();
+    }
+}
+
+#[test]
+fn save_and_reopen_gives_identical_results() {
+    for q in ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let path = index_path(&dir);
+        let index = VectorIndex::open(&path, cfg(q)).unwrap();
+        let items: Vec<(u64, Vec<f32>)> = (0..2000).map(|k| (k * 3, vector(k, DIM))).collect();
+        index.add_batch(&items).unwrap();
+        for k in 0..100 {
+            index.remove(k * 3).unwrap();
+        }
+        index.add(3, &vector(123_456, DIM)).unwrap();
+        index.save().unwrap();
+        assert!(path.exists());
+        assert!(dir.path().join("vectors.usearch.meta.json").exists());
+        assert!(!dir.path().join("vectors.usearch.tmp").exists());
+
+        let reopened = VectorIndex::open(&path, cfg(q)).unwrap();
+        assert_eq!(reopened.len(), index.len());
+        assert_eq!(reopened.len(), 1901);
+        assert!(!reopened.contains(6));
+        assert!(reopened.contains(3));
+        assert_eq!(reopened.get(300).unwrap(), index.get(300).unwrap());
+        for s in 0..50 {
+            let query = vector(50_000 + s, DIM);
+            assert_eq!(
+                reopened.search(&query, 10, None).unwrap(),
+                index.search(&query, 10, None).unwrap(),
+                "{q}"
+            );
+        }
+
+        // The reopened index keeps working and saves again.
+        reopened.add(1, &vector(1, DIM)).unwrap();
+        reopened.save().unwrap();
+        drop(reopened);
+        let again = VectorIndex::open(&path, cfg(q)).unwrap();
+        assert_eq!(again.len(), 1902);
+    }
+}
+
+#[test]
+fn missing_file_opens_empty_and_save_creates_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not/yet/there.usearch");
+    let index = VectorIndex::open(&path, cfg(Quantization::F16)).unwrap();
+    assert!(index.is_empty());
+    assert_eq!(index.path(), path);
+    index.save().unwrap();
+    let reopened = VectorIndex::open(&path, cfg(Quantization::F16)).unwrap();
+    assert!(reopened.is_empty());
+}
+
+/// Saves an index of 500 vectors at `path` and returns the file's bytes.
+fn saved_index(path: &Path) -> Vec<u8> {
+    let index = VectorIndex::open(path, cfg(Quantization::F16)).unwrap();
+    let items: Vec<(u64, Vec<f32>)> = (0..500).map(|k| (k, vector(k, DIM))).collect();
+    index.add_batch(&items).unwrap();
+    index.save().unwrap();
+    fs::read(path).unwrap()
+}
+
+fn assert_corrupt(path: &Path, what: &str) {
+    match VectorIndex::open(path, cfg(Quantization::F16)) {
+        Err(e @ IndexError::Corrupt { .. }) => assert!(e.needs_rebuild()),
+        Err(e) => panic!("{what}: expected Corrupt, got {e}"),
+        Ok(_) => panic!("{what}: expected Corrupt, the index opened"),
+    }
+}
+
+#[test]
+fn damaged_files_are_reported_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = index_path(&dir);
+    let meta = dir.path().join("vectors.usearch.meta.json");
+    let bytes = saved_index(&path);
+
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert_corrupt(&path, "truncated");
+
+    fs::write(&path, &bytes[..10]).unwrap();
+    assert_corrupt(&path, "truncated to its header");
+
+    let mut garbled = bytes.clone();
+    garbled[bytes.len() / 2] ^= 0x40;
+    fs::write(&path, &garbled).unwrap();
+    assert_corrupt(&path, "one bit flipped");
+
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(b"tail");
+    fs::write(&path, &longer).unwrap();
+    assert_corrupt(&path, "bytes appended");
+
+    fs::write(&path, &bytes).unwrap();
+    VectorIndex::open(&path, cfg(Quantization::F16)).unwrap();
+
+    let sidecar = fs::read(&meta).unwrap();
+    fs::write(&meta, b"{not json").unwrap();
+    assert_corrupt(&path, "garbled sidecar");
+    fs::remove_file(&meta).unwrap();
+    assert_corrupt(&path, "missing sidecar");
+    let future = String::from_utf8(sidecar.clone())
+        .unwrap()
+        .replace("\"format_version\": 1", "\"format_version\": 99");
+    fs::write(&meta, future).unwrap();
+    assert_corrupt(&path, "unknown format version");
+    fs::write(&meta, &sidecar).unwrap();
+    VectorIndex::open(&path, cfg(Quantization::F16)).unwrap();
+}
+
+#[test]
+fn a_crash_between_the_two_renames_is_detected() {
+    // The index file is renamed into place before its sidecar: a crash in between
+    // leaves a new index under the previous save's sidecar.
+    let dir = tempfile::tempdir().unwrap();
+    let path = index_path(&dir);
+    let meta = dir.path().join("vectors.usearch.meta.json");
+    saved_index(&path);
+    let old_sidecar = fs::read(&meta).unwrap();
+    let index = VectorIndex::open(&path, cfg(Quantization::F16)).unwrap();
+    index.add(9999, &vector(9999, DIM)).unwrap();
+    index.save().unwrap();
+    drop(index);
+    fs::write(&meta, old_sidecar).unwrap();
+    assert_corrupt(&path, "new index, old sidecar");
+}
+
+#[test]
+fn leftovers_of_a_crashed_save_are_ignored_and_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = index_path(&dir);
+    saved_index(&path);
+    let tmp = dir.path().join("vectors.usearch.tmp");
+    let meta_tmp = dir.path().join("vectors.usearch.meta.json.tmp");
+    fs::write(&tmp, b"half a save").unwrap();
+    fs::write(&meta_tmp, b"{").unwrap();
+    let index = VectorIndex::open(&path, cfg(Quantization::F16)).unwrap();
+    assert_eq!(index.len(), 500);
+    assert!(!tmp.exists() && !meta_tmp.exists());
+}
+
+#[test]
+fn another_dimension_or_quantization_is_a_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = index_path(&dir);
+    saved_index(&path);
+    for other in [
+        IndexConfig::new(DIM + 1),
+        cfg(Quantization::I8),
+        cfg(Quantization::F32),
+    ] {
+        match VectorIndex::open(&path, other) {
+            Err(e @ IndexError::Mismatch { .. }) => assert!(e.needs_rebuild()),
+            Err(e) => panic!("expected Mismatch, got {e}"),
+            Ok(_) => panic!("expected Mismatch, the index opened"),
+        }
+    }
+    // Another connectivity is not a mismatch: the saved graph keeps its own.
+    let mut wider = cfg(Quantization::F16);
+    wider.connectivity = 32;
+    let index = VectorIndex::open(&path, wider).unwrap();
+    assert_eq!(
+        index.config().connectivity,
+        IndexConfig::DEFAULT_CONNECTIVITY
+    );
+    assert_eq!(index.len(), 500);
+}
+
+#[test]
+fn filtered_search_finds_the_true_filtered_top_10() {
+    let fx = fixture();
+    for q in ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::open(
+            &index_path(&dir),
+            IndexConfig::new(fx.base.dim).with_quantization(q),
+        )
+        .unwrap();
+        let items: Vec<(u64, &[f32])> = (0..fx.base.len())
+            .map(|i| (i as u64, fx.base.row(i)))
+            .collect();
+        index.add_batch(&items).unwrap();
+
+        // About 2% of the keys (~40) pass: selective enough that a top-k cut followed by
+        // filtering would usually return nothing.
+        let filter = eval::percent_filter(2.0);
+        let passing: Vec<u64> = (0..fx.base.len() as u64).filter(|&k| filter(k)).collect();
+        assert!(
+            passing.len() > 20 && passing.len() < 80,
+            "{}",
+            passing.len()
+        );
+
+        let mut truth = Vec::new();
+        let mut found = Vec::new();
+        for i in 0..fx.queries.len() {
+            let query = fx.queries.row(i);
+            let hits = index.search(query, 10, Some(&filter)).unwrap();
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|h| filter(h.key)), "{q}: {hits:?}");
+            // Exact search over the passing keys agrees with brute force over the
+            // original vectors, and the graph search agrees with both.
+            let exact = index.exact_search(query, &passing, 10).unwrap();
+            truth.push(eval::exact_top_k(&fx.base, query, 10, &filter));
+            found.push(keys(&hits));
+            assert!(eval::recall(&truth[i..], &[keys(&exact)]) >= 0.9, "{q}");
+        }
+        let recall = eval::recall(&truth, &found);
+        assert!(recall >= 0.99, "{q}: filtered recall@10 {recall}");
+    }
+}
+
+#[test]
+fn exact_search_is_exact() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let index = VectorIndex::open(
+        &index_path(&dir),
+        IndexConfig::new(fx.base.dim).with_quantization(Quantization::F32),
+    )
+    .unwrap();
+    let items: Vec<(u64, &[f32])> = (0..fx.base.len())
+        .map(|i| (i as u64, fx.base.row(i)))
+        .collect();
+    index.add_batch(&items).unwrap();
+    let some: Vec<u64> = (0..fx.base.len() as u64).step_by(7).collect();
+    let in_some = |k: u64| k % 7 == 0;
+    for i in 0..fx.queries.len() {
+        let query = fx.queries.row(i);
+        let all = eval::exact_top_k(&fx.base, query, 10, &|_| true);
+        assert_eq!(keys(&index.exact_search_all(query, 10).unwrap()), all);
+        let mut with_dupes_and_unknowns = some.clone();
+        with_dupes_and_unknowns.extend([7, 14, 1_000_000]);
+        let hits = index
+            .exact_search(query, &with_dupes_and_unknowns, 10)
+            .unwrap();
+        assert_eq!(
+            keys(&hits),
+            eval::exact_top_k(&fx.base, query, 10, &in_some)
+        );
+        // Similarities are the cosine of the original vectors.
+        let q_norm = query.iter().map(|x| x * x).sum::<f32>().sqrt();
+        for h in &hits {
+            let v = fx.base.row(h.key as usize);
+            let v_norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let cos = query.iter().zip(v).map(|(a, b)| a * b).sum::<f32>() / (q_norm * v_norm);
+            assert!((h.similarity - cos).abs() < 1e-5);
+        }
+    }
+    assert!(index
+        .exact_search(fx.queries.row(0), &some, 0)
+        .unwrap()
+        .is_empty());
+    assert!(index
+        .exact_search(fx.queries.row(0), &[], 10)
+        .unwrap()
+        .is_empty());
+}
+
+/// Recall@10 of the default configuration on real all-MiniLM-L6-v2 embeddings.
+#[test]
+fn recall_at_10_on_real_embeddings() {
+    let fx = fixture();
+    assert_eq!(fx.base.dim, 384);
+    let truth = eval::ground_truth(&fx.base, &fx.queries, 10, &|_| true);
+    for q in ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = IndexConfig::new(fx.base.dim).with_quantization(q);
+        let index = VectorIndex::open(&index_path(&dir), cfg).unwrap();
+        let items: Vec<(u64, &[f32])> = (0..fx.base.len())
+            .map(|i| (i as u64, fx.base.row(i)))
+            .collect();
+        index.add_batch(&items).unwrap();
+        let found: Vec<Vec<u64>> = (0..fx.queries.len())
+            .map(|i| keys(&index.search(fx.queries.row(i), 10, None).unwrap()))
+            .collect();
+        let recall = eval::recall(&truth, &found);
+        println!("{q}: recall@10 {recall:.4}");
+        assert!(recall >= 0.98, "{q}: recall@10 {recall} < 0.98");
+    }
+}
+
+#[test]
+fn concurrent_searches_with_adds_and_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(VectorIndex::open(&index_path(&dir), cfg(Quantization::F16)).unwrap());
+    let items: Vec<(u64, Vec<f32>)> = (0..1000).map(|k| (k, vector(k, DIM))).collect();
+    index.add_batch(&items).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+
+    let searchers: Vec<_> = (0..8)
+        .map(|t| {
+            let index = Arc::clone(&index);
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let (mut searches, mut found) = (0u64, 0u64);
+                while !done.load(Ordering::Relaxed) || searches < 50 {
+                    let key = (searches * 7 + t) % 1000;
+                    let hits = index.search(&vector(key, DIM), 10, None).unwrap();
+                    // Keys below 1000 are never removed or replaced, so each stays
+                    // findable — approximately: an ANN may miss one now and then.
+                    found += u64::from(keys(&hits).contains(&key));
+                    let even = |k: u64| k % 2 == 0;
+                    let filtered = index.search(&vector(key, DIM), 5, Some(&even)).unwrap();
+                    assert!(filtered.iter().all(|h| h.key % 2 == 0));
+                    searches += 1;
+                }
+                assert!(found * 100 >= searches * 95, "found {found} of {searches}");
+                searches
+            })
+        })
+        .collect();
+
+    // Writers grow the index past several capacity doublings while searches run.
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let index = Arc::clone(&index);
+            std::thread::spawn(move || {
+                for i in 0..1500u64 {
+                    let key = 1000 + w * 100_000 + i;
+                    index.add(key, &vector(key, DIM)).unwrap();
+                    if i % 3 == 0 {
+                        index.remove(key).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let saver = {
+        let index = Arc::clone(&index);
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                index.save().unwrap();
+            }
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    saver.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    for s in searchers {
+        assert!(s.join().unwrap() >= 50);
+    }
+    assert_eq!(index.len(), 1000 + 2 * 1000);
+    index.save().unwrap();
+    let reopened = VectorIndex::open(&index_path(&dir), cfg(Quantization::F16)).unwrap();
+    assert_eq!(reopened.len(), 3000);
+}
+
+#[test]
+fn a_panicking_filter_panics_the_caller_not_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = VectorIndex::open(&index_path(&dir), cfg(Quantization::F16)).unwrap();
+    for key in 0..100 {
+        index.add(key, &vector(key, DIM)).unwrap();
+    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let boom = |_: u64| -> bool { panic!("filter failed") };
+        index.search(&vector(1, DIM), 10, Some(&boom))
+    }));
+    assert!(result.is_err());
+    // The index still works afterwards.
+    assert_eq!(index.search(&vector(1, DIM), 1, None).unwrap()[0].key, 1);
+}
