@@ -7,6 +7,8 @@
 mod json;
 mod memory;
 pub mod schema;
+mod search;
 
 pub use json::{parse_json, JsonError};
 pub use memory::*;
+pub use search::*;

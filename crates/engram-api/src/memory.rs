@@ -413,8 +413,7 @@ pub struct ListParams {
     /// The `next_cursor` of the previous page, with the same filters and order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
-    /// Only this type.
-    #[param(value_type = Option<crate::schema::MemoryType>)]
+    /// Only these types: one, or several separated by commas (any of them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_type: Option<String>,
     /// Comma-separated tags; a memory must carry all of them.
@@ -469,6 +468,21 @@ fn number(s: &str, field: &str, min: u32, max: u32) -> Result<u32, CoreError> {
         })
 }
 
+/// `note` or `note,fact`: one type or several.
+fn memory_types(s: &str, field: &str) -> Result<Vec<MemoryType>, CoreError> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let t = MemoryType::parse(part, field)?;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    if out.is_empty() {
+        return Err(CoreError::validation(field, "must name at least one type"));
+    }
+    Ok(out)
+}
+
 fn filter_label(v: Option<String>, field: &str) -> Result<Option<String>, CoreError> {
     Ok(label(v, field)?.map(Label::into_inner))
 }
@@ -484,10 +498,11 @@ impl ListParams {
         };
         let mut q = ListQuery {
             filter: MemoryFilter {
-                memory_type: self
+                memory_types: self
                     .memory_type
-                    .map(|s| MemoryType::parse(&s, "memory_type"))
-                    .transpose()?,
+                    .map(|s| memory_types(&s, "memory_type"))
+                    .transpose()?
+                    .unwrap_or_default(),
                 tags,
                 source: self
                     .source
@@ -510,6 +525,7 @@ impl ListParams {
                     .created_before
                     .map(|s| timestamp(&s, "created_before"))
                     .transpose()?,
+                metadata: Vec::new(),
             },
             sort_by: self
                 .sort_by

@@ -41,6 +41,14 @@ pub enum EmbeddingStatus {
     failed,
 }
 
+/// Which retrievers a search uses.
+#[derive(ToSchema)]
+pub enum SearchMode {
+    hybrid,
+    semantic,
+    keyword,
+}
+
 #[cfg(test)]
 mod tests {
     use utoipa::PartialSchema;
@@ -76,6 +84,13 @@ mod tests {
                     .collect::<Vec<_>>()
             )
         );
+        assert_eq!(
+            names::<super::SearchMode>(),
+            core(&["hybrid", "semantic", "keyword"])
+        );
+        for m in ["hybrid", "semantic", "keyword"] {
+            assert_eq!(engram_core::SearchMode::parse(m).unwrap().as_str(), m);
+        }
         assert_eq!(
             names::<super::EmbeddingStatus>(),
             core(

@@ -3,6 +3,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::CoreError;
@@ -14,11 +15,12 @@ pub const PER_PAGE_DEFAULT: u32 = 20;
 pub const PER_PAGE_MAX: u32 = 100;
 pub const PAGE_MAX: u32 = 1_000_000;
 
-/// Every condition must hold. `tags`: the memory carries all of them.
-/// `created_after` and `created_before` are exclusive bounds.
+/// Every condition must hold. `memory_types`: the memory is of one of them (any, when
+/// empty). `tags`: the memory carries all of them. `metadata`: each key holds exactly that
+/// value (numbers compare by value). `created_after` and `created_before` are exclusive.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct MemoryFilter {
-    pub memory_type: Option<MemoryType>,
+    pub memory_types: Vec<MemoryType>,
     pub tags: Vec<String>,
     pub source: Option<Source>,
     pub embedding_status: Option<EmbeddingStatus>,
@@ -29,6 +31,16 @@ pub struct MemoryFilter {
     pub session_id: Option<String>,
     pub created_after: Option<Timestamp>,
     pub created_before: Option<Timestamp>,
+    pub metadata: Vec<(String, Value)>,
+}
+
+/// Whether a stored metadata value equals a filter value: JSON equality, except that
+/// numbers compare by value (`1` equals `1.0`), as SQL does.
+pub fn metadata_value_eq(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        _ => have == want,
+    }
 }
 
 impl MemoryFilter {
@@ -39,7 +51,7 @@ impl MemoryFilter {
             want.is_none() || want == have
         }
         m.deleted_at.is_none()
-            && self.memory_type.is_none_or(|t| t == m.memory_type)
+            && (self.memory_types.is_empty() || self.memory_types.contains(&m.memory_type))
             && self.source.is_none_or(|s| s == m.source)
             && self
                 .embedding_status
@@ -52,6 +64,11 @@ impl MemoryFilter {
             && eq(&self.session_id, &m.scope.session_id)
             && self.created_after.is_none_or(|t| m.created_at > t)
             && self.created_before.is_none_or(|t| m.created_at < t)
+            && self.metadata.iter().all(|(k, want)| {
+                m.metadata
+                    .get(k)
+                    .is_some_and(|have| metadata_value_eq(have, want))
+            })
     }
 }
 

@@ -16,6 +16,8 @@ pub mod keys;
 pub mod memory;
 pub mod pipeline;
 pub mod ports;
+pub mod rerank;
+pub mod search;
 pub mod service;
 pub mod time;
 pub mod validate;
@@ -30,7 +32,12 @@ pub use memory::{EmbeddingStatus, Memory, MemoryPatch, MemoryType, NewMemory, Sc
 pub use pipeline::{reembed, CoreErrorOrEmbed, EmbeddingPipeline, PipelineConfig, ReembedReport};
 pub use ports::{
     EmbeddingJob, EmbeddingStore, IdempotencyKey, InsertMemory, InsertOutcome, KeyStore,
-    MemoryStore, SweepReport,
+    MemoryStore, SearchIndex, SweepReport,
+};
+pub use rerank::RerankConfig;
+pub use search::{
+    EmbedderSlot, HitScores, Scored, SearchConfig, SearchHit, SearchMode, SearchRequest,
+    SearchResult, SearchService,
 };
 pub use service::{parse_idempotency_key, BulkItemResult, Listing, MemoryService, BULK_MAX};
 pub use time::Timestamp;

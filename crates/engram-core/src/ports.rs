@@ -6,10 +6,11 @@ use async_trait::async_trait;
 
 use crate::change::{ChangeOp, ChangeRecord};
 use crate::error::StoreError;
-use crate::filter::{ListQuery, ListResult};
+use crate::filter::{ListQuery, ListResult, MemoryFilter};
 use crate::ids::{MemoryId, TenantId};
 use crate::keys::ApiKeyRecord;
 use crate::memory::Memory;
+use crate::search::Scored;
 use crate::time::Timestamp;
 
 /// A client-chosen key that makes a create idempotent, with a fingerprint of the request
@@ -54,6 +55,13 @@ pub trait MemoryStore: Send + Sync + 'static {
     /// A memory that is not deleted.
     async fn get(&self, tenant: &TenantId, id: MemoryId) -> Result<Option<Memory>, StoreError>;
 
+    /// The memories with these ids that exist and are not deleted, in any order.
+    async fn get_many(
+        &self,
+        tenant: &TenantId,
+        ids: &[MemoryId],
+    ) -> Result<Vec<Memory>, StoreError>;
+
     /// Records that memories were read at `at`. Best effort and possibly deferred: it does
     /// not bump `version` or write a change record.
     async fn touch(
@@ -93,6 +101,34 @@ pub trait MemoryStore: Send + Sync + 'static {
 
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The two retrievers search runs on, over a tenant's live memories that pass a filter.
+/// Both are derived state a store keeps in step with its memories: the keyword index in
+/// the same transaction as the write, the vectors as the embedding pipeline stores them.
+#[async_trait]
+pub trait SearchIndex: Send + Sync + 'static {
+    /// Up to `limit` memories matching the words of `query`, best first; the score is
+    /// BM25-like (higher is better, not comparable across queries).
+    async fn keyword(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<Scored>, StoreError>;
+
+    /// Up to `limit` memories whose vectors of `model` are nearest to `vector`, best first;
+    /// the score is the cosine similarity of the memory's best window. The filter is
+    /// applied during the search, never after a top-k cut.
+    async fn nearest(
+        &self,
+        tenant: &TenantId,
+        model: &crate::embed::ModelInfo,
+        vector: &[f32],
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<Scored>, StoreError>;
 }
 
 /// API keys, stored hashed.

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engram_api::{
     BulkCreateRequest, BulkCreateResponse, CreateMemoryRequest, ErrorBody, ListParams,
-    ListResponse, MemoryResponse, UpdateMemoryRequest,
+    ListResponse, MemoryResponse, SearchBody, SearchResponse, UpdateMemoryRequest,
 };
 use engram_core::{ErrorCode, TenantId};
 use serde_json::json;
@@ -123,6 +123,26 @@ pub async fn bulk_create(
         .remember_bulk(&tenant, items, key.as_deref())
         .await?;
     Ok(Json(BulkCreateResponse::from_results(results)))
+}
+
+/// Search memories: keyword (BM25), semantic (nearest vectors) or hybrid (both, fused).
+#[utoipa::path(post, path = "/api/v1/search", tag = "search",
+    request_body = SearchBody,
+    responses(
+        (status = 200, description = "Hits, best first", body = SearchResponse),
+        KeyAndFieldErrors,
+        BodyErrors,
+        (status = 503, description = "Semantic search asked for while no embedder or no vectors are available", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn search(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<TenantId>,
+    JsonBody(req): JsonBody<SearchBody>,
+) -> Result<Json<SearchResponse>> {
+    let req = req.into_domain()?;
+    let result = state.search.search(&tenant, &req).await?;
+    Ok(Json(SearchResponse::from(result)))
 }
 
 /// Read one memory (records the read in `accessed_at`).

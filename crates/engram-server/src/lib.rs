@@ -19,7 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use engram_core::{CoreError, KeyService, MemoryService, MemoryStore};
+use engram_core::{CoreError, KeyService, MemoryService, MemoryStore, SearchService};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -59,6 +59,7 @@ impl ReadinessCheck for StoreCheck {
 #[derive(Clone)]
 pub struct AppState {
     pub memories: MemoryService,
+    pub search: SearchService,
     pub keys: KeyService,
     pub checks: Arc<Vec<Arc<dyn ReadinessCheck>>>,
 }
@@ -118,6 +119,7 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
     let api = Router::new()
         .route("/memories", post(handlers::create).get(handlers::list))
         .route("/memories/bulk", post(handlers::bulk_create))
+        .route("/search", post(handlers::search))
         .route(
             "/memories/{id}",
             get(handlers::get_one)

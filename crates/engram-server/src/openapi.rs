@@ -21,12 +21,14 @@ use crate::handlers;
         handlers::update,
         handlers::delete,
         handlers::retry_embedding,
+        handlers::search,
         handlers::healthz,
         handlers::readyz,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "memories", description = "Store, read, list, change and delete memories"),
+        (name = "search", description = "Keyword, semantic and hybrid search"),
         (name = "operations", description = "Health and readiness"),
     )
 )]

@@ -6,13 +6,17 @@
 //! connections on blocking threads. Versioned migrations run when the store opens.
 //! It does not know about HTTP, embeddings or search ranking.
 
+mod ann;
 mod embedding;
 mod migrate;
 mod rows;
+pub mod search;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -20,7 +24,8 @@ use engram_core::filter::Position;
 use engram_core::time::to_micros;
 use engram_core::{
     ApiKeyRecord, ChangeOp, ChangeRecord, InsertMemory, InsertOutcome, KeyStore, ListQuery,
-    ListResult, Memory, MemoryId, MemoryStore, SortBy, SortOrder, StoreError, TenantId, Timestamp,
+    ListResult, Memory, MemoryFilter, MemoryId, MemoryStore, ModelInfo, Scored, SearchIndex,
+    SortBy, SortOrder, StoreError, TenantId, Timestamp,
 };
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -39,6 +44,12 @@ pub struct SqliteConfig {
     pub data_dir: PathBuf,
     /// Read connections (reads run in parallel with each other and with the writer).
     pub readers: usize,
+    /// Keep the in-process ANN index (`<data_dir>/index/`) for semantic search. Without
+    /// it, semantic search is exact (a scan of the tenant's vectors).
+    pub vector_index: bool,
+    /// Filtered semantic searches with at most this many candidates (as SQLite counts
+    /// them) are answered exactly over the candidates instead of through the graph.
+    pub exact_search_max: usize,
 }
 
 impl SqliteConfig {
@@ -46,6 +57,8 @@ impl SqliteConfig {
         SqliteConfig {
             data_dir: data_dir.into(),
             readers: 4,
+            vector_index: true,
+            exact_search_max: ann::EXACT_MAX,
         }
     }
 }
@@ -149,6 +162,62 @@ struct Inner {
     writer: Writer,
     readers: ReadPool,
     migration: MigrationReport,
+    ann: Option<Arc<ann::Ann>>,
+    saver: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: stop the index saver (it saves once more on the way out).
+    fn drop(&mut self) {
+        let saver = self.saver.get_mut().map(Option::take).unwrap_or(None);
+        if let Some((stop, handle)) = saver {
+            stop.store(true, Ordering::SeqCst);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// How often the vector index is saved when it changed.
+const ANN_SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Saves the vector index when it changed and truncates the log its save covers.
+fn save_ann(ann: &ann::Ann, conn: &Connection) -> Result<(), StoreError> {
+    if let Some(seq) = ann.save()? {
+        conn.execute("DELETE FROM ann_log WHERE seq <= ?1", [seq])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn spawn_saver(
+    ann: Arc<ann::Ann>,
+    path: PathBuf,
+) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), StoreError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let conn = open_conn(&path, false)?;
+    let handle = std::thread::Builder::new()
+        .name("engram-ann-saver".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() < ANN_SAVE_EVERY {
+                    continue;
+                }
+                last = Instant::now();
+                // Apply what changed (so vectors become searchable without waiting for a
+                // search), then save.
+                if let Err(e) = ann.catch_up(&conn).and_then(|_| save_ann(&ann, &conn)) {
+                    tracing::warn!(error = %e, "vector index upkeep failed; retrying");
+                }
+            }
+            if let Err(e) = ann.catch_up(&conn).and_then(|_| save_ann(&ann, &conn)) {
+                tracing::warn!(error = %e, "the vector index was not saved at close; it will catch up at the next start");
+            }
+        })
+        .map_err(|e| StoreError::Other(format!("cannot start the index saver: {e}")))?;
+    Ok((stop, handle))
 }
 
 impl SqliteStore {
@@ -165,6 +234,17 @@ impl SqliteStore {
         let mut conn = open_conn(&path, false)?;
         let migration = migrate::migrate(&mut conn)?;
         let readers = cfg.readers.max(1);
+        let (ann, saver) = if cfg.vector_index {
+            let ann = Arc::new(ann::Ann::new(
+                &cfg.data_dir.join("index"),
+                cfg.exact_search_max,
+            ));
+            ann.open(&conn)?;
+            let saver = spawn_saver(ann.clone(), path.clone())?;
+            (Some(ann), Some(saver))
+        } else {
+            (None, None)
+        };
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 writer: Writer::start(conn),
@@ -174,6 +254,8 @@ impl SqliteStore {
                     permits: Semaphore::new(readers),
                 },
                 migration,
+                ann,
+                saver: Mutex::new(saver),
             }),
         })
     }
@@ -187,6 +269,16 @@ impl SqliteStore {
     /// writer. Later writes fail with `Unavailable`.
     pub fn close(&self) {
         self.inner.writer.close();
+        let saver = self.inner.saver.lock().expect("saver lock").take();
+        if let Some((stop, handle)) = saver {
+            stop.store(true, Ordering::SeqCst);
+            let _ = handle.join();
+        }
+    }
+
+    /// Memories whose vectors the in-process index holds (0 without one).
+    pub fn indexed_memories(&self) -> usize {
+        self.inner.ann.as_ref().map_or(0, |a| a.len())
     }
 }
 
@@ -254,23 +346,39 @@ fn sort_column(s: SortBy) -> &'static str {
     }
 }
 
-fn list_rows(conn: &Connection, tenant: &str, q: &ListQuery) -> Result<ListResult, StoreError> {
-    let f = &q.filter;
+/// The SQL condition (over `memories m`) and its arguments for a tenant's live memories
+/// that pass `f`. The tenant is always `?1`.
+pub(crate) fn filter_sql(tenant: &str, f: &MemoryFilter) -> (String, Vec<Value>) {
     let mut cond = String::from("m.tenant = ?1 AND m.deleted_at IS NULL");
     let mut args: Vec<Value> = vec![Value::Text(tenant.to_owned())];
-    let mut push = |cond: &mut String, sql: &str, v: Value| {
+    fn push(cond: &mut String, args: &mut Vec<Value>, sql: &str, v: Value) {
         args.push(v);
         cond.push_str(&sql.replace("{}", &format!("?{}", args.len())));
-    };
+    }
     let text = |s: &str| Value::Text(s.to_owned());
-    if let Some(t) = f.memory_type {
-        push(&mut cond, " AND m.memory_type = {}", text(t.as_str()));
+    if !f.memory_types.is_empty() {
+        let mut any = String::from(" AND m.memory_type IN (");
+        for (i, t) in f.memory_types.iter().enumerate() {
+            args.push(text(t.as_str()));
+            any.push_str(&format!(
+                "{}?{}",
+                if i == 0 { "" } else { ", " },
+                args.len()
+            ));
+        }
+        any.push(')');
+        cond.push_str(&any);
     }
     if let Some(s) = f.source {
-        push(&mut cond, " AND m.source = {}", text(s.as_str()));
+        push(&mut cond, &mut args, " AND m.source = {}", text(s.as_str()));
     }
     if let Some(s) = f.embedding_status {
-        push(&mut cond, " AND m.embedding_status = {}", text(s.as_str()));
+        push(
+            &mut cond,
+            &mut args,
+            " AND m.embedding_status = {}",
+            text(s.as_str()),
+        );
     }
     for (col, v) in [
         ("user_id", &f.user_id),
@@ -280,12 +388,18 @@ fn list_rows(conn: &Connection, tenant: &str, q: &ListQuery) -> Result<ListResul
         ("session_id", &f.session_id),
     ] {
         if let Some(v) = v {
-            push(&mut cond, &format!(" AND m.{col} = {{}}"), text(v));
+            push(
+                &mut cond,
+                &mut args,
+                &format!(" AND m.{col} = {{}}"),
+                text(v),
+            );
         }
     }
     if let Some(t) = f.created_after {
         push(
             &mut cond,
+            &mut args,
             " AND m.created_at > {}",
             Value::Integer(to_micros(t)),
         );
@@ -293,6 +407,7 @@ fn list_rows(conn: &Connection, tenant: &str, q: &ListQuery) -> Result<ListResul
     if let Some(t) = f.created_before {
         push(
             &mut cond,
+            &mut args,
             " AND m.created_at < {}",
             Value::Integer(to_micros(t)),
         );
@@ -300,10 +415,44 @@ fn list_rows(conn: &Connection, tenant: &str, q: &ListQuery) -> Result<ListResul
     for tag in &f.tags {
         push(
             &mut cond,
+            &mut args,
             " AND m.rid IN (SELECT rid FROM memory_tags WHERE tenant = ?1 AND tag = {})",
             text(tag),
         );
     }
+    for (key, want) in &f.metadata {
+        // The key is bound as a JSON path; `json_extract` turns JSON scalars into SQL
+        // values (true/false become 1/0), so the wanted value is bound the same way.
+        args.push(Value::Text(format!("$.\"{}\"", key.replace('"', "\\\""))));
+        let path = args.len();
+        let v = match want {
+            serde_json::Value::String(s) => Value::Text(s.clone()),
+            serde_json::Value::Bool(b) => Value::Integer(i64::from(*b)),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Integer(i),
+                None => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            // Objects, arrays and null are refused at the edge; match nothing.
+            _ => Value::Null,
+        };
+        args.push(v);
+        let val = args.len();
+        let typed = match want {
+            serde_json::Value::Bool(_) => {
+                format!(" AND json_type(m.metadata, ?{path}) IN ('true', 'false')")
+            }
+            serde_json::Value::String(_) => format!(" AND json_type(m.metadata, ?{path}) = 'text'"),
+            _ => format!(" AND json_type(m.metadata, ?{path}) IN ('integer', 'real')"),
+        };
+        cond.push_str(&format!(
+            " AND json_extract(m.metadata, ?{path}) = ?{val}{typed}"
+        ));
+    }
+    (cond, args)
+}
+
+fn list_rows(conn: &Connection, tenant: &str, q: &ListQuery) -> Result<ListResult, StoreError> {
+    let (cond, mut args) = filter_sql(tenant, &q.filter);
     let count_sql = format!("SELECT COUNT(*) FROM memories m WHERE {cond}");
     let total: i64 = conn
         .prepare_cached(&count_sql)
@@ -422,6 +571,23 @@ impl MemoryStore for SqliteStore {
             .readers
             .run("get", move |conn| {
                 get_by_id(conn, &tenant, id.as_bytes(), false)
+            })
+            .await
+    }
+
+    async fn get_many(
+        &self,
+        tenant: &TenantId,
+        ids: &[MemoryId],
+    ) -> Result<Vec<Memory>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tenant, ids) = (tenant_str(tenant), ids.to_vec());
+        self.inner
+            .readers
+            .run("get_many", move |conn| {
+                search::get_many(conn, &tenant, &ids)
             })
             .await
     }
@@ -558,6 +724,55 @@ impl MemoryStore for SqliteStore {
                 conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
                     .map(|_| ())
                     .map_err(db_err)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl SearchIndex for SqliteStore {
+    async fn keyword(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<Scored>, StoreError> {
+        let (tenant, query, filter) = (tenant_str(tenant), query.to_owned(), filter.clone());
+        self.inner
+            .readers
+            .run("keyword_search", move |conn| {
+                search::keyword(conn, &tenant, &query, &filter, limit)
+            })
+            .await
+    }
+
+    async fn nearest(
+        &self,
+        tenant: &TenantId,
+        model: &ModelInfo,
+        vector: &[f32],
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<Scored>, StoreError> {
+        let (tenant, model, vector, filter) = (
+            tenant_str(tenant),
+            model.clone(),
+            vector.to_vec(),
+            filter.clone(),
+        );
+        let ann = self.inner.ann.clone();
+        self.inner
+            .readers
+            .run("vector_search", move |conn| {
+                if let Some(ann) = ann {
+                    if let Some(hits) =
+                        ann.nearest(conn, &tenant, &model, &vector, &filter, limit)?
+                    {
+                        return Ok(hits);
+                    }
+                }
+                search::nearest_exact(conn, &tenant, &model, &vector, &filter, limit)
             })
             .await
     }

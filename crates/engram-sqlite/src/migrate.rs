@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "embeddings",
         sql: include_str!("../migrations/0002_embeddings.sql"),
     },
+    Migration {
+        version: 3,
+        name: "search",
+        sql: include_str!("../migrations/0003_search.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

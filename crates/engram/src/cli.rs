@@ -43,6 +43,8 @@ pub enum Command {
     },
     /// List memories, newest first.
     List(ListArgs),
+    /// Search memories: hybrid (default), semantic or keyword.
+    Search(SearchArgs),
     /// Change fields of a memory; the others stay as they are.
     Update(UpdateArgs),
     /// Delete a memory (soft delete: it disappears from get, list and search).
@@ -70,6 +72,14 @@ pub enum Command {
         /// Memories embedded per batch.
         #[arg(long, default_value_t = 64)]
         batch_size: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the vector index (`<data_dir>/index/`) from the stored vectors. Run it with
+    /// the server stopped; a server also rebuilds a missing or damaged index at start.
+    Reindex {
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -139,6 +149,14 @@ pub enum BenchCommand {
     Crud(bench::CrudArgs),
     /// Embedding speed: raw model throughput, end to end through the pipeline, query latency.
     Embed(bench::EmbedArgs),
+    /// Real English sentences from this machine, embedded once and cached: the corpus of
+    /// the search benchmarks.
+    Corpus(bench::corpus::CorpusArgs),
+    /// Retrieval quality on LoCoMo conversations: recall, NDCG and MRR per category.
+    Locomo(bench::locomo::LocomoArgs),
+    /// Search latency and recall@10 on real sentence embeddings (keyword, semantic,
+    /// hybrid; unfiltered and filtered), index build time, peak RSS.
+    Search(bench::search::SearchArgs),
 }
 
 /// Where a memory command runs: a server, or the local data directory.
@@ -203,6 +221,83 @@ pub struct AddArgs {
     pub idempotency_key: Option<String>,
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// What to look for.
+    pub query: String,
+    /// Hits to return, 1..100.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: i64,
+    /// hybrid, semantic or keyword.
+    #[arg(long, default_value = "hybrid")]
+    pub mode: String,
+    #[arg(long)]
+    pub min_score: Option<f64>,
+    /// One type, or several separated by commas.
+    #[arg(long = "type")]
+    pub memory_type: Option<String>,
+    /// Comma-separated; all must match.
+    #[arg(long)]
+    pub tags: Option<String>,
+    #[arg(long)]
+    pub source: Option<String>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[arg(long)]
+    pub created_after: Option<String>,
+    #[arg(long)]
+    pub created_before: Option<String>,
+    /// Metadata equality, KEY=VALUE (repeatable); VALUE is parsed as JSON when it can be
+    /// (numbers, true/false), else taken as a string.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+impl SearchArgs {
+    pub fn into_body(self) -> anyhow::Result<engram_api::SearchBody> {
+        let mut metadata = serde_json::Map::new();
+        for kv in &self.metadata {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--meta takes KEY=VALUE, got `{kv}`"))?;
+            let v = match serde_json::from_str::<serde_json::Value>(v) {
+                Ok(j) if j.is_number() || j.is_boolean() || j.is_string() => j,
+                _ => serde_json::Value::String(v.to_owned()),
+            };
+            metadata.insert(k.to_owned(), v);
+        }
+        let split = |s: Option<String>| {
+            s.map(|s| {
+                s.split(',')
+                    .map(|p| p.trim().to_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let filters = engram_api::SearchFilters {
+            user_id: self.scope.user_id,
+            agent_id: self.scope.agent_id,
+            project: self.scope.project,
+            domain: self.scope.domain,
+            session_id: self.scope.session_id,
+            memory_type: split(self.memory_type).map(engram_api::OneOrMany::Many),
+            tags: split(self.tags),
+            source: self.source,
+            created_after: self.created_after,
+            created_before: self.created_before,
+            metadata: (!metadata.is_empty()).then_some(metadata),
+        };
+        Ok(engram_api::SearchBody {
+            query: self.query,
+            filters: Some(filters),
+            k: Some(self.k),
+            mode: Some(self.mode),
+            min_score: self.min_score,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -332,6 +427,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             output::list(&t.list(params).await?, a.target.json);
         }
+        Command::Search(a) => {
+            let t = Target::open(&cfg, &a.target).await?;
+            let json = a.target.json;
+            output::search(&t.search(a.into_body()?).await?, json);
+        }
         Command::Update(a) => {
             let t = Target::open(&cfg, &a.target).await?;
             let tags = if a.clear_tags {
@@ -366,6 +466,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => reembed(with_data_dir(cfg, data_dir), batch_size, json).await?,
         Command::Keys { command } => keys(cfg, command).await?,
+        Command::Reindex { data_dir, json } => {
+            let cfg = with_data_dir(cfg, data_dir);
+            let started = std::time::Instant::now();
+            let index_dir = cfg.store.data_dir.join("index");
+            match std::fs::remove_dir_all(&index_dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot remove {}: {e}", index_dir.display()),
+            }
+            // Opening with the index rebuilds it from the stored vectors; closing saves it.
+            let store = serve::open_store_with(&cfg, true)?;
+            let n = store.indexed_memories();
+            store.close();
+            let secs = started.elapsed().as_secs_f64();
+            if json {
+                println!("{}", serde_json::json!({ "memories": n, "seconds": secs }));
+            } else {
+                println!("vector index rebuilt: {n} memories in {secs:.1} s");
+            }
+        }
         Command::Migrate { data_dir } => {
             let cfg = with_data_dir(cfg, data_dir);
             let store = serve::open_store(&cfg)?;
@@ -390,6 +510,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Embed(args),
         } => bench::embed(&cfg, args).await?,
+        Command::Bench {
+            command: BenchCommand::Corpus(args),
+        } => bench::corpus::run(&cfg, args).await?,
+        Command::Bench {
+            command: BenchCommand::Locomo(args),
+        } => bench::locomo::locomo(&cfg, args).await?,
+        Command::Bench {
+            command: BenchCommand::Search(args),
+        } => bench::search::search(&cfg, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

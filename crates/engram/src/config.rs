@@ -17,6 +17,67 @@ pub struct Config {
     pub log: LogConfig,
     pub embedding: engram_embed::EmbeddingConfig,
     pub pipeline: PipelineConfig,
+    pub search: SearchConfig,
+}
+
+/// `[search]`: how hybrid search fuses and re-ranks. See docs/retrieval.md.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Candidates each retriever contributes before fusion.
+    pub candidates: u32,
+    /// Weights of the vector and keyword z-scores in the fused score.
+    pub vector_weight: f32,
+    pub keyword_weight: f32,
+    /// Share of the best score of a memory's session added to the memory.
+    pub session_weight: f32,
+    /// Added to memories whose speaker (metadata `speaker_key`) the query names.
+    pub speaker_weight: f32,
+    pub speaker_key: String,
+    /// Weight of the length prior (z-score of ln(1 + words)).
+    pub length_weight: f32,
+    /// Added when the month names and years in the query match the memory's valid_from.
+    pub date_weight: f32,
+    /// Penalty per memory of the same session already in the top `diversity_depth`.
+    pub diversity: f32,
+    pub diversity_depth: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        let core = engram_core::SearchConfig::default();
+        SearchConfig {
+            candidates: core.candidates,
+            vector_weight: core.vector_weight,
+            keyword_weight: core.keyword_weight,
+            session_weight: core.rerank.session_weight,
+            speaker_weight: core.rerank.speaker_weight,
+            speaker_key: core.rerank.speaker_key,
+            length_weight: core.rerank.length_weight,
+            date_weight: core.rerank.date_weight,
+            diversity: core.rerank.diversity,
+            diversity_depth: core.rerank.diversity_depth,
+        }
+    }
+}
+
+impl SearchConfig {
+    pub fn to_core(&self) -> engram_core::SearchConfig {
+        let mut core = engram_core::SearchConfig {
+            candidates: self.candidates.max(1),
+            vector_weight: self.vector_weight,
+            keyword_weight: self.keyword_weight,
+            ..Default::default()
+        };
+        core.rerank.session_weight = self.session_weight;
+        core.rerank.speaker_weight = self.speaker_weight;
+        core.rerank.speaker_key = self.speaker_key.clone();
+        core.rerank.length_weight = self.length_weight;
+        core.rerank.date_weight = self.date_weight;
+        core.rerank.diversity = self.diversity;
+        core.rerank.diversity_depth = self.diversity_depth;
+        core
+    }
 }
 
 /// `[pipeline]`: the background embedding workers of `engram serve`.
@@ -215,6 +276,26 @@ lease_secs = 120
 max_retries = 3
 backoff_secs = 5
 sweep_secs = 10
+
+[search]
+# Hybrid search: candidates each retriever contributes, then a weighted sum of their
+# per-query z-scores, then re-ranking (docs/retrieval.md says what each one does and is
+# worth). Every re-ranking weight is in z units of the fused score; 0 turns it off.
+candidates = 100
+vector_weight = 1.0
+keyword_weight = 0.4
+# Share of the best score in a memory's session added to the memory.
+session_weight = 0.3
+# Added to memories whose speaker (this metadata key) the query names.
+speaker_weight = 3.0
+speaker_key = "speaker"
+# Longer memories carry more: weight of the z-score of ln(1 + words).
+length_weight = 0.5
+# Added when the month names and years in the query match the memory's valid_from.
+date_weight = 2.0
+# Penalty per memory of the same session already in the first diversity_depth hits.
+diversity = 0.25
+diversity_depth = 10
 "#;
 
 /// Loads the configuration layers, up to the environment. Flags are applied by the caller.

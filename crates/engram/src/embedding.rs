@@ -3,7 +3,7 @@
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use engram_core::{Embedder, EmbeddingPipeline, EmbeddingStore};
+use engram_core::{Embedder, EmbedderSlot, EmbeddingPipeline, EmbeddingStore};
 use engram_server::ReadinessCheck;
 use tokio::sync::watch;
 
@@ -68,11 +68,12 @@ pub fn spawn_workers(
     tasks
 }
 
-/// Builds the configured embedder in the background and, once it works, runs the
-/// pipeline until `stop` turns true. Returns the readiness check and the worker's handle.
+/// Builds the configured embedder in the background and, once it works, puts it in `slot`
+/// for queries and runs the pipeline until `stop` turns true. Returns the readiness check and the worker's handle.
 pub fn start(
     cfg: &Config,
     store: Arc<dyn EmbeddingStore>,
+    slot: EmbedderSlot,
     stop: watch::Receiver<bool>,
 ) -> (EmbedderCheck, tokio::task::JoinHandle<()>) {
     let state = Arc::new(RwLock::new(if cfg.pipeline.enabled {
@@ -99,7 +100,7 @@ pub fn start(
                 return;
             }
         };
-        let pipeline = match EmbeddingPipeline::new(store, embedder, pipeline_cfg).await {
+        let pipeline = match EmbeddingPipeline::new(store, embedder.clone(), pipeline_cfg).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "the embedding pipeline cannot start");
@@ -107,6 +108,7 @@ pub fn start(
                 return;
             }
         };
+        slot.set(embedder);
         *state.write().expect("embedder state") = EmbedderState::Ready;
         for w in spawn_workers(&pipeline, workers, &stop) {
             let _ = w.await;

@@ -89,6 +89,33 @@ pub fn list(l: &ListResponse, json: bool) {
     }
 }
 
+pub fn search(r: &engram_api::SearchResponse, json: bool) {
+    if json {
+        return print_json(r);
+    }
+    if let Some(why) = &r.degraded {
+        eprintln!("note: {why}");
+    }
+    if r.hits.is_empty() {
+        println!("no memories match");
+    }
+    for h in &r.hits {
+        println!(
+            "{:>3}. {:>7.3}  {}  {}",
+            h.rank,
+            h.score,
+            h.memory.id,
+            one_line(h.memory.title.as_deref().unwrap_or(&h.memory.content), 60)
+        );
+    }
+    println!(
+        "\n{} hits · {} search · {:.1} ms",
+        r.hits.len(),
+        r.mode.as_str(),
+        r.took_ms
+    );
+}
+
 pub fn deleted(id: &str, json: bool) {
     if json {
         print_json(&json!({ "deleted": id }));

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use engram_api::{
-    CreateMemoryRequest, ErrorBody, ListParams, ListResponse, MemoryResponse, UpdateMemoryRequest,
+    CreateMemoryRequest, ErrorBody, ListParams, ListResponse, MemoryResponse, SearchBody,
+    SearchResponse, UpdateMemoryRequest,
 };
-use engram_core::{CoreError, MemoryId, MemoryService, TenantId};
+use engram_core::{CoreError, EmbedderSlot, MemoryId, MemoryService, SearchMode, TenantId};
 use engram_sqlite::SqliteStore;
 
 use crate::cli::TargetArgs;
@@ -18,6 +19,7 @@ pub enum Target {
         svc: MemoryService,
         store: SqliteStore,
         tenant: TenantId,
+        cfg: Box<Config>,
     },
     Remote {
         http: reqwest::Client,
@@ -65,6 +67,7 @@ impl Target {
                     svc: MemoryService::new(Arc::new(store.clone())),
                     store,
                     tenant: TenantId::parse(&args.tenant).map_err(core)?,
+                    cfg: Box::new(cfg),
                 })
             }
         }
@@ -176,6 +179,31 @@ impl Target {
                     .http()
                     .patch(self.url(&format!("/memories/{id}")))
                     .json(&req);
+                self.send(r).await?.context("empty response")
+            }
+        }
+    }
+
+    pub async fn search(&self, body: SearchBody) -> anyhow::Result<SearchResponse> {
+        match self {
+            Target::Local {
+                store, tenant, cfg, ..
+            } => {
+                let req = body.into_domain().map_err(core)?;
+                let slot = EmbedderSlot::default();
+                if req.mode != SearchMode::Keyword {
+                    // Without a model a hybrid search runs as keyword search, as the
+                    // server's does; a semantic one fails saying why.
+                    match engram_embed::build(&cfg.embedding).await {
+                        Ok(e) => slot.set(e),
+                        Err(e) => tracing::warn!(error = %e, "no embedder for the query"),
+                    }
+                }
+                let search = crate::serve::search_service(store, slot, cfg.search.to_core());
+                Ok(search.search(tenant, &req).await.map_err(core)?.into())
+            }
+            Target::Remote { .. } => {
+                let r = self.http().post(self.url("/search")).json(&body);
                 self.send(r).await?.context("empty response")
             }
         }

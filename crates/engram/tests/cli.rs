@@ -59,6 +59,19 @@ fn story(target: &[String]) {
     assert_eq!(list["data"][0]["id"], id.as_str());
     assert_eq!(engram(target, &["list"]).unwrap()["meta"]["total"], 2);
 
+    // Keyword search finds the write at once, with filters, in both modes.
+    let s = engram(target, &["search", "short answers", "--mode", "keyword"]).unwrap();
+    assert_eq!(s["hits"][0]["memory"]["id"], id.as_str());
+    assert_eq!(s["hits"].as_array().unwrap().len(), 1);
+    let s = engram(
+        target,
+        &["search", "note", "--mode", "keyword", "--user-id", "u42"],
+    )
+    .unwrap();
+    assert!(s["hits"].as_array().unwrap().is_empty());
+    let err = engram(target, &["search", "x", "-k", "0"]).unwrap_err();
+    assert!(err.contains("`k`") || err.contains("field `k`"), "{err}");
+
     let up = engram(
         target,
         &[

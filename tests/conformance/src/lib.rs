@@ -6,19 +6,21 @@
 
 pub mod embedder;
 pub mod pipeline;
+pub mod search;
 pub mod stories;
 
 use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use engram_core::{EmbeddingStore, KeyStore, MemoryStore};
+use engram_core::{EmbeddingStore, KeyStore, MemoryStore, SearchIndex};
 
 /// A fresh, empty pair of stores. `guard` keeps temporary resources alive.
 pub struct Stores {
     pub memories: Arc<dyn MemoryStore>,
     pub keys: Arc<dyn KeyStore>,
     pub embeddings: Arc<dyn EmbeddingStore>,
+    pub search: Arc<dyn SearchIndex>,
     pub guard: Box<dyn Any + Send + Sync>,
 }
 
@@ -85,6 +87,20 @@ macro_rules! conformance_tests {
             deleting_removes_derived_vectors,
             reembed_switches_models_without_a_gap,
         );
+        $crate::conformance_tests!(@search $backend;
+            keyword_finds_a_write_before_its_embedding,
+            search_never_returns_deleted_or_foreign_memories,
+            updates_and_purges_reach_the_indexes,
+            search_filters_never_leak,
+        );
+    };
+    (@search $backend:expr; $($story:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $story() {
+                $crate::run($backend, |b| async move { $crate::search::$story(b).await });
+            }
+        )+
     };
     (@pipeline $backend:expr; $($story:ident),+ $(,)?) => {
         $(

@@ -211,7 +211,8 @@ pub async fn an_expired_lease_is_requeued(b: Arc<dyn Backend>) {
             .unwrap();
     }
     // A worker claims a batch with a short lease, then dies without a word.
-    let lease_until = engram_core::time::now() + chrono::Duration::milliseconds(30);
+    // Long enough that a loaded machine still sweeps before it ends, short enough to wait.
+    let lease_until = engram_core::time::now() + chrono::Duration::milliseconds(1500);
     let crashed = s
         .embeddings
         .claim_embeddings(10, lease_until)
@@ -229,7 +230,7 @@ pub async fn an_expired_lease_is_requeued(b: Arc<dyn Backend>) {
     let emb = Arc::new(HashEmbedder::default());
     let p = pipeline(&s, emb.clone(), fast()).await;
     assert_eq!(p.sweep().await.unwrap().expired_leases, 0);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(p.sweep().await.unwrap().expired_leases, 5);
     assert_eq!(count(&svc, &t, EmbeddingStatus::Processing).await, 0);
     drain(&p).await;

@@ -237,7 +237,7 @@ pub async fn delete_hides_everywhere(b: Arc<dyn Backend>) {
             ..Default::default()
         },
         MemoryFilter {
-            memory_type: Some(MemoryType::Decision),
+            memory_types: vec![MemoryType::Decision],
             ..Default::default()
         },
     ] {
@@ -276,6 +276,15 @@ async fn corpus(svc: &MemoryService, t: &TenantId, n: usize) -> Vec<Memory> {
             .map(|(_, t)| t)
             .collect();
         new.tags = Tags::parse(&tags, "tags").unwrap();
+        new.metadata = engram_core::validate::Metadata::parse(
+            serde_json::json!({
+                "parity": if i % 2 == 0 { "even" } else { "odd" },
+                "rem": i % 3,
+                "flag": i % 4 == 0,
+            }),
+            "metadata",
+        )
+        .unwrap();
         out.push(svc.remember(t, new, None).await.unwrap().0);
     }
     out
@@ -306,7 +315,36 @@ pub async fn list_filters_agree_with_the_reference(b: Arc<dyn Backend>) {
     let filters = vec![
         MemoryFilter::default(),
         MemoryFilter {
-            memory_type: Some(MemoryType::Task),
+            memory_types: vec![MemoryType::Task],
+            ..Default::default()
+        },
+        MemoryFilter {
+            memory_types: vec![MemoryType::Task, MemoryType::Fact],
+            ..Default::default()
+        },
+        MemoryFilter {
+            metadata: vec![("parity".into(), serde_json::json!("even"))],
+            ..Default::default()
+        },
+        MemoryFilter {
+            // Numbers compare by value: 1.0 finds the 1s.
+            metadata: vec![("rem".into(), serde_json::json!(1.0))],
+            ..Default::default()
+        },
+        MemoryFilter {
+            metadata: vec![
+                ("flag".into(), serde_json::json!(true)),
+                ("rem".into(), serde_json::json!(2)),
+            ],
+            ..Default::default()
+        },
+        MemoryFilter {
+            // A string never equals a number, nor a boolean 1.
+            metadata: vec![("rem".into(), serde_json::json!("1"))],
+            ..Default::default()
+        },
+        MemoryFilter {
+            metadata: vec![("flag".into(), serde_json::json!(1))],
             ..Default::default()
         },
         MemoryFilter {
@@ -366,7 +404,7 @@ pub async fn list_filters_agree_with_the_reference(b: Arc<dyn Backend>) {
             ..Default::default()
         },
         MemoryFilter {
-            memory_type: Some(MemoryType::Note),
+            memory_types: vec![MemoryType::Note],
             user_id: Some("user0".into()),
             tags: vec!["red".into()],
             created_before: Some(mid),

@@ -51,6 +51,13 @@ pub async fn spawn_app_with(cfg: HttpConfig) -> TestApp {
     let memories = Arc::new(store.clone());
     let state = AppState {
         memories: engram_core::MemoryService::new(memories.clone()),
+        search: engram_core::SearchService::new(
+            memories.clone(),
+            memories.clone(),
+            memories.clone(),
+            engram_core::EmbedderSlot::default(),
+            Default::default(),
+        ),
         keys: KeyService::new(Arc::new(store.clone())),
         checks: Arc::new(vec![Arc::new(engram_server::StoreCheck(memories))]),
     };

@@ -5,4 +5,5 @@ mod auth;
 mod helpers;
 mod memories;
 mod ops;
+mod search;
 mod validation;

@@ -1,6 +1,10 @@
 //! `engram bench crud`: CRUD throughput and latency over real HTTP, against an in-process
 //! server on a fresh data directory (or an existing server with `--server`).
 
+pub mod corpus;
+pub mod locomo;
+pub mod search;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,13 +177,17 @@ struct BenchServer {
 
 impl BenchServer {
     async fn start(cfg: &Config) -> anyhow::Result<BenchServer> {
-        let store = crate::serve::open_store(cfg)?;
+        let store = crate::serve::open_store_with(cfg, true)?;
         let keys = KeyService::new(Arc::new(store.clone()));
         let (key, _) = keys.create(&TenantId::parse("bench")?).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let app = engram_server::router(
-            crate::serve::app_state(&store, Vec::new()),
+            crate::serve::app_state(
+                &store,
+                crate::serve::search_service(&store, Default::default(), cfg.search.to_core()),
+                Vec::new(),
+            ),
             &crate::serve::http_config(cfg),
         );
         let server = tokio::spawn(async move { axum::serve(listener, app).await });

@@ -1,0 +1,508 @@
+//! Search: keyword (BM25), semantic (nearest vectors) and hybrid (both, fused), over a
+//! tenant's live memories, always through a filter.
+//!
+//! The store answers the two retrievers (`SearchIndex`); this module validates the request,
+//! embeds the query, fuses the two ranked lists, re-ranks with the conversation-aware
+//! boosts of [`crate::rerank`], loads the memories and checks each one against the filter
+//! once more before it is returned, so a stale index can lose a hit but never leak one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+use crate::embed::Embedder;
+use crate::error::CoreError;
+use crate::filter::MemoryFilter;
+use crate::ids::{MemoryId, TenantId};
+use crate::memory::Memory;
+use crate::ports::{EmbeddingStore, MemoryStore, SearchIndex};
+use crate::rerank::{self, RerankConfig};
+use crate::time::now;
+
+pub const K_DEFAULT: u32 = 10;
+pub const K_MAX: u32 = 100;
+/// Longest query, in bytes.
+pub const QUERY_MAX_BYTES: usize = 8 * 1024;
+
+/// Which retrievers a search uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    #[default]
+    Hybrid,
+    Semantic,
+    Keyword,
+}
+
+impl SearchMode {
+    pub fn parse(s: &str) -> Result<Self, CoreError> {
+        match s {
+            "hybrid" => Ok(SearchMode::Hybrid),
+            "semantic" => Ok(SearchMode::Semantic),
+            "keyword" => Ok(SearchMode::Keyword),
+            _ => Err(CoreError::validation(
+                "mode",
+                "must be one of: hybrid, semantic, keyword",
+            )),
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Hybrid => "hybrid",
+            SearchMode::Semantic => "semantic",
+            SearchMode::Keyword => "keyword",
+        }
+    }
+}
+
+/// A validated search request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchRequest {
+    pub query: String,
+    pub filter: MemoryFilter,
+    pub k: u32,
+    pub mode: SearchMode,
+    /// Hits scoring below this are dropped (the `score` of the mode: BM25 for keyword,
+    /// cosine similarity for semantic, the fused score for hybrid).
+    pub min_score: Option<f32>,
+}
+
+impl SearchRequest {
+    pub fn new(
+        query: &str,
+        filter: MemoryFilter,
+        k: Option<u32>,
+        mode: SearchMode,
+        min_score: Option<f32>,
+    ) -> Result<Self, CoreError> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Err(CoreError::validation("query", "must not be empty"));
+        }
+        if query.len() > QUERY_MAX_BYTES {
+            return Err(CoreError::validation(
+                "query",
+                format!("must be at most {QUERY_MAX_BYTES} bytes"),
+            ));
+        }
+        let k = k.unwrap_or(K_DEFAULT);
+        if !(1..=K_MAX).contains(&k) {
+            return Err(CoreError::validation(
+                "k",
+                format!("must be an integer from 1 to {K_MAX}"),
+            ));
+        }
+        if min_score.is_some_and(|s| !s.is_finite()) {
+            return Err(CoreError::validation(
+                "min_score",
+                "must be a finite number",
+            ));
+        }
+        Ok(SearchRequest {
+            query: query.to_owned(),
+            filter,
+            k,
+            mode,
+            min_score,
+        })
+    }
+}
+
+/// A memory id with a retriever's score (higher is better).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scored {
+    pub id: MemoryId,
+    pub score: f32,
+}
+
+/// Each retriever's score of a hit, and the fused one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct HitScores {
+    /// Cosine similarity of the query to the memory's best window.
+    pub vector: Option<f32>,
+    /// BM25 (higher is better).
+    pub keyword: Option<f32>,
+    /// The score the hits are ranked by.
+    pub fused: f32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchHit {
+    pub memory: Memory,
+    pub score: f32,
+    pub scores: HitScores,
+    /// 1-based.
+    pub rank: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchResult {
+    pub hits: Vec<SearchHit>,
+    pub took_ms: f64,
+    /// The mode that actually ran: a hybrid search runs as keyword while no embedder or
+    /// no vectors are available.
+    pub mode: SearchMode,
+    /// Why the search ran in a lesser mode than asked, if it did.
+    pub degraded: Option<String>,
+}
+
+/// How hybrid search fuses and re-ranks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchConfig {
+    /// Candidates each retriever contributes before fusion (at least `k`).
+    pub candidates: u32,
+    /// Weight of the vector score's z-score in the fused score.
+    pub vector_weight: f32,
+    /// Weight of the keyword score's z-score in the fused score.
+    pub keyword_weight: f32,
+    pub rerank: RerankConfig,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            candidates: 100,
+            vector_weight: 1.0,
+            keyword_weight: 0.4,
+            rerank: RerankConfig::default(),
+        }
+    }
+}
+
+/// The embedder queries are embedded with, once one is ready (it loads in the background).
+#[derive(Clone, Default)]
+pub struct EmbedderSlot(Arc<RwLock<Option<Arc<dyn Embedder>>>>);
+
+impl EmbedderSlot {
+    pub fn set(&self, e: Arc<dyn Embedder>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+    pub fn get(&self) -> Option<Arc<dyn Embedder>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[derive(Clone)]
+pub struct SearchService {
+    store: Arc<dyn MemoryStore>,
+    index: Arc<dyn SearchIndex>,
+    embeddings: Arc<dyn EmbeddingStore>,
+    embedder: EmbedderSlot,
+    config: Arc<SearchConfig>,
+    /// Recent query vectors by (model, query): agents repeat themselves.
+    query_cache: Arc<std::sync::Mutex<QueryCache>>,
+}
+
+/// Query vectors by (model key, query text).
+type QueryCache = HashMap<(String, String), Vec<f32>>;
+
+/// Query vectors kept; the cache is emptied when it fills.
+const QUERY_CACHE_MAX: usize = 2048;
+
+/// Per-query z-scores of a ranked list; ids missing from the list get the list's lowest.
+struct ZScores {
+    z: HashMap<MemoryId, f32>,
+    floor: f32,
+}
+
+impl ZScores {
+    fn of(list: &[Scored]) -> Option<ZScores> {
+        if list.is_empty() {
+            return None;
+        }
+        let n = list.len() as f32;
+        let mean = list.iter().map(|s| s.score).sum::<f32>() / n;
+        let var = list.iter().map(|s| (s.score - mean).powi(2)).sum::<f32>() / n;
+        let sd = if var.sqrt() > 1e-6 { var.sqrt() } else { 1.0 };
+        let z: HashMap<_, _> = list.iter().map(|s| (s.id, (s.score - mean) / sd)).collect();
+        let floor = z.values().copied().fold(f32::INFINITY, f32::min);
+        Some(ZScores { z, floor })
+    }
+
+    fn get(&self, id: &MemoryId) -> f32 {
+        self.z.get(id).copied().unwrap_or(self.floor)
+    }
+}
+
+/// Fuses a keyword and a vector list by weighted per-query z-scores.
+pub fn fuse(keyword: &[Scored], vector: &[Scored], cfg: &SearchConfig) -> Vec<Scored> {
+    let (kz, vz) = (ZScores::of(keyword), ZScores::of(vector));
+    let mut ids: Vec<MemoryId> = keyword.iter().chain(vector).map(|s| s.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out: Vec<Scored> = ids
+        .into_iter()
+        .map(|id| {
+            let k = kz.as_ref().map_or(0.0, |z| z.get(&id));
+            let v = vz.as_ref().map_or(0.0, |z| z.get(&id));
+            Scored {
+                id,
+                score: cfg.keyword_weight * k + cfg.vector_weight * v,
+            }
+        })
+        .collect();
+    sort_desc(&mut out);
+    out
+}
+
+/// Best first; ties by id so results are stable.
+pub fn sort_desc(v: &mut [Scored]) {
+    v.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+}
+
+impl SearchService {
+    pub fn new(
+        store: Arc<dyn MemoryStore>,
+        index: Arc<dyn SearchIndex>,
+        embeddings: Arc<dyn EmbeddingStore>,
+        embedder: EmbedderSlot,
+        config: SearchConfig,
+    ) -> Self {
+        SearchService {
+            store,
+            index,
+            embeddings,
+            embedder,
+            config: Arc::new(config),
+            query_cache: Arc::default(),
+        }
+    }
+
+    pub fn config(&self) -> &SearchConfig {
+        &self.config
+    }
+
+    /// The query's vector, if an embedder is ready and its model is the one the stored
+    /// vectors were made with; otherwise why not.
+    async fn query_vector(
+        &self,
+        query: &str,
+    ) -> Result<Result<(crate::embed::ModelInfo, Vec<f32>), String>, CoreError> {
+        let Some(embedder) = self.embedder.get() else {
+            return Ok(Err("no embedder is ready".into()));
+        };
+        let model = embedder.model();
+        match self.embeddings.active_model().await? {
+            Some(active) if active == model => {}
+            Some(active) => {
+                return Ok(Err(format!(
+                    "the stored vectors are of {}, the embedder makes {}; run `engram reembed`",
+                    active.key(),
+                    model.key()
+                )))
+            }
+            None => return Ok(Err("no memory has been embedded yet".into())),
+        }
+        let cache_key = (model.key(), query.to_owned());
+        let cached = self
+            .query_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cache_key)
+            .cloned();
+        if let Some(v) = cached {
+            return Ok(Ok((model, v)));
+        }
+        match embedder.embed_query(query).await {
+            Ok(v) => {
+                let mut cache = self.query_cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= QUERY_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(cache_key, v.clone());
+                Ok(Ok((model, v)))
+            }
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+
+    #[instrument(skip_all, fields(tenant = %tenant, mode = req.mode.as_str(), k = req.k))]
+    pub async fn search(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+    ) -> Result<SearchResult, CoreError> {
+        let started = Instant::now();
+        let cfg = &self.config;
+        let depth = cfg.candidates.max(req.k).max(cfg.rerank.depth(req.k));
+        let mut degraded = None;
+        let mut mode = req.mode;
+        let vector = if mode == SearchMode::Keyword {
+            None
+        } else {
+            match self.query_vector(&req.query).await? {
+                Ok(v) => Some(v),
+                Err(why) if mode == SearchMode::Semantic => {
+                    return Err(CoreError::Unavailable(format!(
+                        "semantic search is unavailable: {why}"
+                    )))
+                }
+                Err(why) => {
+                    mode = SearchMode::Keyword;
+                    degraded = Some(format!("ran as keyword search: {why}"));
+                    None
+                }
+            }
+        };
+        let keyword = if mode == SearchMode::Semantic {
+            Vec::new()
+        } else {
+            self.index
+                .keyword(tenant, &req.query, &req.filter, depth)
+                .await?
+        };
+        let nearest = match &vector {
+            Some((model, v)) => {
+                self.index
+                    .nearest(tenant, model, v, &req.filter, depth)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let ranked = match mode {
+            SearchMode::Keyword => keyword.clone(),
+            SearchMode::Semantic => nearest.clone(),
+            SearchMode::Hybrid => fuse(&keyword, &nearest, cfg),
+        };
+        let kw: HashMap<_, _> = keyword.iter().map(|s| (s.id, s.score)).collect();
+        let vs: HashMap<_, _> = nearest.iter().map(|s| (s.id, s.score)).collect();
+
+        // Load more than k: the re-ranker needs the candidates' fields, and a memory may
+        // have been deleted or changed since the index saw it.
+        let pool: Vec<Scored> = ranked.into_iter().take(depth as usize).collect();
+        let ids: Vec<MemoryId> = pool.iter().map(|s| s.id).collect();
+        let loaded: HashMap<MemoryId, Memory> = self
+            .store
+            .get_many(tenant, &ids)
+            .await?
+            .into_iter()
+            .filter(|m| req.filter.matches(m))
+            .map(|m| (m.id, m))
+            .collect();
+        let pool: Vec<Scored> = pool
+            .into_iter()
+            .filter(|s| loaded.contains_key(&s.id))
+            .collect();
+        let reranked = if mode == SearchMode::Hybrid {
+            rerank::rerank(&req.query, pool, &loaded, &cfg.rerank)
+        } else {
+            pool
+        };
+        let mut hits = Vec::with_capacity(req.k as usize);
+        for s in reranked {
+            if hits.len() == req.k as usize {
+                break;
+            }
+            if req.min_score.is_some_and(|min| s.score < min) {
+                break;
+            }
+            let Some(memory) = loaded.get(&s.id) else {
+                continue;
+            };
+            hits.push(SearchHit {
+                memory: memory.clone(),
+                score: s.score,
+                scores: HitScores {
+                    vector: vs.get(&s.id).copied(),
+                    keyword: kw.get(&s.id).copied(),
+                    fused: s.score,
+                },
+                rank: hits.len() as u32 + 1,
+            });
+        }
+        if !hits.is_empty() {
+            let ids: Vec<MemoryId> = hits.iter().map(|h| h.memory.id).collect();
+            self.store.touch(tenant, &ids, now()).await?;
+        }
+        Ok(SearchResult {
+            hits,
+            took_ms: started.elapsed().as_secs_f64() * 1000.0,
+            mode,
+            degraded,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(id: MemoryId, score: f32) -> Scored {
+        Scored { id, score }
+    }
+
+    #[test]
+    fn request_validation_names_the_field() {
+        let f = MemoryFilter::default();
+        let err = |r: Result<SearchRequest, CoreError>| r.unwrap_err().field().map(str::to_owned);
+        assert_eq!(
+            err(SearchRequest::new(
+                "  ",
+                f.clone(),
+                None,
+                SearchMode::Hybrid,
+                None
+            )),
+            Some("query".into())
+        );
+        assert_eq!(
+            err(SearchRequest::new(
+                "x",
+                f.clone(),
+                Some(0),
+                SearchMode::Hybrid,
+                None
+            )),
+            Some("k".into())
+        );
+        assert_eq!(
+            err(SearchRequest::new(
+                "x",
+                f.clone(),
+                Some(101),
+                SearchMode::Hybrid,
+                None
+            )),
+            Some("k".into())
+        );
+        assert_eq!(
+            err(SearchRequest::new(
+                "x",
+                f.clone(),
+                None,
+                SearchMode::Hybrid,
+                Some(f32::NAN)
+            )),
+            Some("min_score".into())
+        );
+        assert_eq!(
+            SearchMode::parse("fuzzy").unwrap_err().field(),
+            Some("mode")
+        );
+        let ok = SearchRequest::new(" hi ", f, None, SearchMode::Keyword, None).unwrap();
+        assert_eq!((ok.query.as_str(), ok.k), ("hi", K_DEFAULT));
+    }
+
+    #[test]
+    fn fusion_rewards_agreement_and_keeps_one_sided_hits() {
+        let ids: Vec<MemoryId> = (0..4).map(|_| MemoryId::new()).collect();
+        let keyword = [s(ids[0], 9.0), s(ids[1], 5.0), s(ids[2], 1.0)];
+        let vector = [s(ids[1], 0.9), s(ids[3], 0.8), s(ids[0], 0.2)];
+        let fused = fuse(&keyword, &vector, &SearchConfig::default());
+        assert_eq!(fused.len(), 4);
+        // ids[1] is strong in both lists, so it wins over the keyword-only leader.
+        assert_eq!(fused[0].id, ids[1]);
+        let pos = |id| fused.iter().position(|s| s.id == id).unwrap();
+        assert!(pos(ids[3]) < 4 && pos(ids[2]) == 3);
+        // One list alone ranks as that list.
+        let only = fuse(&keyword, &[], &SearchConfig::default());
+        assert_eq!(
+            only.iter().map(|s| s.id).collect::<Vec<_>>(),
+            ids[..3].to_vec()
+        );
+    }
+}

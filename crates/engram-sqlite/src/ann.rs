@@ -1,0 +1,666 @@
+//! The in-process ANN index of embedded mode: an HNSW graph (`engram-index`) over the
+//! active model's vectors, kept in step with the database through `ann_log`.
+//!
+//! Derived state, rebuilt whenever it cannot be trusted. Triggers append the row id of
+//! every memory whose vectors, deletion or filterable fields change to `ann_log`, in the
+//! transaction that changes them. Before each search the index applies the log after the
+//! last sequence number it saw, re-reading each named memory's current state (so replaying
+//! a record twice is harmless). It saves itself every few seconds when it changed, records
+//! the sequence number the save covers beside the graph, and truncates the log up to it.
+//! At start it opens the saved graph and replays the log after that number; a missing,
+//! corrupt or other-model graph is rebuilt from `memory_vectors`.
+//!
+//! A vector's key is `rid << 8 | window`. Filters are applied inside the graph walk with
+//! each memory's filterable fields held in memory; a selective filter (few candidates, as
+//! counted by SQLite's indexes) is searched exactly over its candidates instead.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use engram_core::time::to_micros;
+use engram_core::{MemoryFilter, MemoryId, MemoryType, ModelInfo, Scored, Source, StoreError};
+use engram_index::{IndexConfig, IndexError, VectorIndex};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::{db_err, filter_sql};
+
+/// Candidates up to which a filtered search is exact.
+pub const EXACT_MAX: usize = 10_000;
+/// Windows per memory the index holds (longer texts are matched on their first ones).
+const MAX_WINDOWS: i64 = 256;
+const STATE_VERSION: u32 = 1;
+
+fn key(rid: i64, window: i64) -> u64 {
+    ((rid as u64) << 8) | (window as u64 & 0xff)
+}
+
+fn rid_of(key: u64) -> i64 {
+    (key >> 8) as i64
+}
+
+fn index_err(e: IndexError) -> StoreError {
+    StoreError::Other(format!("vector index: {e}"))
+}
+
+/// What a filter can ask of a memory, held in memory for every memory in the graph.
+struct Attrs {
+    id: MemoryId,
+    tenant: Arc<str>,
+    user_id: Option<Arc<str>>,
+    agent_id: Option<Arc<str>>,
+    project: Option<Arc<str>>,
+    domain: Option<Arc<str>>,
+    session_id: Option<Arc<str>>,
+    memory_type: MemoryType,
+    source: Source,
+    created_at: i64,
+    tags: Box<[Arc<str>]>,
+    windows: u16,
+}
+
+impl Attrs {
+    /// Whether the memory passes `f` for `tenant`; metadata conditions are not held here
+    /// (a filter with them is answered from SQLite's candidates).
+    fn matches(&self, tenant: &str, f: &MemoryFilter) -> bool {
+        fn eq(want: &Option<String>, have: &Option<Arc<str>>) -> bool {
+            match want {
+                None => true,
+                Some(w) => have.as_deref() == Some(w.as_str()),
+            }
+        }
+        &*self.tenant == tenant
+            && (f.memory_types.is_empty() || f.memory_types.contains(&self.memory_type))
+            && f.source.is_none_or(|s| s == self.source)
+            && eq(&f.user_id, &self.user_id)
+            && eq(&f.agent_id, &self.agent_id)
+            && eq(&f.project, &self.project)
+            && eq(&f.domain, &self.domain)
+            && eq(&f.session_id, &self.session_id)
+            && f.created_after
+                .is_none_or(|t| self.created_at > to_micros(t))
+            && f.created_before
+                .is_none_or(|t| self.created_at < to_micros(t))
+            && f.tags.iter().all(|t| self.tags.iter().any(|x| &**x == t))
+    }
+}
+
+/// Shares one allocation per distinct string (tenants, users, sessions, tags).
+#[derive(Default)]
+struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(a.clone());
+        a
+    }
+    fn opt(&mut self, s: Option<String>) -> Option<Arc<str>> {
+        s.map(|s| self.get(&s))
+    }
+}
+
+/// What a save covers, written beside the graph.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct SavedState {
+    version: u32,
+    model_key: String,
+    dim: usize,
+    applied_seq: i64,
+}
+
+struct Loaded {
+    model_key: String,
+    dim: usize,
+    index: VectorIndex,
+    attrs: RwLock<HashMap<i64, Attrs>>,
+    interner: Mutex<Interner>,
+    tenants: RwLock<HashMap<Arc<str>, usize>>,
+    applied_seq: AtomicI64,
+    saved_seq: AtomicI64,
+}
+
+/// The index of the active model, if there is one.
+pub struct Ann {
+    dir: PathBuf,
+    loaded: RwLock<Option<Arc<Loaded>>>,
+    /// Held while the log is applied or the index saved.
+    sync: Mutex<()>,
+    saving: AtomicBool,
+    exact_max: usize,
+}
+
+const SELECT_ROWS: &str = "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, m.project, m.domain, \
+     m.session_id, m.memory_type, m.source, m.created_at, m.tags, v.window, v.vector \
+     FROM memories m JOIN memory_vectors v ON v.rid = m.rid AND v.model_key = ?1 AND v.content_hash = m.content_hash \
+     WHERE m.deleted_at IS NULL";
+
+/// One memory's current state: its attributes and vectors.
+struct Row {
+    rid: i64,
+    attrs: Attrs,
+    vectors: Vec<(i64, Vec<f32>)>,
+}
+
+fn read_rows(
+    conn: &Connection,
+    interner: &Mutex<Interner>,
+    model_key: &str,
+    dim: usize,
+    extra: &str,
+    args: Vec<Value>,
+) -> Result<Vec<Row>, StoreError> {
+    let sql = format!("{SELECT_ROWS} {extra}");
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+    let mut all = vec![Value::Text(model_key.to_owned())];
+    all.extend(args);
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(all.iter()))
+        .map_err(db_err)?;
+    let mut out: Vec<Row> = Vec::new();
+    let mut interner = interner.lock().unwrap_or_else(|p| p.into_inner());
+    let corrupt = |what: &str| StoreError::Other(format!("corrupt {what} in memories"));
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let rid: i64 = r.get(0).map_err(db_err)?;
+        let window: i64 = r.get(12).map_err(db_err)?;
+        let blob = r.get_ref(13).map_err(db_err)?;
+        let blob = blob.as_blob().map_err(|_| corrupt("vector"))?;
+        if blob.len() != 4 * dim || window >= MAX_WINDOWS {
+            continue;
+        }
+        let v: Vec<f32> = blob
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if out.last().is_some_and(|l| l.rid == rid) {
+            let last = out.last_mut().expect("checked");
+            last.vectors.push((window, v));
+            last.attrs.windows += 1;
+            continue;
+        }
+        let id: Vec<u8> = r.get(1).map_err(db_err)?;
+        let tags: String = r.get(11).map_err(db_err)?;
+        let tags: Vec<String> = serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?;
+        let mt: String = r.get(8).map_err(db_err)?;
+        let src: String = r.get(9).map_err(db_err)?;
+        let attrs = Attrs {
+            id: MemoryId::from_bytes(&id).ok_or_else(|| corrupt("id"))?,
+            tenant: interner.get(&r.get::<_, String>(2).map_err(db_err)?),
+            user_id: interner.opt(r.get(3).map_err(db_err)?),
+            agent_id: interner.opt(r.get(4).map_err(db_err)?),
+            project: interner.opt(r.get(5).map_err(db_err)?),
+            domain: interner.opt(r.get(6).map_err(db_err)?),
+            session_id: interner.opt(r.get(7).map_err(db_err)?),
+            memory_type: MemoryType::parse(&mt, "memory_type").map_err(|_| corrupt("type"))?,
+            source: Source::parse(&src, "source").map_err(|_| corrupt("source"))?,
+            created_at: r.get(10).map_err(db_err)?,
+            tags: tags.iter().map(|t| interner.get(t)).collect(),
+            windows: 1,
+        };
+        out.push(Row {
+            rid,
+            attrs,
+            vectors: vec![(window, v)],
+        });
+    }
+    Ok(out)
+}
+
+impl Loaded {
+    fn memories(&self) -> usize {
+        self.attrs.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Brings the given memories to their current state in the graph.
+    fn refresh(&self, conn: &Connection, rids: &[i64]) -> Result<(), StoreError> {
+        for chunk in rids.chunks(500) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
+            let extra = format!(
+                "AND m.rid IN ({}) ORDER BY m.rid, v.window",
+                marks.join(", ")
+            );
+            let args = chunk.iter().map(|r| Value::Integer(*r)).collect();
+            let rows = read_rows(
+                conn,
+                &self.interner,
+                &self.model_key,
+                self.dim,
+                &extra,
+                args,
+            )?;
+            let present: HashSet<i64> = rows.iter().map(|r| r.rid).collect();
+            for rid in chunk.iter().filter(|r| !present.contains(r)) {
+                self.remove(*rid)?;
+            }
+            self.put(rows)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, rid: i64) -> Result<(), StoreError> {
+        let old = self
+            .attrs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rid);
+        if let Some(old) = old {
+            for w in 0..i64::from(old.windows) {
+                self.index.remove(key(rid, w)).map_err(index_err)?;
+            }
+            let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = tenants.get_mut(&old.tenant) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&self, rows: Vec<Row>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for r in &rows {
+            // A memory may have fewer windows than before.
+            self.remove(r.rid)?;
+        }
+        let items: Vec<(u64, &[f32])> = rows
+            .iter()
+            .flat_map(|r| {
+                r.vectors
+                    .iter()
+                    .map(|(w, v)| (key(r.rid, *w), v.as_slice()))
+            })
+            .collect();
+        self.index.add_batch(&items).map_err(index_err)?;
+        let mut attrs = self.attrs.write().unwrap_or_else(|p| p.into_inner());
+        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        for r in rows {
+            *tenants.entry(r.attrs.tenant.clone()).or_default() += 1;
+            attrs.insert(r.rid, r.attrs);
+        }
+        Ok(())
+    }
+}
+
+fn active_model(conn: &Connection) -> Result<Option<(String, usize)>, StoreError> {
+    conn.query_row(
+        "SELECT key, dim FROM embedding_models WHERE active = 1",
+        [],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)),
+    )
+    .optional()
+    .map_err(db_err)
+}
+
+fn log_head(conn: &Connection) -> Result<i64, StoreError> {
+    conn.query_row("SELECT coalesce(max(seq), 0) FROM ann_log", [], |r| {
+        r.get(0)
+    })
+    .map_err(db_err)
+}
+
+impl Ann {
+    pub fn new(dir: &Path, exact_max: usize) -> Ann {
+        Ann {
+            dir: dir.to_path_buf(),
+            loaded: RwLock::new(None),
+            sync: Mutex::new(()),
+            saving: AtomicBool::new(false),
+            exact_max,
+        }
+    }
+
+    fn graph_path(&self) -> PathBuf {
+        self.dir.join("vectors.usearch")
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("vectors.state.json")
+    }
+
+    fn current(&self) -> Option<Arc<Loaded>> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads the saved graph of the active model (or rebuilds it) and replays the log.
+    /// Returns how many vectors it holds.
+    pub fn open(&self, conn: &Connection) -> Result<usize, StoreError> {
+        let _sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        self.load(conn)?;
+        Ok(self.len())
+    }
+
+    fn load(&self, conn: &Connection) -> Result<(), StoreError> {
+        let Some((model_key, dim)) = active_model(conn)? else {
+            *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok(());
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", self.dir.display()))
+        })?;
+        let saved: Option<SavedState> = std::fs::read(self.state_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let usable = saved.as_ref().is_some_and(|s| {
+            s.version == STATE_VERSION && s.model_key == model_key && s.dim == dim
+        });
+        let cfg = IndexConfig::new(dim);
+        let opened = if usable {
+            match VectorIndex::open(&self.graph_path(), cfg) {
+                Ok(ix) => Some(ix),
+                Err(e) if e.needs_rebuild() => {
+                    tracing::warn!(error = %e, "the vector index is unusable; rebuilding it");
+                    None
+                }
+                Err(e) => return Err(index_err(e)),
+            }
+        } else {
+            None
+        };
+        let (index, from_seq, rebuilt) = match opened {
+            Some(ix) => (ix, saved.map_or(0, |s| s.applied_seq), false),
+            None => {
+                for p in [self.graph_path(), self.state_path()] {
+                    let _ = std::fs::remove_file(&p);
+                }
+                let _ = std::fs::remove_file(self.dir.join("vectors.usearch.meta.json"));
+                let ix = VectorIndex::open(&self.graph_path(), cfg).map_err(index_err)?;
+                (ix, log_head(conn)?, true)
+            }
+        };
+        let loaded = Arc::new(Loaded {
+            model_key: model_key.clone(),
+            dim,
+            index,
+            attrs: RwLock::new(HashMap::new()),
+            interner: Mutex::new(Interner::default()),
+            tenants: RwLock::new(HashMap::new()),
+            applied_seq: AtomicI64::new(from_seq),
+            saved_seq: AtomicI64::new(if rebuilt { -1 } else { from_seq }),
+        });
+        let started = std::time::Instant::now();
+        if rebuilt {
+            // Every vector of the active model, in chunks.
+            let mut after = 0i64;
+            loop {
+                let rids: Vec<i64> = conn
+                    .prepare_cached(
+                        "SELECT rid FROM memory_vectors WHERE model_key = ?1 AND window = 0 AND rid > ?2 ORDER BY rid LIMIT 5000",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![model_key, after], |r| r.get(0))?
+                            .collect::<Result<Vec<i64>, _>>()
+                    })
+                    .map_err(db_err)?;
+                let Some(&last) = rids.last() else { break };
+                after = last;
+                let extra = "AND m.rid >= ?2 AND m.rid <= ?3 ORDER BY m.rid, v.window";
+                let rows = read_rows(
+                    conn,
+                    &loaded.interner,
+                    &model_key,
+                    dim,
+                    extra,
+                    vec![Value::Integer(rids[0]), Value::Integer(last)],
+                )?;
+                loaded.put(rows)?;
+            }
+        } else {
+            // The graph is as saved; the filterable fields are read afresh (they are not
+            // saved), without the vectors.
+            let mut stmt = conn
+                .prepare(
+                    "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, m.project, m.domain, m.session_id, \
+                     m.memory_type, m.source, m.created_at, m.tags, count(*) \
+                     FROM memories m JOIN memory_vectors v ON v.rid = m.rid AND v.model_key = ?1 AND v.content_hash = m.content_hash \
+                     WHERE m.deleted_at IS NULL GROUP BY m.rid",
+                )
+                .map_err(db_err)?;
+            let mut rows = stmt.query(params![model_key]).map_err(db_err)?;
+            let mut interner = loaded.interner.lock().unwrap_or_else(|p| p.into_inner());
+            let mut attrs = loaded.attrs.write().unwrap_or_else(|p| p.into_inner());
+            let mut tenants = loaded.tenants.write().unwrap_or_else(|p| p.into_inner());
+            let corrupt = |what: &str| StoreError::Other(format!("corrupt {what} in memories"));
+            while let Some(r) = rows.next().map_err(db_err)? {
+                let rid: i64 = r.get(0).map_err(db_err)?;
+                let id: Vec<u8> = r.get(1).map_err(db_err)?;
+                let tags: String = r.get(11).map_err(db_err)?;
+                let tags: Vec<String> = serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?;
+                let mt: String = r.get(8).map_err(db_err)?;
+                let src: String = r.get(9).map_err(db_err)?;
+                let windows: i64 = r.get(12).map_err(db_err)?;
+                let a = Attrs {
+                    id: MemoryId::from_bytes(&id).ok_or_else(|| corrupt("id"))?,
+                    tenant: interner.get(&r.get::<_, String>(2).map_err(db_err)?),
+                    user_id: interner.opt(r.get(3).map_err(db_err)?),
+                    agent_id: interner.opt(r.get(4).map_err(db_err)?),
+                    project: interner.opt(r.get(5).map_err(db_err)?),
+                    domain: interner.opt(r.get(6).map_err(db_err)?),
+                    session_id: interner.opt(r.get(7).map_err(db_err)?),
+                    memory_type: MemoryType::parse(&mt, "memory_type")
+                        .map_err(|_| corrupt("type"))?,
+                    source: Source::parse(&src, "source").map_err(|_| corrupt("source"))?,
+                    created_at: r.get(10).map_err(db_err)?,
+                    tags: tags.iter().map(|t| interner.get(t)).collect(),
+                    windows: windows.clamp(1, MAX_WINDOWS) as u16,
+                };
+                *tenants.entry(a.tenant.clone()).or_default() += 1;
+                attrs.insert(rid, a);
+            }
+        }
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded.clone());
+        self.apply_log(conn, &loaded)?;
+        tracing::info!(
+            memories = loaded.memories(),
+            rebuilt,
+            secs = started.elapsed().as_secs_f64(),
+            "vector index ready"
+        );
+        Ok(())
+    }
+
+    fn apply_log(&self, conn: &Connection, loaded: &Loaded) -> Result<(), StoreError> {
+        loop {
+            let from = loaded.applied_seq.load(Ordering::SeqCst);
+            let rows: Vec<(i64, i64)> = conn
+                .prepare_cached(
+                    "SELECT seq, rid FROM ann_log WHERE seq > ?1 ORDER BY seq LIMIT 5000",
+                )
+                .and_then(|mut s| {
+                    s.query_map([from], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_err)?;
+            let Some(&(last, _)) = rows.last() else {
+                return Ok(());
+            };
+            let mut rids: Vec<i64> = rows.into_iter().map(|(_, r)| r).collect();
+            rids.sort_unstable();
+            rids.dedup();
+            loaded.refresh(conn, &rids)?;
+            loaded.applied_seq.store(last, Ordering::SeqCst);
+        }
+    }
+
+    /// Applies what changed since the last call. Skipped while a save runs (searches then
+    /// see the index as of a moment ago rather than wait for the save).
+    pub fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
+        if self.saving.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let want = active_model(conn)?.map(|(k, _)| k);
+        let have = self.current().map(|l| l.model_key.clone());
+        if want != have {
+            return self.load(conn);
+        }
+        match self.current() {
+            Some(l) => self.apply_log(conn, &l),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves the graph if it changed since the last save. Returns the sequence number the
+    /// saved graph covers (the log up to it may be truncated), if it saved.
+    pub fn save(&self) -> Result<Option<i64>, StoreError> {
+        let Some(loaded) = self.current() else {
+            return Ok(None);
+        };
+        let _sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = loaded.applied_seq.load(Ordering::SeqCst);
+        if loaded.saved_seq.load(Ordering::SeqCst) == seq {
+            return Ok(None);
+        }
+        self.saving.store(true, Ordering::SeqCst);
+        let result = (|| {
+            loaded.index.save().map_err(index_err)?;
+            let state = SavedState {
+                version: STATE_VERSION,
+                model_key: loaded.model_key.clone(),
+                dim: loaded.dim,
+                applied_seq: seq,
+            };
+            let tmp = self.state_path().with_extension("json.tmp");
+            let bytes = serde_json::to_vec(&state).map_err(|e| StoreError::Other(e.to_string()))?;
+            std::fs::write(&tmp, bytes)
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, self.state_path()))
+                .map_err(|e| {
+                    StoreError::Other(format!("cannot save the vector index state: {e}"))
+                })?;
+            Ok(())
+        })();
+        self.saving.store(false, Ordering::SeqCst);
+        result?;
+        loaded.saved_seq.store(seq, Ordering::SeqCst);
+        Ok(Some(seq))
+    }
+
+    /// Nearest memories, or `None` when the index does not hold `model`'s vectors (the
+    /// caller then searches exactly).
+    pub fn nearest(
+        &self,
+        conn: &Connection,
+        tenant: &str,
+        model: &ModelInfo,
+        vector: &[f32],
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Option<Vec<Scored>>, StoreError> {
+        self.catch_up(conn)?;
+        let Some(loaded) = self.current() else {
+            return Ok(None);
+        };
+        if loaded.model_key != model.key() || vector.len() != loaded.dim {
+            return Ok(None);
+        }
+        let limit = limit as usize;
+        let only_tenant = *filter == MemoryFilter::default();
+        // Conditions the in-memory fields cannot answer.
+        let needs_sql = !filter.metadata.is_empty() || filter.embedding_status.is_some();
+        let tenant_size = loaded
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied()
+            .unwrap_or(0);
+        if tenant_size == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        // A selective filter: SQLite's indexes list the candidates; search them exactly.
+        let exact_max = self.exact_max;
+        let candidates: Option<Vec<i64>> = if only_tenant && tenant_size > exact_max {
+            None
+        } else {
+            let (cond, args) = filter_sql(tenant, filter);
+            let sql = format!(
+                "SELECT m.rid FROM memories m WHERE {cond} LIMIT {}",
+                exact_max + 1
+            );
+            let rids: Vec<i64> = conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+                        .collect::<Result<Vec<i64>, _>>()
+                })
+                .map_err(db_err)?;
+            (rids.len() <= exact_max).then_some(rids)
+        };
+        let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());
+        let hits = match candidates {
+            Some(rids) => {
+                let keys: Vec<u64> = rids
+                    .iter()
+                    .filter_map(|rid| attrs.get(rid).map(|a| (rid, a.windows)))
+                    .flat_map(|(rid, w)| (0..i64::from(w)).map(move |w| key(*rid, w)))
+                    .collect();
+                loaded
+                    .index
+                    .exact_search(vector, &keys, limit * 2)
+                    .map_err(index_err)?
+            }
+            None if needs_sql => {
+                // Not held in memory: every candidate from SQLite, then the graph.
+                let (cond, args) = filter_sql(tenant, filter);
+                let rids: HashSet<i64> = conn
+                    .prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}"))
+                    .and_then(|mut s| {
+                        s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+                            .collect::<Result<HashSet<i64>, _>>()
+                    })
+                    .map_err(db_err)?;
+                let pass = |k: u64| rids.contains(&rid_of(k));
+                loaded
+                    .index
+                    .search(vector, limit * 2, Some(&pass))
+                    .map_err(index_err)?
+            }
+            None => {
+                let single_tenant = attrs.len() == tenant_size;
+                let pass = |k: u64| {
+                    attrs
+                        .get(&rid_of(k))
+                        .is_some_and(|a| a.matches(tenant, filter))
+                };
+                if only_tenant && single_tenant {
+                    loaded.index.search(vector, limit * 2, None)
+                } else {
+                    loaded.index.search(vector, limit * 2, Some(&pass))
+                }
+                .map_err(index_err)?
+            }
+        };
+        // A memory scores as its best window.
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(limit);
+        for h in hits {
+            let rid = rid_of(h.key);
+            let Some(a) = attrs.get(&rid) else { continue };
+            if seen.insert(rid) {
+                out.push(Scored {
+                    id: a.id,
+                    score: h.similarity,
+                });
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Memories whose vectors the index holds.
+    pub fn len(&self) -> usize {
+        self.current().map_or(0, |l| l.memories())
+    }
+}

@@ -1,0 +1,229 @@
+//! Search over SQLite: BM25 from the FTS5 index the triggers keep in step with
+//! `memories`, and exact nearest-vector search over `memory_vectors` (the reference the
+//! in-process ANN index is measured against, and what a selective filter uses).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use engram_core::{MemoryFilter, MemoryId, ModelInfo, Scored, StoreError};
+use rusqlite::types::Value;
+use rusqlite::Connection;
+
+use crate::rows::{row_to_memory, COLUMNS};
+use crate::{db_err, filter_sql};
+
+/// Words too common to narrow a keyword search; dropped unless the query has nothing else.
+const STOPWORDS: &[&str] = &[
+    "a", "about", "after", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
+    "been", "being", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had", "has",
+    "have", "he", "her", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its",
+    "me", "my", "of", "on", "or", "our", "she", "so", "some", "than", "that", "the", "their",
+    "them", "then", "there", "these", "they", "this", "those", "to", "too", "us", "was", "we",
+    "were", "what", "when", "where", "which", "who", "whom", "why", "will", "with", "would", "you",
+    "your",
+];
+
+/// The query's words, lowercased, stopwords dropped (unless nothing else is left),
+/// deduplicated, in order.
+pub fn query_terms(query: &str) -> Vec<String> {
+    let words: Vec<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let content: Vec<&String> = words
+        .iter()
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .collect();
+    let chosen: Vec<&String> = if content.is_empty() {
+        words.iter().collect()
+    } else {
+        content
+    };
+    let mut out: Vec<String> = Vec::new();
+    for w in chosen {
+        if !out.contains(w) {
+            out.push(w.clone());
+        }
+    }
+    out
+}
+
+/// An FTS5 query matching any of the terms. Each term is a quoted string, so nothing in
+/// user input is FTS5 syntax.
+fn match_expr(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "")))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+pub(crate) fn keyword(
+    conn: &Connection,
+    tenant: &str,
+    query: &str,
+    filter: &MemoryFilter,
+    limit: u32,
+) -> Result<Vec<Scored>, StoreError> {
+    let terms = query_terms(query);
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (cond, mut args) = filter_sql(tenant, filter);
+    args.push(Value::Text(match_expr(&terms)));
+    let q = args.len();
+    let sql = format!(
+        "SELECT m.id, -bm25(memories_fts) FROM memories_fts JOIN memories m ON m.rid = memories_fts.rowid \
+         WHERE memories_fts MATCH ?{q} AND {cond} ORDER BY bm25(memories_fts) LIMIT {limit}"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, f64>(1)?))
+        })
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, score) = row.map_err(db_err)?;
+        let id = MemoryId::from_bytes(&id).ok_or_else(|| StoreError::Other("corrupt id".into()))?;
+        out.push(Scored {
+            id,
+            score: score as f32,
+        });
+    }
+    Ok(out)
+}
+
+/// Cosine similarity; 0 when either vector is all zeros.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0.0f32, 0.0f32, 0.0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}
+
+/// A heap entry ordered by score, for a bounded top-k.
+#[derive(PartialEq)]
+struct ByScore(f32, MemoryId);
+impl Eq for ByScore {}
+impl PartialOrd for ByScore {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByScore {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0).then(other.1.cmp(&self.1))
+    }
+}
+
+/// Exact nearest memories: every window of every live memory that passes the filter.
+pub(crate) fn nearest_exact(
+    conn: &Connection,
+    tenant: &str,
+    model: &ModelInfo,
+    vector: &[f32],
+    filter: &MemoryFilter,
+    limit: u32,
+) -> Result<Vec<Scored>, StoreError> {
+    let (cond, mut args) = filter_sql(tenant, filter);
+    args.push(Value::Text(model.key()));
+    let k = args.len();
+    let sql = format!(
+        "SELECT m.id, v.vector FROM memory_vectors v JOIN memories m ON m.rid = v.rid \
+         WHERE v.model_key = ?{k} AND v.content_hash = m.content_hash AND {cond}"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(args.iter()))
+        .map_err(db_err)?;
+    let mut best: HashMap<MemoryId, f32> = HashMap::new();
+    let mut buf = vec![0f32; model.dim];
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let id: Vec<u8> = r.get(0).map_err(db_err)?;
+        let blob = r
+            .get_ref(1)
+            .map_err(db_err)?
+            .as_blob()
+            .map_err(|e| StoreError::Other(format!("corrupt vector: {e}")))?;
+        if blob.len() != 4 * model.dim {
+            return Err(StoreError::Other("corrupt vector blob".into()));
+        }
+        for (x, c) in buf.iter_mut().zip(blob.chunks_exact(4)) {
+            *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        let id = MemoryId::from_bytes(&id).ok_or_else(|| StoreError::Other("corrupt id".into()))?;
+        let s = cosine(vector, &buf);
+        let e = best.entry(id).or_insert(f32::NEG_INFINITY);
+        *e = e.max(s);
+    }
+    let mut heap: BinaryHeap<Reverse<ByScore>> = BinaryHeap::new();
+    for (id, s) in best {
+        heap.push(Reverse(ByScore(s, id)));
+        if heap.len() > limit as usize {
+            heap.pop();
+        }
+    }
+    let mut out: Vec<Scored> = heap
+        .into_iter()
+        .map(|Reverse(ByScore(score, id))| Scored { id, score })
+        .collect();
+    engram_core::search::sort_desc(&mut out);
+    Ok(out)
+}
+
+pub(crate) fn get_many(
+    conn: &Connection,
+    tenant: &str,
+    ids: &[MemoryId],
+) -> Result<Vec<engram_core::Memory>, StoreError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let marks: Vec<String> = (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM memories m WHERE m.tenant = ?1 AND m.deleted_at IS NULL AND m.id IN ({})",
+            marks.join(", ")
+        );
+        let mut args: Vec<Value> = vec![Value::Text(tenant.to_owned())];
+        args.extend(chunk.iter().map(|id| Value::Blob(id.as_bytes().to_vec())));
+        let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), row_to_memory)
+            .map_err(db_err)?;
+        for r in rows {
+            out.push(r.map_err(db_err)?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms_drop_stopwords_and_syntax() {
+        assert_eq!(
+            query_terms("What did Melanie paint, in \"2023\"? NEAR(x)"),
+            vec!["melanie", "paint", "2023", "near", "x"]
+        );
+        assert_eq!(query_terms("who is it"), vec!["who", "is", "it"]);
+        assert!(query_terms("?!").is_empty());
+        assert_eq!(match_expr(&["a\"b".into(), "c".into()]), "\"ab\" OR \"c\"");
+    }
+
+    #[test]
+    fn cosine_of_known_vectors() {
+        assert!((cosine(&[1.0, 0.0], &[1.0, 0.0]) - 1.0).abs() < 1e-6);
+        assert!(cosine(&[1.0, 0.0], &[0.0, 1.0]).abs() < 1e-6);
+        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
+    }
+}

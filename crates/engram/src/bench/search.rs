@@ -1,0 +1,467 @@
+//! `engram bench search`: search latency and recall on N real sentences with their real
+//! MiniLM embeddings (the cached corpus of `engram bench corpus`), through the same
+//! `SearchService` the API calls.
+//!
+//! Two processes. This one loads the corpus into a fresh store (memories by bulk insert,
+//! vectors through the embedding store's claim/complete path, as the pipeline stores
+//! them), rebuilds the vector index from scratch and times that (`build_s`), computes the
+//! exact top 10 of a sample of queries by brute force, and writes the queries and the
+//! ground truth to a file. A child process (`--measure DIR`) then opens the store as
+//! `engram serve` does, runs every query in every mode, unfiltered and filtered to one
+//! user of 100 (1% of the data), and reports latency, recall@10 against exact search and
+//! its own peak RSS — which therefore counts the engine, not the benchmark's copy of the
+//! corpus. Query embedding is excluded: each query's vector is its cached embedding.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use clap::Args;
+use engram_core::{
+    DocumentEmbedding, EmbedError, Embedder, EmbedderSlot, EmbeddingStore, MemoryFilter,
+    MemoryService, ModelInfo, NewMemory, SearchMode, SearchRequest, SearchService, TenantId,
+};
+use engram_sqlite::{SqliteConfig, SqliteStore};
+use serde::{Deserialize, Serialize};
+
+use super::corpus;
+use crate::config::Config;
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Memories in the store.
+    #[arg(long, default_value_t = 100_000)]
+    pub n: usize,
+    /// Queries (the last rows of the corpus; never memories).
+    #[arg(long, default_value_t = corpus::QUERIES)]
+    pub queries: usize,
+    /// Queries whose exact top 10 is computed for recall (brute force is slow at 1M).
+    #[arg(long, default_value_t = 200)]
+    pub recall_queries: usize,
+    /// Keep the store here instead of a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: the measuring child process, over a store prepared in DIR.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub measure: Option<PathBuf>,
+}
+
+const TOP: usize = 10;
+const TENANT: &str = "bench";
+
+/// What the parent hands the child.
+#[derive(Serialize, Deserialize)]
+struct Plan {
+    model: ModelInfo,
+    queries: Vec<PlannedQuery>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PlannedQuery {
+    text: String,
+    vector: Vec<f32>,
+    user: String,
+    /// Exact top-10 memory rows, unfiltered and filtered (for the recall sample only).
+    exact: Option<Vec<usize>>,
+    exact_filtered: Option<Vec<usize>>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ModeResult {
+    pub mode: String,
+    pub filtered: bool,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// Against exact search (for hybrid: hybrid search run with exact vector search);
+    /// `null` for keyword search, which is exact by construction.
+    pub recall_at_10: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Measured {
+    rss_mb: f64,
+    open_s: f64,
+    results: Vec<ModeResult>,
+}
+
+/// Answers each planned query with its cached embedding, so latency excludes the model.
+struct CachedQueries {
+    model: ModelInfo,
+    vectors: HashMap<String, Vec<f32>>,
+}
+
+#[async_trait]
+impl Embedder for CachedQueries {
+    fn model(&self) -> ModelInfo {
+        self.model.clone()
+    }
+    async fn embed_documents(
+        &self,
+        _texts: &[String],
+    ) -> Result<Vec<DocumentEmbedding>, EmbedError> {
+        Err(EmbedError::Unavailable(
+            "the search benchmark embeds no documents".into(),
+        ))
+    }
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        self.vectors
+            .get(text)
+            .cloned()
+            .ok_or_else(|| EmbedError::Rejected(format!("no cached vector for `{text}`")))
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn unit(v: &[f32]) -> Vec<f32> {
+    let n = dot(v, v).sqrt().max(1e-12);
+    v.iter().map(|x| x / n).collect()
+}
+
+/// The exact top k rows by cosine among `rows`.
+fn exact_top(c: &corpus::Corpus, q: &[f32], rows: impl Iterator<Item = usize>) -> Vec<usize> {
+    let q = unit(q);
+    let mut scored: Vec<(f32, usize)> = rows
+        .map(|i| {
+            let v = c.memory_vector(i);
+            (dot(&q, v) / dot(v, v).sqrt().max(1e-12), i)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.truncate(TOP);
+    scored.into_iter().map(|(_, i)| i).collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn store_config(dir: &Path, vector_index: bool) -> SqliteConfig {
+    SqliteConfig {
+        vector_index,
+        ..SqliteConfig::new(dir)
+    }
+}
+
+/// Loads memories and vectors into a fresh store in `dir`.
+async fn load(
+    dir: &Path,
+    c: &corpus::Corpus,
+    model: &ModelInfo,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    // Claimed jobs carry their content's hash; it leads back to the corpus row.
+    let rows: HashMap<String, usize> = (0..c.memories())
+        .map(|i| (engram_core::memory::content_hash(c.memory_text(i)), i))
+        .collect();
+    let store = SqliteStore::open(&store_config(dir, false))?;
+    let svc = MemoryService::new(Arc::new(store.clone()));
+    let tenant = TenantId::parse(TENANT)?;
+    let started = Instant::now();
+    for chunk in (0..c.memories())
+        .collect::<Vec<_>>()
+        .chunks(engram_core::BULK_MAX)
+    {
+        let items = chunk
+            .iter()
+            .map(|&i| {
+                let mut m = NewMemory::note(c.memory_text(i))?;
+                m.user_id = Some(engram_core::validate::Label::parse(
+                    c.memory_user(i),
+                    "user_id",
+                )?);
+                m.source_ref = Some(engram_core::validate::Label::parse(
+                    i.to_string(),
+                    "source_ref",
+                )?);
+                Ok(m)
+            })
+            .collect();
+        for r in svc.remember_bulk(&tenant, items, None).await? {
+            if let engram_core::BulkItemResult::Failed(e) = r {
+                anyhow::bail!("memory not stored: {e}");
+            }
+        }
+    }
+    if !quiet {
+        eprintln!(
+            "  stored {} memories in {:.1} s",
+            c.memories(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // The vectors, as the pipeline stores them: claim, then complete with the vectors.
+    let started = Instant::now();
+    store.register_model(model).await?;
+    let lease = engram_core::time::now() + chrono::Duration::hours(1);
+    loop {
+        let jobs = store.claim_embeddings(2_000, lease).await?;
+        if jobs.is_empty() {
+            break;
+        }
+        let results = jobs
+            .into_iter()
+            .map(|j| {
+                let row = *rows
+                    .get(&j.content_hash)
+                    .context("a claimed memory is not in the corpus")?;
+                Ok((j, vec![c.memory_vector(row).to_vec()]))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let done = store
+            .complete_embeddings(model, results, engram_core::time::now())
+            .await?;
+        anyhow::ensure!(done.iter().all(|d| *d), "a vector was not stored");
+    }
+    if !quiet {
+        eprintln!(
+            "  stored vectors in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    store.close();
+    Ok(())
+}
+
+pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.measure {
+        let m = measure(dir).await?;
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+    anyhow::ensure!(args.n > 0, "--n must be at least 1");
+    let quiet = args.json;
+    let c = corpus::ensure(cfg, args.n, args.queries).await?;
+    let embedder = engram_embed::build(&cfg.embedding).await?;
+    let model = embedder.model();
+    anyhow::ensure!(
+        model.dim == c.dim,
+        "the corpus was embedded with another model"
+    );
+    drop(embedder);
+    let tmp;
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    if !quiet {
+        eprintln!("loading {} memories into {}", c.memories(), dir.display());
+    }
+    load(&dir, &c, &model, quiet).await?;
+
+    // Index build: from scratch, as `engram reindex` and a first start do.
+    let _ = std::fs::remove_dir_all(dir.join("index"));
+    let started = Instant::now();
+    let store = SqliteStore::open(&store_config(&dir, true))?;
+    let build_s = started.elapsed().as_secs_f64();
+    let vectors = store.indexed_memories();
+    store.close();
+    if !quiet {
+        eprintln!("  built the vector index ({vectors} memories) in {build_s:.1} s");
+    }
+
+    // The plan: every query, and exact answers for a sample.
+    let by_user: HashMap<String, Vec<usize>> =
+        (0..c.memories()).fold(HashMap::new(), |mut m, i| {
+            m.entry(c.memory_user(i)).or_default().push(i);
+            m
+        });
+    let sample = args.recall_queries.min(c.queries());
+    let started = Instant::now();
+    let queries: Vec<PlannedQuery> = (0..c.queries())
+        .map(|j| {
+            let v = c.query_vector(j);
+            let user = c.query_user(j);
+            let (exact, exact_filtered) = if j < sample {
+                (
+                    Some(exact_top(&c, v, 0..c.memories())),
+                    Some(exact_top(
+                        &c,
+                        v,
+                        by_user.get(&user).into_iter().flatten().copied(),
+                    )),
+                )
+            } else {
+                (None, None)
+            };
+            PlannedQuery {
+                text: c.query_text(j).to_owned(),
+                vector: v.to_vec(),
+                user,
+                exact,
+                exact_filtered,
+            }
+        })
+        .collect();
+    if !quiet {
+        eprintln!(
+            "  exact top 10 of {sample} queries in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    drop(c);
+    let plan_path = dir.join("bench-plan.json");
+    std::fs::write(&plan_path, serde_json::to_vec(&Plan { model, queries })?)?;
+
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .args(["bench", "search", "--measure"])
+        .arg(&dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run the measuring process")?;
+    anyhow::ensure!(out.status.success(), "the measuring process failed");
+    let m: Measured = serde_json::from_slice(&out.stdout).context("measuring process output")?;
+    let _ = std::fs::remove_file(&plan_path);
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "n": args.n,
+                "build_s": build_s,
+                "rss_mb": m.rss_mb,
+                "open_s": m.open_s,
+                "results": m.results,
+            })
+        );
+    } else {
+        println!(
+            "search over {} memories: index built in {build_s:.1} s, reopened in {:.2} s, peak RSS of the searching process {:.0} MB",
+            args.n, m.open_s, m.rss_mb
+        );
+        println!(
+            "{:<9} {:<9} {:>8} {:>8} {:>8} {:>10}",
+            "mode", "filtered", "p50 ms", "p95 ms", "p99 ms", "recall@10"
+        );
+        for r in &m.results {
+            println!(
+                "{:<9} {:<9} {:>8.3} {:>8.3} {:>8.3} {:>10}",
+                r.mode,
+                r.filtered,
+                r.p50_ms,
+                r.p95_ms,
+                r.p99_ms,
+                r.recall_at_10
+                    .map_or("exact".to_owned(), |x| format!("{x:.4}"))
+            );
+        }
+    }
+    Ok(())
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The child: open the store as `engram serve` does and run the plan.
+async fn measure(dir: &Path) -> anyhow::Result<Measured> {
+    let plan: Plan = serde_json::from_slice(&std::fs::read(dir.join("bench-plan.json"))?)?;
+    let started = Instant::now();
+    let store = SqliteStore::open(&store_config(dir, true))?;
+    let open_s = started.elapsed().as_secs_f64();
+    let s = Arc::new(store.clone());
+    let slot = EmbedderSlot::default();
+    slot.set(Arc::new(CachedQueries {
+        model: plan.model.clone(),
+        vectors: plan
+            .queries
+            .iter()
+            .map(|q| (q.text.clone(), q.vector.clone()))
+            .collect(),
+    }));
+    let svc = SearchService::new(s.clone(), s.clone(), s, slot.clone(), Default::default());
+    // The same store without the ANN index: its semantic search is exact, so its hybrid
+    // results are what hybrid search would return with exact vector search.
+    let exact_store = Arc::new(SqliteStore::open(&store_config(dir, false))?);
+    let exact_svc = SearchService::new(
+        exact_store.clone(),
+        exact_store.clone(),
+        exact_store.clone(),
+        slot,
+        Default::default(),
+    );
+    let tenant = TenantId::parse(TENANT)?;
+    let rows_of = |r: &engram_core::SearchResult| -> Vec<usize> {
+        r.hits
+            .iter()
+            .filter_map(|h| h.memory.source_ref.as_deref()?.parse::<usize>().ok())
+            .collect()
+    };
+    let mut results = Vec::new();
+    for mode in [
+        SearchMode::Keyword,
+        SearchMode::Semantic,
+        SearchMode::Hybrid,
+    ] {
+        for filtered in [false, true] {
+            let mut lat = Vec::with_capacity(plan.queries.len());
+            let (mut found, mut total) = (0usize, 0usize);
+            for q in &plan.queries {
+                let filter = MemoryFilter {
+                    user_id: filtered.then(|| q.user.clone()),
+                    ..Default::default()
+                };
+                let req = SearchRequest::new(&q.text, filter, Some(TOP as u32), mode, None)?;
+                let t = Instant::now();
+                let r = svc.search(&tenant, &req).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                let exact = if filtered {
+                    &q.exact_filtered
+                } else {
+                    &q.exact
+                };
+                let Some(exact) = exact else { continue };
+                let want: HashSet<usize> = match mode {
+                    SearchMode::Semantic => exact.iter().copied().collect(),
+                    SearchMode::Hybrid => rows_of(&exact_svc.search(&tenant, &req).await?)
+                        .into_iter()
+                        .collect(),
+                    SearchMode::Keyword => continue,
+                };
+                found += rows_of(&r).iter().filter(|row| want.contains(row)).count();
+                total += want.len();
+            }
+            lat.sort_by(f64::total_cmp);
+            results.push(ModeResult {
+                mode: mode.as_str().to_owned(),
+                filtered,
+                p50_ms: percentile(&lat, 0.50),
+                p95_ms: percentile(&lat, 0.95),
+                p99_ms: percentile(&lat, 0.99),
+                recall_at_10: (total > 0).then(|| found as f64 / total as f64),
+            });
+        }
+    }
+    store.close();
+    exact_store.close();
+    Ok(Measured {
+        rss_mb: peak_rss_mb(),
+        open_s,
+        results,
+    })
+}

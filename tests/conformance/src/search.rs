@@ -1,0 +1,351 @@
+//! Stories of search: keyword hits before embeddings exist, filters that never leak,
+//! deleted and other tenants' memories never returned, exact agreement of semantic search
+//! with brute force, and re-indexing on update and purge.
+
+use std::sync::Arc;
+
+use engram_core::validate::{Content, Label, Metadata, Tags};
+use engram_core::{
+    EmbedderSlot, EmbeddingPipeline, Memory, MemoryFilter, MemoryId, MemoryPatch, MemoryService,
+    MemoryType, NewMemory, PipelineConfig, SearchConfig, SearchMode, SearchRequest, SearchService,
+    Source, TenantId,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::embedder::{vector_of, HashEmbedder};
+use crate::{Backend, Stores};
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::parse(name).unwrap()
+}
+
+fn note(content: &str) -> NewMemory {
+    NewMemory::note(content).unwrap()
+}
+
+fn search_service(s: &Stores, embedder: Option<Arc<HashEmbedder>>) -> SearchService {
+    let slot = EmbedderSlot::default();
+    if let Some(e) = embedder {
+        slot.set(e);
+    }
+    SearchService::new(
+        s.memories.clone(),
+        s.search.clone(),
+        s.embeddings.clone(),
+        slot,
+        SearchConfig::default(),
+    )
+}
+
+fn req(query: &str, filter: MemoryFilter, k: u32, mode: SearchMode) -> SearchRequest {
+    SearchRequest::new(query, filter, Some(k), mode, None).unwrap()
+}
+
+async fn embed_all(s: &Stores, embedder: Arc<HashEmbedder>) {
+    let p = EmbeddingPipeline::new(s.embeddings.clone(), embedder, PipelineConfig::default())
+        .await
+        .unwrap();
+    for _ in 0..1000 {
+        if p.run_batch().await.unwrap().claimed == 0 {
+            return;
+        }
+    }
+    panic!("the queue never drained");
+}
+
+async fn ids(svc: &SearchService, t: &TenantId, r: &SearchRequest) -> Vec<MemoryId> {
+    svc.search(t, r)
+        .await
+        .unwrap()
+        .hits
+        .into_iter()
+        .map(|h| h.memory.id)
+        .collect()
+}
+
+pub async fn keyword_finds_a_write_before_its_embedding(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let (m, _) = svc
+        .remember(&t, note("The deploy key rotates every Tuesday"), None)
+        .await
+        .unwrap();
+    svc.remember(&t, note("Lunch is at noon"), None)
+        .await
+        .unwrap();
+    let search = search_service(&s, None);
+    // Stemmed: "rotating" finds "rotates".
+    for mode in [SearchMode::Keyword, SearchMode::Hybrid] {
+        let r = search
+            .search(
+                &t,
+                &req(
+                    "when is the key rotating?",
+                    MemoryFilter::default(),
+                    10,
+                    mode,
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.hits.len(), 1, "{mode:?}");
+        assert_eq!(r.hits[0].memory.id, m.id);
+        assert_eq!(r.hits[0].rank, 1);
+        assert!(r.hits[0].scores.keyword.is_some_and(|k| k > 0.0));
+        assert_eq!(r.mode, SearchMode::Keyword);
+        assert_eq!(r.degraded.is_some(), mode == SearchMode::Hybrid);
+    }
+    // Semantic search cannot run without an embedder and says so.
+    let err = search
+        .search(
+            &t,
+            &req("key", MemoryFilter::default(), 10, SearchMode::Semantic),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), engram_core::ErrorCode::Unavailable);
+    // Nothing matches: no hits, no error.
+    assert!(ids(
+        &search,
+        &t,
+        &req("zebra", MemoryFilter::default(), 10, SearchMode::Keyword)
+    )
+    .await
+    .is_empty());
+}
+
+pub async fn search_never_returns_deleted_or_foreign_memories(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let (t1, t2) = (tenant("t1"), tenant("t2"));
+    let (keep, _) = svc
+        .remember(&t1, note("orchid care notes"), None)
+        .await
+        .unwrap();
+    let (gone, _) = svc
+        .remember(&t1, note("orchid repotting"), None)
+        .await
+        .unwrap();
+    let (other, _) = svc
+        .remember(&t2, note("orchid watering"), None)
+        .await
+        .unwrap();
+    let embedder = Arc::new(HashEmbedder::default());
+    embed_all(&s, embedder.clone()).await;
+    svc.forget(&t1, gone.id).await.unwrap();
+    let search = search_service(&s, Some(embedder));
+    for mode in [
+        SearchMode::Keyword,
+        SearchMode::Semantic,
+        SearchMode::Hybrid,
+    ] {
+        let got = ids(
+            &search,
+            &t1,
+            &req("orchid", MemoryFilter::default(), 10, mode),
+        )
+        .await;
+        assert_eq!(got, vec![keep.id], "{mode:?}");
+        let got = ids(
+            &search,
+            &t2,
+            &req("orchid", MemoryFilter::default(), 10, mode),
+        )
+        .await;
+        assert_eq!(got, vec![other.id], "{mode:?}");
+    }
+}
+
+pub async fn updates_and_purges_reach_the_indexes(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let (m, _) = svc.remember(&t, note("alpha bravo"), None).await.unwrap();
+    let search = search_service(&s, None);
+    let kw = |q: &str| req(q, MemoryFilter::default(), 10, SearchMode::Keyword);
+    assert_eq!(ids(&search, &t, &kw("alpha")).await, vec![m.id]);
+    let patch = MemoryPatch {
+        content: Some(Content::parse("charlie delta".into(), "content").unwrap()),
+        title: Some(Some(
+            engram_core::validate::Title::parse("echo".into(), "title").unwrap(),
+        )),
+        tags: Some(Tags::parse(&["foxtrot"], "tags").unwrap()),
+        ..Default::default()
+    };
+    svc.update(&t, m.id, patch).await.unwrap();
+    assert!(ids(&search, &t, &kw("alpha")).await.is_empty());
+    for word in ["charlie", "echo", "foxtrot"] {
+        assert_eq!(ids(&search, &t, &kw(word)).await, vec![m.id], "{word}");
+    }
+    let mut u = note("golf hotel");
+    u.user_id = Some(Label::parse("u1".into(), "user_id").unwrap());
+    svc.remember(&t, u, None).await.unwrap();
+    s.memories.purge_user(&t, "u1").await.unwrap();
+    assert!(ids(&search, &t, &kw("golf")).await.is_empty());
+    s.memories.purge_tenant(&t).await.unwrap();
+    assert!(ids(&search, &t, &kw("charlie")).await.is_empty());
+}
+
+const WORDS: &[&str] = &[
+    "garden", "invoice", "python", "river", "meeting", "deploy", "coffee", "budget", "travel",
+    "review",
+];
+
+async fn varied_corpus(svc: &MemoryService, t: &TenantId, n: usize) -> Vec<Memory> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let types = [MemoryType::Note, MemoryType::Fact, MemoryType::Decision];
+    let mut out = Vec::new();
+    for i in 0..n {
+        let words: Vec<&str> = (0..3)
+            .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+            .collect();
+        let mut new = note(&format!("{} number {i}", words.join(" ")));
+        new.memory_type = types[i % 3];
+        new.source = [Source::Manual, Source::Chat][i % 2];
+        let l = |s: String| Some(Label::parse(s, "label").unwrap());
+        new.user_id = l(format!("user{}", i % 4));
+        new.agent_id = (i % 5 != 0).then(|| Label::parse("agent".into(), "a").unwrap());
+        new.project = l(format!("p{}", i % 2));
+        new.domain = (i % 3 == 0).then(|| Label::parse("work".into(), "d").unwrap());
+        new.session_id = l(format!("s{}", i % 7));
+        let tags: Vec<&str> = ["red", "green"]
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| i % (k + 2) == 0)
+            .map(|(_, t)| t)
+            .collect();
+        new.tags = Tags::parse(&tags, "tags").unwrap();
+        new.metadata = Metadata::parse(serde_json::json!({"rem": i % 3}), "metadata").unwrap();
+        out.push(svc.remember(t, new, None).await.unwrap().0);
+    }
+    out
+}
+
+fn random_filter(rng: &mut StdRng, all: &[Memory]) -> MemoryFilter {
+    let mut f = MemoryFilter::default();
+    let pick = |rng: &mut StdRng| rng.random_bool(0.3);
+    if pick(rng) {
+        f.memory_types = vec![
+            [MemoryType::Note, MemoryType::Fact, MemoryType::Decision][rng.random_range(0..3)],
+        ];
+        if pick(rng) {
+            f.memory_types.push(MemoryType::Note);
+        }
+    }
+    if pick(rng) {
+        f.source = Some([Source::Manual, Source::Chat][rng.random_range(0..2)]);
+    }
+    if pick(rng) {
+        f.user_id = Some(format!("user{}", rng.random_range(0..5)));
+    }
+    if pick(rng) {
+        f.agent_id = Some("agent".into());
+    }
+    if pick(rng) {
+        f.project = Some(format!("p{}", rng.random_range(0..2)));
+    }
+    if pick(rng) {
+        f.domain = Some("work".into());
+    }
+    if pick(rng) {
+        f.session_id = Some(format!("s{}", rng.random_range(0..8)));
+    }
+    if pick(rng) {
+        f.tags = vec![["red", "green"][rng.random_range(0..2)].into()];
+    }
+    if pick(rng) {
+        f.metadata = vec![("rem".into(), serde_json::json!(rng.random_range(0..3)))];
+    }
+    if pick(rng) {
+        f.created_after = Some(all[rng.random_range(0..all.len())].created_at);
+    }
+    if pick(rng) {
+        f.created_before = Some(all[rng.random_range(0..all.len())].created_at);
+    }
+    f
+}
+
+/// Random filters in every mode: every hit passes the filter, and semantic search returns
+/// exactly the brute-force top k among the memories that pass it.
+pub async fn search_filters_never_leak(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let mut all = varied_corpus(&svc, &t, 120).await;
+    varied_corpus(&svc, &tenant("t2"), 30).await;
+    let embedder = Arc::new(HashEmbedder::default());
+    embed_all(&s, embedder.clone()).await;
+    for m in all.iter_mut().step_by(6) {
+        svc.forget(&t, m.id).await.unwrap();
+        m.deleted_at = Some(engram_core::time::now());
+    }
+    let search = search_service(&s, Some(embedder));
+    let mut rng = StdRng::seed_from_u64(42);
+    for case in 0..150 {
+        let filter = random_filter(&mut rng, &all);
+        let query = format!(
+            "{} {}",
+            WORDS[rng.random_range(0..WORDS.len())],
+            WORDS[rng.random_range(0..WORDS.len())]
+        );
+        let k = rng.random_range(1..=12);
+        for mode in [
+            SearchMode::Keyword,
+            SearchMode::Semantic,
+            SearchMode::Hybrid,
+        ] {
+            let r = search
+                .search(&t, &req(&query, filter.clone(), k, mode))
+                .await
+                .unwrap();
+            assert!(r.hits.len() <= k as usize);
+            for h in &r.hits {
+                assert!(
+                    filter.matches(&h.memory) && h.memory.tenant == t,
+                    "case {case} {mode:?}: {:?} leaked through {filter:?}",
+                    h.memory.id
+                );
+            }
+            if mode == SearchMode::Semantic {
+                // The brute-force top k, allowing for the index storing vectors at
+                // reduced precision: scores within TOLERANCE of each other may swap.
+                const TOLERANCE: f32 = 0.01;
+                let q = vector_of(&query);
+                let exact: std::collections::HashMap<MemoryId, f32> = all
+                    .iter()
+                    .filter(|m| filter.matches(m))
+                    .map(|m| (m.id, cosine(&q, &vector_of(&m.content))))
+                    .collect();
+                let mut want: Vec<f32> = exact.values().copied().collect();
+                want.sort_by(|a, b| b.total_cmp(a));
+                let got: Vec<f32> = r.hits.iter().map(|h| exact[&h.memory.id]).collect();
+                assert_eq!(got.len(), want.len().min(k as usize), "case {case}");
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= TOLERANCE,
+                        "case {case}: hit {i} scores {g}, the exact {i}th {w}, under {filter:?}"
+                    );
+                }
+            }
+            if mode == SearchMode::Keyword {
+                // Every live memory containing a query word and passing the filter is a
+                // candidate; with k large enough they are all found.
+                let words: Vec<&str> = query.split(' ').collect();
+                let n = all
+                    .iter()
+                    .filter(|m| filter.matches(m) && words.iter().any(|w| m.content.contains(w)))
+                    .count();
+                assert_eq!(r.hits.len(), n.min(k as usize), "case {case}: {query}");
+            }
+        }
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
