@@ -31,8 +31,8 @@ pub use keys::{ApiKey, ApiKeyRecord, KeyService};
 pub use memory::{EmbeddingStatus, Memory, MemoryPatch, MemoryType, NewMemory, Scope, Source};
 pub use pipeline::{reembed, CoreErrorOrEmbed, EmbeddingPipeline, PipelineConfig, ReembedReport};
 pub use ports::{
-    EmbeddingJob, EmbeddingStore, IdempotencyKey, InsertMemory, InsertOutcome, KeyStore,
-    MemoryStore, SearchIndex, SweepReport,
+    ContextJob, ContextVector, EmbeddingJob, EmbeddingStore, IdempotencyKey, InsertMemory,
+    InsertOutcome, KeyStore, MemoryStore, SearchIndex, SessionTurn, SweepReport,
 };
 pub use rerank::RerankConfig;
 pub use search::{

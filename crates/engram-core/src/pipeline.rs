@@ -10,7 +10,8 @@ use tracing::instrument;
 
 use crate::embed::{EmbedError, Embedder, ModelInfo};
 use crate::error::StoreError;
-use crate::ports::{EmbeddingJob, EmbeddingStore};
+use crate::memory::content_hash;
+use crate::ports::{ContextVector, EmbeddingJob, EmbeddingStore, SessionTurn};
 use crate::time::now;
 
 /// Tuning of the pipeline.
@@ -30,6 +31,11 @@ pub struct PipelineConfig {
     pub sweep_every: Duration,
     /// How long an idle worker waits before looking for work again.
     pub idle_poll: Duration,
+    /// Turns on each side of a session's memory embedded with it as its context vector
+    /// (0: no context vectors). Only memories with a `session_id` have one.
+    pub context_turns: usize,
+    /// Sessions claimed together for context work.
+    pub context_batch: u32,
 }
 
 impl Default for PipelineConfig {
@@ -42,6 +48,8 @@ impl Default for PipelineConfig {
             retry_window: Duration::from_secs(24 * 3600),
             sweep_every: Duration::from_secs(10),
             idle_poll: Duration::from_millis(100),
+            context_turns: 2,
+            context_batch: 8,
         }
     }
 }
@@ -145,6 +153,88 @@ impl EmbeddingPipeline {
         Ok(report)
     }
 
+    /// Brings the context vectors of up to `context_batch` queued sessions up to date:
+    /// each memory's window (its session's `context_turns` turns on each side, of the same
+    /// user) is embedded when its text changed since its vector was made. Memory vectors
+    /// come first: the worker runs this only when no memory waits. Returns the sessions
+    /// worked on (0: nothing to do).
+    #[instrument(skip_all)]
+    pub async fn run_context_batch(&self) -> Result<usize, StoreError> {
+        if self.cfg.context_turns == 0 {
+            return Ok(0);
+        }
+        let lease_until = now() + chrono_dur(self.cfg.lease);
+        let jobs = self
+            .store
+            .claim_contexts(self.cfg.context_batch, lease_until)
+            .await?;
+        for job in &jobs {
+            let turns = self.store.session_turns(job, &self.model).await?;
+            let stale: Vec<(usize, String, String)> = windows(&turns, self.cfg.context_turns)
+                .into_iter()
+                .enumerate()
+                // A window of the turn alone adds nothing to the turn's own vector.
+                .filter(|(i, text)| *text != turns[*i].content)
+                .filter_map(|(i, text)| {
+                    let hash = content_hash(&text);
+                    (turns[i].context_hash.as_deref() != Some(hash.as_str()))
+                        .then_some((i, text, hash))
+                })
+                .collect();
+            let mut vectors = Vec::with_capacity(stale.len());
+            let hashes: Vec<String> = stale.iter().map(|s| s.1.clone()).collect();
+            let cached = self.store.cached_embeddings(&self.model, &hashes).await?;
+            let mut misses = Vec::new();
+            for (i, text, hash) in stale {
+                match cached.get(&hash).and_then(|w| mean_unit(w)) {
+                    Some(v) => vectors.push(ContextVector {
+                        memory_id: turns[i].memory_id,
+                        context_hash: hash,
+                        vector: v,
+                    }),
+                    None => misses.push((i, text, hash)),
+                }
+            }
+            for chunk in misses.chunks(self.cfg.batch_size.max(1) as usize) {
+                // Identical windows (repeated turns) are embedded once.
+                let mut texts: Vec<String> = Vec::new();
+                let mut slot: Vec<usize> = Vec::with_capacity(chunk.len());
+                for m in chunk {
+                    match texts.iter().position(|t| *t == m.1) {
+                        Some(i) => slot.push(i),
+                        None => {
+                            slot.push(texts.len());
+                            texts.push(m.1.clone());
+                        }
+                    }
+                }
+                let docs = match self.embedder.embed_documents(&texts).await {
+                    Ok(d) if d.len() == texts.len() => d,
+                    Ok(_) | Err(_) => {
+                        // Left queued under its lease: claimed again once the lease expires.
+                        tracing::warn!(session = %job.session_id, "context embedding failed");
+                        metrics::counter!("engram_context_failures_total").increment(1);
+                        return Ok(jobs.len());
+                    }
+                };
+                for ((i, _, hash), s) in chunk.iter().zip(slot) {
+                    if let Some(v) = mean_unit(&docs[s].windows) {
+                        vectors.push(ContextVector {
+                            memory_id: turns[*i].memory_id,
+                            context_hash: hash.clone(),
+                            vector: v,
+                        });
+                    }
+                }
+            }
+            metrics::counter!("engram_context_vectors_total").increment(vectors.len() as u64);
+            self.store
+                .complete_context(job, &self.model, vectors)
+                .await?;
+        }
+        Ok(jobs.len())
+    }
+
     async fn fail_all(&self, jobs: &[EmbeddingJob], e: &EmbedError) -> Result<usize, StoreError> {
         tracing::warn!(error = %e, jobs = jobs.len(), "embedding failed");
         let at = now();
@@ -205,7 +295,14 @@ impl EmbeddingPipeline {
         tracing::info!(model = %self.model.key(), "embedding worker started");
         loop {
             let idle = match self.run_batch().await {
-                Ok(r) => r.claimed == 0,
+                Ok(r) if r.claimed > 0 => false,
+                Ok(_) => match self.run_context_batch().await {
+                    Ok(n) => n == 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "context batch failed");
+                        true
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "embedding batch failed");
                     true
@@ -222,6 +319,46 @@ impl EmbeddingPipeline {
         }
         tracing::info!("embedding worker stopped");
     }
+}
+
+/// The window text of each turn: the turns of the same user within `side` places on each
+/// side of it, in session order, one per line.
+pub fn windows(turns: &[SessionTurn], side: usize) -> Vec<String> {
+    // Positions of each user's turns, so a window never mixes two users' memories.
+    let mut by_user: std::collections::HashMap<Option<&str>, Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, t) in turns.iter().enumerate() {
+        by_user.entry(t.user_id.as_deref()).or_default().push(i);
+    }
+    let mut out = vec![String::new(); turns.len()];
+    for positions in by_user.values() {
+        for (p, &i) in positions.iter().enumerate() {
+            let from = p.saturating_sub(side);
+            let to = (p + side + 1).min(positions.len());
+            out[i] = positions[from..to]
+                .iter()
+                .map(|&j| turns[j].content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+    }
+    out
+}
+
+/// The normalised mean of a document's window vectors (a long window text is one vector).
+fn mean_unit(windows: &[Vec<f32>]) -> Option<Vec<f32>> {
+    let first = windows.first()?;
+    let mut sum = vec![0f32; first.len()];
+    for w in windows {
+        for (s, x) in sum.iter_mut().zip(w) {
+            *s += x;
+        }
+    }
+    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return None;
+    }
+    Some(sum.into_iter().map(|x| x / norm).collect())
 }
 
 /// Whether `f` has completed, without waiting.
@@ -332,4 +469,47 @@ pub enum CoreErrorOrEmbed {
     Store(#[from] StoreError),
     #[error(transparent)]
     Embed(#[from] EmbedError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::MemoryId;
+
+    fn turn(user: Option<&str>, content: &str) -> SessionTurn {
+        SessionTurn {
+            memory_id: MemoryId::new(),
+            user_id: user.map(str::to_owned),
+            content: content.into(),
+            context_hash: None,
+        }
+    }
+
+    #[test]
+    fn windows_span_turns_of_the_same_user_on_each_side() {
+        let turns = vec![
+            turn(None, "a"),
+            turn(None, "b"),
+            turn(Some("u"), "x"),
+            turn(None, "c"),
+            turn(None, "d"),
+            turn(Some("u"), "y"),
+        ];
+        let w = windows(&turns, 1);
+        assert_eq!(
+            w,
+            vec!["a\nb", "a\nb\nc", "x\ny", "b\nc\nd", "c\nd", "x\ny"]
+        );
+        assert_eq!(windows(&turns, 0)[1], "b");
+        assert_eq!(windows(&turns, 9)[0], "a\nb\nc\nd");
+        assert!(windows(&[], 2).is_empty());
+    }
+
+    #[test]
+    fn a_long_window_is_the_unit_mean_of_its_parts() {
+        let v = mean_unit(&[vec![1.0, 0.0], vec![0.0, 1.0]]).unwrap();
+        assert!((v[0] - 0.70710677).abs() < 1e-6 && (v[1] - v[0]).abs() < 1e-6);
+        assert!(mean_unit(&[vec![0.0, 0.0]]).is_none());
+        assert!(mean_unit(&[]).is_none());
+    }
 }

@@ -119,8 +119,9 @@ pub trait SearchIndex: Send + Sync + 'static {
     ) -> Result<Vec<Scored>, StoreError>;
 
     /// Up to `limit` memories whose vectors of `model` are nearest to `vector`, best first;
-    /// the score is the cosine similarity of the memory's best window. The filter is
-    /// applied during the search, never after a top-k cut.
+    /// the score is the cosine similarity of the memory's best window, or for a memory
+    /// with a context vector `(1 - context_weight) · best window + context_weight ·
+    /// context`. The filter is applied during the search, never after a top-k cut.
     async fn nearest(
         &self,
         tenant: &TenantId,
@@ -128,6 +129,7 @@ pub trait SearchIndex: Send + Sync + 'static {
         vector: &[f32],
         filter: &MemoryFilter,
         limit: u32,
+        context_weight: f32,
     ) -> Result<Vec<Scored>, StoreError>;
 }
 
@@ -154,6 +156,35 @@ pub struct EmbeddingJob {
     /// Claims so far, this one included.
     pub attempts: u32,
     pub claim: i64,
+}
+
+/// A session whose context windows may be out of date, claimed by one worker. `claim`
+/// is the session's change counter when claimed: completing clears the session from the
+/// queue only if nothing changed since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextJob {
+    pub tenant: TenantId,
+    pub session_id: String,
+    pub claim: i64,
+}
+
+/// One live memory of a session, in session order (`valid_from` or else `created_at`,
+/// then insertion), with the hash of the window text its stored context vector of the
+/// asked model was made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionTurn {
+    pub memory_id: MemoryId,
+    pub user_id: Option<String>,
+    pub content: String,
+    pub context_hash: Option<String>,
+}
+
+/// A context vector to store: the memory, the hash of its window text, the vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContextVector {
+    pub memory_id: MemoryId,
+    pub context_hash: String,
+    pub vector: Vec<f32>,
 }
 
 /// What the sweeper did.
@@ -237,6 +268,31 @@ pub trait EmbeddingStore: Send + Sync + 'static {
         model: &crate::embed::ModelInfo,
         at: Timestamp,
     ) -> Result<u64, StoreError>;
+    /// Claims up to `limit` queued sessions (any tenant) whose lease is free or expired,
+    /// leased until `lease_until`. Sessions enter the queue in the transaction that adds,
+    /// changes or removes one of their memories.
+    async fn claim_contexts(
+        &self,
+        limit: u32,
+        lease_until: Timestamp,
+    ) -> Result<Vec<ContextJob>, StoreError>;
+    /// The session's live memories in session order, with the window hash of each one's
+    /// context vector of `model`.
+    async fn session_turns(
+        &self,
+        job: &ContextJob,
+        model: &crate::embed::ModelInfo,
+    ) -> Result<Vec<SessionTurn>, StoreError>;
+    /// Stores context vectors of `model` for memories still live in the job's session, in
+    /// one transaction, and takes the session off the queue if it did not change since the
+    /// claim (otherwise frees the lease, so the newer state is worked on). Returns whether
+    /// the session left the queue.
+    async fn complete_context(
+        &self,
+        job: &ContextJob,
+        model: &crate::embed::ModelInfo,
+        vectors: Vec<ContextVector>,
+    ) -> Result<bool, StoreError>;
     /// The stored vectors (one per window) of a memory for `model`.
     async fn memory_vectors(
         &self,

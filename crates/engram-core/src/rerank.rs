@@ -117,6 +117,51 @@ fn z_scores(xs: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// The speakers (values of `speaker_key` in the memories' metadata) a word of which the
+/// query contains, sorted.
+pub fn named_speakers<'a>(
+    query: &str,
+    memories: impl Iterator<Item = &'a Memory>,
+    speaker_key: &str,
+) -> Vec<String> {
+    let query_words = words(query);
+    let mut speakers: Vec<String> = memories
+        .filter_map(|m| m.metadata.get(speaker_key).and_then(|v| v.as_str()))
+        .filter(|name| words(name).iter().any(|w| query_words.contains(w)))
+        .map(str::to_owned)
+        .collect();
+    speakers.sort();
+    speakers.dedup();
+    speakers
+}
+
+/// The query without the words of `names` (a possessive "'s" goes with its name); the
+/// query itself when nothing else would be left.
+pub fn strip_names(query: &str, names: &[String]) -> String {
+    if names.is_empty() {
+        return query.to_owned();
+    }
+    let drop: Vec<String> = names.iter().flat_map(|n| words(n)).collect();
+    let kept: Vec<&str> = query
+        .split_whitespace()
+        .filter(|token| {
+            let core: String = token
+                .trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase();
+            let core = core
+                .strip_suffix("'s")
+                .or_else(|| core.strip_suffix("’s"))
+                .unwrap_or(&core);
+            !drop.iter().any(|d| d == core)
+        })
+        .collect();
+    if kept.iter().all(|t| words(t).is_empty()) {
+        query.to_owned()
+    } else {
+        kept.join(" ")
+    }
+}
+
 /// Re-ranks `pool` (best first, every id in `loaded`) for `query`.
 pub fn rerank(
     query: &str,
@@ -147,15 +192,7 @@ pub fn rerank(
             *e = e.max(s.score);
         }
     }
-    // Speakers the query names.
-    let query_words = words(query);
-    let mut speakers: Vec<String> = pool.iter().filter_map(|(_, m)| speaker(m)).collect();
-    speakers.sort();
-    speakers.dedup();
-    let named: Vec<&String> = speakers
-        .iter()
-        .filter(|name| words(name).iter().any(|w| query_words.contains(w)))
-        .collect();
+    let named = named_speakers(query, pool.iter().map(|(_, m)| *m), &cfg.speaker_key);
     // Length prior, in z units over the candidates.
     let lengths: Vec<f32> = pool
         .iter()
@@ -173,7 +210,7 @@ pub fn rerank(
             if let Some(b) = sess.as_ref().and_then(|x| best.get(x)) {
                 f += cfg.session_weight * b;
             }
-            if speaker(m).is_some_and(|sp| named.iter().any(|n| **n == sp)) {
+            if speaker(m).is_some_and(|sp| named.contains(&sp)) {
                 f += cfg.speaker_weight;
             }
             if !(months.is_empty() && years.is_empty()) {
@@ -283,6 +320,32 @@ mod tests {
             run("Where did they go?", &[(&b, 1.0), (&a, 0.0)], &cfg),
             vec![b.id, a.id]
         );
+    }
+
+    #[test]
+    fn named_speakers_are_left_out_of_the_embedded_query() {
+        let a = memory("I went hiking", "s1", "Melanie Smith");
+        let b = memory("me too", "s1", "Caroline");
+        let named = named_speakers(
+            "What did Melanie's kids like?",
+            [&a, &b].into_iter(),
+            "speaker",
+        );
+        assert_eq!(named, vec!["Melanie Smith".to_owned()]);
+        assert_eq!(
+            strip_names("What did Melanie's kids like?", &named),
+            "What did kids like?"
+        );
+        assert_eq!(
+            strip_names(
+                "Did Caroline and MELANIE meet?",
+                &["Caroline".into(), "Melanie".into()]
+            ),
+            "Did and meet?"
+        );
+        // Nothing but the name: the query is kept whole.
+        assert_eq!(strip_names("Melanie?", &named), "Melanie?");
+        assert_eq!(strip_names("hiking", &[]), "hiking");
     }
 
     #[test]

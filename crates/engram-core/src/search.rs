@@ -159,6 +159,12 @@ pub struct SearchConfig {
     pub vector_weight: f32,
     /// Weight of the keyword score's z-score in the fused score.
     pub keyword_weight: f32,
+    /// Share of a memory's vector score taken from its context vector (its session
+    /// window), when it has one.
+    pub context_weight: f32,
+    /// Hybrid search embeds the query without the names of the speakers it names (their
+    /// turns are boosted by the re-ranker instead): a name says nothing about meaning.
+    pub strip_speakers: bool,
     pub rerank: RerankConfig,
 }
 
@@ -168,6 +174,8 @@ impl Default for SearchConfig {
             candidates: 100,
             vector_weight: 1.0,
             keyword_weight: 0.4,
+            context_weight: 0.7,
+            strip_speakers: true,
             rerank: RerankConfig::default(),
         }
     }
@@ -320,6 +328,26 @@ impl SearchService {
         }
     }
 
+    /// Loads the memories of `ids` not loaded yet that still exist and pass the filter.
+    async fn load(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+        loaded: &mut HashMap<MemoryId, Memory>,
+        ids: impl Iterator<Item = MemoryId>,
+    ) -> Result<(), CoreError> {
+        let ids: Vec<MemoryId> = ids.filter(|id| !loaded.contains_key(id)).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for m in self.store.get_many(tenant, &ids).await? {
+            if req.filter.matches(&m) {
+                loaded.insert(m.id, m);
+            }
+        }
+        Ok(())
+    }
+
     #[instrument(skip_all, fields(tenant = %tenant, mode = req.mode.as_str(), k = req.k))]
     pub async fn search(
         &self,
@@ -331,10 +359,29 @@ impl SearchService {
         let depth = cfg.candidates.max(req.k).max(cfg.rerank.depth(req.k));
         let mut degraded = None;
         let mut mode = req.mode;
+        let keyword = if mode == SearchMode::Semantic {
+            Vec::new()
+        } else {
+            self.index
+                .keyword(tenant, &req.query, &req.filter, depth)
+                .await?
+        };
+        // The keyword candidates are loaded first: they tell which speakers the query
+        // names, whose names are left out of the text embedded.
+        let mut loaded: HashMap<MemoryId, Memory> = HashMap::new();
+        self.load(tenant, req, &mut loaded, keyword.iter().map(|s| s.id))
+            .await?;
+        let vector_text = if mode == SearchMode::Hybrid && cfg.strip_speakers {
+            let named =
+                rerank::named_speakers(&req.query, loaded.values(), &cfg.rerank.speaker_key);
+            rerank::strip_names(&req.query, &named)
+        } else {
+            req.query.clone()
+        };
         let vector = if mode == SearchMode::Keyword {
             None
         } else {
-            match self.query_vector(&req.query).await? {
+            match self.query_vector(&vector_text).await? {
                 Ok(v) => Some(v),
                 Err(why) if mode == SearchMode::Semantic => {
                     return Err(CoreError::Unavailable(format!(
@@ -348,17 +395,10 @@ impl SearchService {
                 }
             }
         };
-        let keyword = if mode == SearchMode::Semantic {
-            Vec::new()
-        } else {
-            self.index
-                .keyword(tenant, &req.query, &req.filter, depth)
-                .await?
-        };
         let nearest = match &vector {
             Some((model, v)) => {
                 self.index
-                    .nearest(tenant, model, v, &req.filter, depth)
+                    .nearest(tenant, model, v, &req.filter, depth, cfg.context_weight)
                     .await?
             }
             None => Vec::new(),
@@ -374,15 +414,8 @@ impl SearchService {
         // Load more than k: the re-ranker needs the candidates' fields, and a memory may
         // have been deleted or changed since the index saw it.
         let pool: Vec<Scored> = ranked.into_iter().take(depth as usize).collect();
-        let ids: Vec<MemoryId> = pool.iter().map(|s| s.id).collect();
-        let loaded: HashMap<MemoryId, Memory> = self
-            .store
-            .get_many(tenant, &ids)
-            .await?
-            .into_iter()
-            .filter(|m| req.filter.matches(m))
-            .map(|m| (m.id, m))
-            .collect();
+        self.load(tenant, req, &mut loaded, pool.iter().map(|s| s.id))
+            .await?;
         let pool: Vec<Scored> = pool
             .into_iter()
             .filter(|s| loaded.contains_key(&s.id))

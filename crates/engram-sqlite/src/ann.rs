@@ -10,7 +10,8 @@
 //! At start it opens the saved graph and replays the log after that number; a missing,
 //! corrupt or other-model graph is rebuilt from `memory_vectors`.
 //!
-//! A vector's key is `rid << 8 | window`. Filters are applied inside the graph walk with
+//! A vector's key is `rid << 8 | window`; window 255 is the memory's context vector (its
+//! session window), whose similarity is mixed with the best window's. Filters are applied inside the graph walk with
 //! each memory's filterable fields held in memory; a selective filter (few candidates, as
 //! counted by SQLite's indexes) is searched exactly over its candidates instead.
 
@@ -31,7 +32,9 @@ use crate::{db_err, filter_sql};
 /// Candidates up to which a filtered search is exact.
 pub const EXACT_MAX: usize = 10_000;
 /// Windows per memory the index holds (longer texts are matched on their first ones).
-const MAX_WINDOWS: i64 = 256;
+const MAX_WINDOWS: i64 = 255;
+/// The window number of a memory's context vector.
+const CONTEXT_WINDOW: i64 = 255;
 const STATE_VERSION: u32 = 1;
 
 fn key(rid: i64, window: i64) -> u64 {
@@ -60,6 +63,17 @@ struct Attrs {
     created_at: i64,
     tags: Box<[Arc<str>]>,
     windows: u16,
+    /// Whether the memory's context vector is in the graph.
+    context: bool,
+}
+
+impl Attrs {
+    /// Every key of the memory in the graph.
+    fn keys(&self, rid: i64) -> impl Iterator<Item = u64> + '_ {
+        (0..i64::from(self.windows))
+            .map(move |w| key(rid, w))
+            .chain(self.context.then(|| key(rid, CONTEXT_WINDOW)))
+    }
 }
 
 impl Attrs {
@@ -146,6 +160,53 @@ struct Row {
     rid: i64,
     attrs: Attrs,
     vectors: Vec<(i64, Vec<f32>)>,
+    context: Option<Vec<f32>>,
+}
+
+fn blob_vector(blob: &[u8]) -> Vec<f32> {
+    blob.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Adds each row's context vector of the model, if it has one.
+fn attach_contexts(
+    conn: &Connection,
+    model_key: &str,
+    dim: usize,
+    rows: &mut [Row],
+) -> Result<(), StoreError> {
+    let mut at: HashMap<i64, usize> = HashMap::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        at.insert(r.rid, i);
+    }
+    let rids: Vec<i64> = rows.iter().map(|r| r.rid).collect();
+    for chunk in rids.chunks(500) {
+        let marks: Vec<String> = (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
+        let sql = format!(
+            "SELECT rid, vector FROM context_vectors WHERE model_key = ?1 AND rid IN ({})",
+            marks.join(", ")
+        );
+        let mut args = vec![Value::Text(model_key.to_owned())];
+        args.extend(chunk.iter().map(|r| Value::Integer(*r)));
+        let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+        let mut found = stmt
+            .query(rusqlite::params_from_iter(args.iter()))
+            .map_err(db_err)?;
+        while let Some(r) = found.next().map_err(db_err)? {
+            let rid: i64 = r.get(0).map_err(db_err)?;
+            let blob = r.get_ref(1).map_err(db_err)?;
+            let Ok(blob) = blob.as_blob() else { continue };
+            if blob.len() != 4 * dim {
+                continue;
+            }
+            if let Some(&i) = at.get(&rid) {
+                rows[i].context = Some(blob_vector(blob));
+                rows[i].attrs.context = true;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_rows(
@@ -174,10 +235,7 @@ fn read_rows(
         if blob.len() != 4 * dim || window >= MAX_WINDOWS {
             continue;
         }
-        let v: Vec<f32> = blob
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let v = blob_vector(blob);
         if out.last().is_some_and(|l| l.rid == rid) {
             let last = out.last_mut().expect("checked");
             last.vectors.push((window, v));
@@ -202,13 +260,17 @@ fn read_rows(
             created_at: r.get(10).map_err(db_err)?,
             tags: tags.iter().map(|t| interner.get(t)).collect(),
             windows: 1,
+            context: false,
         };
         out.push(Row {
             rid,
             attrs,
             vectors: vec![(window, v)],
+            context: None,
         });
     }
+    drop(interner);
+    attach_contexts(conn, model_key, dim, &mut out)?;
     Ok(out)
 }
 
@@ -250,8 +312,8 @@ impl Loaded {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&rid);
         if let Some(old) = old {
-            for w in 0..i64::from(old.windows) {
-                self.index.remove(key(rid, w)).map_err(index_err)?;
+            for k in old.keys(rid) {
+                self.index.remove(k).map_err(index_err)?;
             }
             let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = tenants.get_mut(&old.tenant) {
@@ -275,6 +337,11 @@ impl Loaded {
                 r.vectors
                     .iter()
                     .map(|(w, v)| (key(r.rid, *w), v.as_slice()))
+                    .chain(
+                        r.context
+                            .as_ref()
+                            .map(|v| (key(r.rid, CONTEXT_WINDOW), v.as_slice())),
+                    )
             })
             .collect();
         self.index.add_batch(&items).map_err(index_err)?;
@@ -420,7 +487,8 @@ impl Ann {
             let mut stmt = conn
                 .prepare(
                     "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, m.project, m.domain, m.session_id, \
-                     m.memory_type, m.source, m.created_at, m.tags, count(*) \
+                     m.memory_type, m.source, m.created_at, m.tags, count(*), \
+                     EXISTS (SELECT 1 FROM context_vectors c WHERE c.rid = m.rid AND c.model_key = ?1) \
                      FROM memories m JOIN memory_vectors v ON v.rid = m.rid AND v.model_key = ?1 AND v.content_hash = m.content_hash \
                      WHERE m.deleted_at IS NULL GROUP BY m.rid",
                 )
@@ -452,6 +520,7 @@ impl Ann {
                     created_at: r.get(10).map_err(db_err)?,
                     tags: tags.iter().map(|t| interner.get(t)).collect(),
                     windows: windows.clamp(1, MAX_WINDOWS) as u16,
+                    context: r.get(13).map_err(db_err)?,
                 };
                 *tenants.entry(a.tenant.clone()).or_default() += 1;
                 attrs.insert(rid, a);
@@ -555,6 +624,7 @@ impl Ann {
         vector: &[f32],
         filter: &MemoryFilter,
         limit: u32,
+        context_weight: f32,
     ) -> Result<Option<Vec<Scored>>, StoreError> {
         self.catch_up(conn)?;
         let Some(loaded) = self.current() else {
@@ -601,12 +671,20 @@ impl Ann {
             Some(rids) => {
                 let keys: Vec<u64> = rids
                     .iter()
-                    .filter_map(|rid| attrs.get(rid).map(|a| (rid, a.windows)))
-                    .flat_map(|(rid, w)| (0..i64::from(w)).map(move |w| key(*rid, w)))
+                    .filter_map(|rid| attrs.get(rid).map(|a| a.keys(*rid)))
+                    .flatten()
                     .collect();
                 loaded
                     .index
-                    .exact_search(vector, &keys, limit * 2)
+                    .exact_search(
+                        vector,
+                        &keys,
+                        if context_weight > 0.0 {
+                            keys.len()
+                        } else {
+                            limit * 2
+                        },
+                    )
                     .map_err(index_err)?
             }
             None if needs_sql => {
@@ -640,22 +718,63 @@ impl Ann {
                 .map_err(index_err)?
             }
         };
-        // A memory scores as its best window.
+        // A memory scores as its best window, mixed with its context vector when it has
+        // one: every key of each memory found is scored exactly, so a memory found through
+        // one of its vectors is scored on both.
+        let mut rids: Vec<i64> = Vec::new();
         let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(limit);
-        for h in hits {
+        for h in &hits {
             let rid = rid_of(h.key);
-            let Some(a) = attrs.get(&rid) else { continue };
-            if seen.insert(rid) {
-                out.push(Scored {
-                    id: a.id,
-                    score: h.similarity,
-                });
-                if out.len() == limit {
-                    break;
-                }
+            if attrs.contains_key(&rid) && seen.insert(rid) {
+                rids.push(rid);
             }
         }
+        let mixing = context_weight > 0.0 && rids.iter().any(|r| attrs[r].context);
+        let mut scored_keys = hits;
+        if mixing {
+            // The keys of the memories found that the search did not score.
+            let have: HashSet<u64> = scored_keys.iter().map(|h| h.key).collect();
+            let missing: Vec<u64> = rids
+                .iter()
+                .flat_map(|r| attrs[r].keys(*r))
+                .filter(|k| !have.contains(k))
+                .collect();
+            if !missing.is_empty() {
+                let more = loaded
+                    .index
+                    .exact_search(vector, &missing, missing.len())
+                    .map_err(index_err)?;
+                scored_keys.extend(more);
+            }
+        }
+        let mut best: HashMap<i64, (f32, Option<f32>)> = HashMap::with_capacity(rids.len());
+        for h in scored_keys {
+            let rid = rid_of(h.key);
+            let e = best.entry(rid).or_insert((f32::NEG_INFINITY, None));
+            if h.key & 0xff == CONTEXT_WINDOW as u64 {
+                e.1 = Some(h.similarity);
+            } else {
+                e.0 = e.0.max(h.similarity);
+            }
+        }
+        let w = context_weight.clamp(0.0, 1.0);
+        let mut out: Vec<Scored> = rids
+            .iter()
+            .filter_map(|rid| {
+                let (turn, ctx) = best.get(rid)?;
+                let score = match ctx {
+                    Some(c) if mixing && turn.is_finite() => (1.0 - w) * turn + w * c,
+                    _ if turn.is_finite() => *turn,
+                    _ => return None,
+                };
+                Some(Scored {
+                    id: attrs[rid].id,
+                    score,
+                })
+            })
+            .collect();
+        engram_core::search::sort_desc(&mut out);
+        out.truncate(limit);
         Ok(Some(out))
     }
 

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use engram_core::time::to_micros;
 use engram_core::{
-    EmbeddingJob, EmbeddingStatus, EmbeddingStore, MemoryId, ModelInfo, StoreError, SweepReport,
-    TenantId, Timestamp,
+    ContextJob, ContextVector, EmbeddingJob, EmbeddingStatus, EmbeddingStore, MemoryId, ModelInfo,
+    SessionTurn, StoreError, SweepReport, TenantId, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -464,7 +464,158 @@ impl EmbeddingStore for SqliteStore {
                     params![model.id, at],
                 )
                 .map_err(db_err)?;
+                // Every session's context vectors are remade with the new model.
+                conn.execute(
+                    "INSERT INTO context_queue (tenant, session_id)
+                     SELECT DISTINCT tenant, session_id FROM memories
+                     WHERE session_id IS NOT NULL AND deleted_at IS NULL
+                     ON CONFLICT (tenant, session_id) DO UPDATE SET claim = claim + 1",
+                    [],
+                )
+                .map_err(db_err)?;
                 Ok(0)
+            })
+            .await
+    }
+
+    async fn claim_contexts(
+        &self,
+        limit: u32,
+        lease_until: Timestamp,
+    ) -> Result<Vec<ContextJob>, StoreError> {
+        let lease = to_micros(lease_until);
+        let now = to_micros(engram_core::time::now());
+        self.inner
+            .writer
+            .write("claim_contexts", move |conn, _| {
+                let rows = conn
+                    .prepare_cached(
+                        "UPDATE context_queue SET lease_until = ?1
+                         WHERE rowid IN (
+                             SELECT rowid FROM context_queue
+                             WHERE lease_until IS NULL OR lease_until < ?2
+                             ORDER BY rowid LIMIT ?3)
+                         RETURNING tenant, session_id, claim",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![lease, now, limit], |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, i64>(2)?,
+                            ))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(db_err)?;
+                rows.into_iter()
+                    .map(|(tenant, session_id, claim)| {
+                        Ok(ContextJob {
+                            tenant: TenantId::parse(&tenant)
+                                .map_err(|_| StoreError::Other("corrupt tenant".into()))?,
+                            session_id,
+                            claim,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn session_turns(
+        &self,
+        job: &ContextJob,
+        model: &ModelInfo,
+    ) -> Result<Vec<SessionTurn>, StoreError> {
+        let (tenant, session, key) = (
+            job.tenant.as_str().to_owned(),
+            job.session_id.clone(),
+            model.key(),
+        );
+        self.inner
+            .readers
+            .run("session_turns", move |conn| {
+                let rows = conn
+                    .prepare_cached(
+                        "SELECT m.id, m.user_id, m.content, c.context_hash FROM memories m
+                         LEFT JOIN context_vectors c ON c.rid = m.rid AND c.model_key = ?3
+                         WHERE m.tenant = ?1 AND m.session_id = ?2 AND m.deleted_at IS NULL
+                         ORDER BY coalesce(m.valid_from, m.created_at), m.rid",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![tenant, session, key], |r| {
+                            Ok((
+                                r.get::<_, Vec<u8>>(0)?,
+                                r.get::<_, Option<String>>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, Option<String>>(3)?,
+                            ))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(db_err)?;
+                rows.into_iter()
+                    .map(|(id, user_id, content, context_hash)| {
+                        Ok(SessionTurn {
+                            memory_id: MemoryId::from_bytes(&id)
+                                .ok_or_else(|| StoreError::Other("corrupt id".into()))?,
+                            user_id,
+                            content,
+                            context_hash,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn complete_context(
+        &self,
+        job: &ContextJob,
+        model: &ModelInfo,
+        vectors: Vec<ContextVector>,
+    ) -> Result<bool, StoreError> {
+        let (job, model) = (job.clone(), model.clone());
+        self.inner
+            .writer
+            .write("complete_context", move |conn, _| {
+                let key = model.key();
+                let mut put = conn
+                    .prepare_cached(
+                        "INSERT INTO context_vectors (rid, model_key, context_hash, vector)
+                         SELECT rid, ?2, ?3, ?4 FROM memories
+                         WHERE id = ?1 AND tenant = ?5 AND session_id = ?6 AND deleted_at IS NULL
+                         ON CONFLICT (rid, model_key) DO UPDATE
+                         SET context_hash = excluded.context_hash, vector = excluded.vector",
+                    )
+                    .map_err(db_err)?;
+                for v in &vectors {
+                    check_dims(&model, std::slice::from_ref(&v.vector))?;
+                    put.execute(params![
+                        v.memory_id.as_bytes().as_slice(),
+                        key,
+                        v.context_hash,
+                        to_blob(std::slice::from_ref(&v.vector)),
+                        job.tenant.as_str(),
+                        job.session_id,
+                    ])
+                    .map_err(db_err)?;
+                }
+                let done = conn
+                    .prepare_cached(
+                        "DELETE FROM context_queue WHERE tenant = ?1 AND session_id = ?2 AND claim = ?3",
+                    )
+                    .and_then(|mut s| s.execute(params![job.tenant.as_str(), job.session_id, job.claim]))
+                    .map_err(db_err)?
+                    > 0;
+                if !done {
+                    conn.prepare_cached(
+                        "UPDATE context_queue SET lease_until = NULL WHERE tenant = ?1 AND session_id = ?2",
+                    )
+                    .and_then(|mut s| s.execute(params![job.tenant.as_str(), job.session_id]))
+                    .map_err(db_err)?;
+                }
+                Ok(done)
             })
             .await
     }

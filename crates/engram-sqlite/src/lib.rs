@@ -525,6 +525,15 @@ fn purge(conn: &Connection, tenant: &str, user: Option<&str>) -> Result<u64, Sto
         [],
     )
     .map_err(db_err)?;
+    // The sessions left without memories need no context work (the delete trigger
+    // queued every session it touched).
+    conn.execute(
+        "DELETE FROM context_queue WHERE tenant = ?1 AND NOT EXISTS (
+             SELECT 1 FROM memories m WHERE m.tenant = context_queue.tenant
+             AND m.session_id = context_queue.session_id)",
+        params![tenant],
+    )
+    .map_err(db_err)?;
     if user.is_none() {
         bind("DELETE FROM changes WHERE tenant = ?1")?;
         bind("DELETE FROM idempotency_keys WHERE tenant = ?1")?;
@@ -754,6 +763,7 @@ impl SearchIndex for SqliteStore {
         vector: &[f32],
         filter: &MemoryFilter,
         limit: u32,
+        context_weight: f32,
     ) -> Result<Vec<Scored>, StoreError> {
         let (tenant, model, vector, filter) = (
             tenant_str(tenant),
@@ -766,13 +776,27 @@ impl SearchIndex for SqliteStore {
             .readers
             .run("vector_search", move |conn| {
                 if let Some(ann) = ann {
-                    if let Some(hits) =
-                        ann.nearest(conn, &tenant, &model, &vector, &filter, limit)?
-                    {
+                    if let Some(hits) = ann.nearest(
+                        conn,
+                        &tenant,
+                        &model,
+                        &vector,
+                        &filter,
+                        limit,
+                        context_weight,
+                    )? {
                         return Ok(hits);
                     }
                 }
-                search::nearest_exact(conn, &tenant, &model, &vector, &filter, limit)
+                search::nearest_exact(
+                    conn,
+                    &tenant,
+                    &model,
+                    &vector,
+                    &filter,
+                    limit,
+                    context_weight,
+                )
             })
             .await
     }

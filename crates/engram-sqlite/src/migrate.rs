@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "search",
         sql: include_str!("../migrations/0003_search.sql"),
     },
+    Migration {
+        version: 4,
+        name: "context",
+        sql: include_str!("../migrations/0004_context.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -125,7 +125,8 @@ impl Ord for ByScore {
     }
 }
 
-/// Exact nearest memories: every window of every live memory that passes the filter.
+/// Exact nearest memories: every window of every live memory that passes the filter,
+/// mixed with the memory's context vector by `context_weight` when it has one.
 pub(crate) fn nearest_exact(
     conn: &Connection,
     tenant: &str,
@@ -133,13 +134,56 @@ pub(crate) fn nearest_exact(
     vector: &[f32],
     filter: &MemoryFilter,
     limit: u32,
+    context_weight: f32,
 ) -> Result<Vec<Scored>, StoreError> {
+    let best = exact_scores(conn, tenant, model, vector, filter, "memory_vectors")?;
+    let w = context_weight.clamp(0.0, 1.0);
+    let contexts = if w > 0.0 {
+        exact_scores(conn, tenant, model, vector, filter, "context_vectors")?
+    } else {
+        HashMap::new()
+    };
+    let mut heap: BinaryHeap<Reverse<ByScore>> = BinaryHeap::new();
+    for (id, turn) in best {
+        let s = match contexts.get(&id) {
+            Some(c) => (1.0 - w) * turn + w * c,
+            None => turn,
+        };
+        heap.push(Reverse(ByScore(s, id)));
+        if heap.len() > limit as usize {
+            heap.pop();
+        }
+    }
+    let mut out: Vec<Scored> = heap
+        .into_iter()
+        .map(|Reverse(ByScore(score, id))| Scored { id, score })
+        .collect();
+    engram_core::search::sort_desc(&mut out);
+    Ok(out)
+}
+
+/// The best cosine similarity per live memory that passes the filter, over its vectors
+/// of the model in `table` (`memory_vectors`, of the current content, or
+/// `context_vectors`).
+fn exact_scores(
+    conn: &Connection,
+    tenant: &str,
+    model: &ModelInfo,
+    vector: &[f32],
+    filter: &MemoryFilter,
+    table: &str,
+) -> Result<HashMap<MemoryId, f32>, StoreError> {
     let (cond, mut args) = filter_sql(tenant, filter);
     args.push(Value::Text(model.key()));
     let k = args.len();
+    let current = if table == "memory_vectors" {
+        "AND v.content_hash = m.content_hash"
+    } else {
+        ""
+    };
     let sql = format!(
-        "SELECT m.id, v.vector FROM memory_vectors v JOIN memories m ON m.rid = v.rid \
-         WHERE v.model_key = ?{k} AND v.content_hash = m.content_hash AND {cond}"
+        "SELECT m.id, v.vector FROM {table} v JOIN memories m ON m.rid = v.rid \
+         WHERE v.model_key = ?{k} {current} AND {cond}"
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
     let mut rows = stmt
@@ -165,19 +209,7 @@ pub(crate) fn nearest_exact(
         let e = best.entry(id).or_insert(f32::NEG_INFINITY);
         *e = e.max(s);
     }
-    let mut heap: BinaryHeap<Reverse<ByScore>> = BinaryHeap::new();
-    for (id, s) in best {
-        heap.push(Reverse(ByScore(s, id)));
-        if heap.len() > limit as usize {
-            heap.pop();
-        }
-    }
-    let mut out: Vec<Scored> = heap
-        .into_iter()
-        .map(|Reverse(ByScore(score, id))| Scored { id, score })
-        .collect();
-    engram_core::search::sort_desc(&mut out);
-    Ok(out)
+    Ok(best)
 }
 
 pub(crate) fn get_many(

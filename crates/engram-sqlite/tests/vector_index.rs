@@ -88,7 +88,7 @@ fn exact_top(ids: &[MemoryId], q: u64, k: usize) -> Vec<MemoryId> {
 
 async fn top(store: &SqliteStore, t: &TenantId, q: u64) -> Vec<(MemoryId, f32)> {
     store
-        .nearest(t, &model(), &vector(q), &MemoryFilter::default(), 10)
+        .nearest(t, &model(), &vector(q), &MemoryFilter::default(), 10, 0.7)
         .await
         .unwrap()
         .into_iter()

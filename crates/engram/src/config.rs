@@ -29,6 +29,10 @@ pub struct SearchConfig {
     /// Weights of the vector and keyword z-scores in the fused score.
     pub vector_weight: f32,
     pub keyword_weight: f32,
+    /// Share of a memory's vector score from its context vector (its session window).
+    pub context_weight: f32,
+    /// Embed the query without the names of the speakers it names.
+    pub strip_speakers: bool,
     /// Share of the best score of a memory's session added to the memory.
     pub session_weight: f32,
     /// Added to memories whose speaker (metadata `speaker_key`) the query names.
@@ -50,6 +54,8 @@ impl Default for SearchConfig {
             candidates: core.candidates,
             vector_weight: core.vector_weight,
             keyword_weight: core.keyword_weight,
+            context_weight: core.context_weight,
+            strip_speakers: core.strip_speakers,
             session_weight: core.rerank.session_weight,
             speaker_weight: core.rerank.speaker_weight,
             speaker_key: core.rerank.speaker_key,
@@ -67,6 +73,8 @@ impl SearchConfig {
             candidates: self.candidates.max(1),
             vector_weight: self.vector_weight,
             keyword_weight: self.keyword_weight,
+            context_weight: self.context_weight,
+            strip_speakers: self.strip_speakers,
             ..Default::default()
         };
         core.rerank.session_weight = self.session_weight;
@@ -99,6 +107,9 @@ pub struct PipelineConfig {
     pub backoff_secs: u64,
     /// How often the sweeper re-queues expired leases and due retries, in seconds.
     pub sweep_secs: u64,
+    /// Turns on each side of a session's memory embedded with it as its context vector
+    /// (0: none). Costs a second embedding of about 2·context_turns + 1 turns' text.
+    pub context_turns: usize,
 }
 
 impl Default for PipelineConfig {
@@ -111,6 +122,7 @@ impl Default for PipelineConfig {
             max_retries: 3,
             backoff_secs: 5,
             sweep_secs: 10,
+            context_turns: 2,
         }
     }
 }
@@ -124,6 +136,7 @@ impl PipelineConfig {
             max_retries: self.max_retries,
             backoff: Duration::from_secs(self.backoff_secs),
             sweep_every: Duration::from_secs(self.sweep_secs.max(1)),
+            context_turns: self.context_turns,
             ..Default::default()
         }
     }
@@ -276,6 +289,9 @@ lease_secs = 120
 max_retries = 3
 backoff_secs = 5
 sweep_secs = 10
+# Memories with a session_id get a second vector over their window: this many turns of
+# the session (same user) on each side. 0 turns it off; each costs one more embedding.
+context_turns = 2
 
 [search]
 # Hybrid search: candidates each retriever contributes, then a weighted sum of their
@@ -284,6 +300,10 @@ sweep_secs = 10
 candidates = 100
 vector_weight = 1.0
 keyword_weight = 0.4
+# Share of a memory's vector score from its context vector (pipeline.context_turns).
+context_weight = 0.7
+# Embed the query without the names of speakers it names (speaker_weight boosts them).
+strip_speakers = true
 # Share of the best score in a memory's session added to the memory.
 session_weight = 0.3
 # Added to memories whose speaker (this metadata key) the query names.

@@ -92,6 +92,7 @@ macro_rules! conformance_tests {
             search_never_returns_deleted_or_foreign_memories,
             updates_and_purges_reach_the_indexes,
             search_filters_never_leak,
+            context_vectors_follow_their_sessions,
         );
     };
     (@search $backend:expr; $($story:ident),+ $(,)?) => {

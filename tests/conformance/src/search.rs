@@ -343,6 +343,147 @@ pub async fn search_filters_never_leak(b: Arc<dyn Backend>) {
     }
 }
 
+/// Embeds every pending memory, then every queued session's context windows; returns
+/// how many texts the embedder embedded.
+async fn embed_with_contexts(s: &Stores, embedder: Arc<HashEmbedder>) -> usize {
+    let before = embedder.embedded.load(std::sync::atomic::Ordering::SeqCst);
+    let p = EmbeddingPipeline::new(
+        s.embeddings.clone(),
+        embedder.clone(),
+        PipelineConfig::default(),
+    )
+    .await
+    .unwrap();
+    while p.run_batch().await.unwrap().claimed > 0 {}
+    while p.run_context_batch().await.unwrap() > 0 {}
+    embedder.embedded.load(std::sync::atomic::Ordering::SeqCst) - before
+}
+
+/// Semantic search agrees with brute force over the memories' own vectors mixed with
+/// their context vectors, computed here from the session's live turns.
+async fn assert_mixed_scores(
+    search: &SearchService,
+    t: &TenantId,
+    live: &[Memory],
+    query: &str,
+    context_weight: f32,
+) {
+    let session: Vec<&Memory> = live
+        .iter()
+        .filter(|m| m.scope.session_id.is_some())
+        .collect();
+    let turns: Vec<engram_core::SessionTurn> = session
+        .iter()
+        .map(|m| engram_core::SessionTurn {
+            memory_id: m.id,
+            user_id: m.scope.user_id.clone(),
+            content: m.content.clone(),
+            context_hash: None,
+        })
+        .collect();
+    let windows = engram_core::pipeline::windows(&turns, PipelineConfig::default().context_turns);
+    let window_of: std::collections::HashMap<MemoryId, &String> =
+        session.iter().map(|m| m.id).zip(&windows).collect();
+    let q = vector_of(query);
+    let mut want: Vec<(MemoryId, f32)> = live
+        .iter()
+        .map(|m| {
+            let turn = cosine(&q, &vector_of(&m.content));
+            let score = match window_of.get(&m.id) {
+                Some(w) if **w != m.content => {
+                    (1.0 - context_weight) * turn + context_weight * cosine(&q, &vector_of(w))
+                }
+                _ => turn,
+            };
+            (m.id, score)
+        })
+        .collect();
+    want.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let r = search
+        .search(
+            t,
+            &req(query, MemoryFilter::default(), 5, SearchMode::Semantic),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.hits.len(), want.len().min(5));
+    for (i, (h, w)) in r.hits.iter().zip(&want).enumerate() {
+        let exact = want.iter().find(|x| x.0 == h.memory.id).unwrap().1;
+        assert!(
+            (exact - w.1).abs() <= 0.01 && (h.score - w.1).abs() <= 0.01,
+            "hit {i}: {} scores {} (exact {exact}), want {}",
+            h.memory.content,
+            h.score,
+            w.1
+        );
+    }
+}
+
+/// A session's memories get context vectors over their windows; a new turn re-embeds
+/// only the windows it changed; a deleted turn leaves its neighbours' windows; a purged
+/// tenant leaves no session queued.
+pub async fn context_vectors_follow_their_sessions(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let turn = |i: usize| {
+        let mut n = note(&format!(
+            "turn {i} of the talk about {}",
+            WORDS[i % WORDS.len()]
+        ));
+        n.session_id = Some(Label::parse("s1".into(), "session_id").unwrap());
+        n
+    };
+    let mut live = Vec::new();
+    for i in 0..5 {
+        live.push(svc.remember(&t, turn(i), None).await.unwrap().0);
+    }
+    // Outside any session: no context vector.
+    live.push(svc.remember(&t, note("a lone note"), None).await.unwrap().0);
+    let mut other = note("the other tenant's turn");
+    other.session_id = Some(Label::parse("s9".into(), "session_id").unwrap());
+    svc.remember(&tenant("t2"), other.clone(), None)
+        .await
+        .unwrap();
+    svc.remember(&tenant("t2"), other, None).await.unwrap();
+    let embedder = Arc::new(HashEmbedder::default());
+    // 6 + 2 memories (the two of t2 share one text), 5 windows of s1, 1 of s9 (its two
+    // turns' windows are the same text).
+    assert_eq!(embed_with_contexts(&s, embedder.clone()).await, 7 + 5 + 1);
+    let search = search_service(&s, Some(embedder.clone()));
+    let w = SearchConfig::default().context_weight;
+    for q in [
+        "turn 2 of the talk",
+        "coffee",
+        "a lone note",
+        "river garden",
+    ] {
+        assert_mixed_scores(&search, &t, &live, q, w).await;
+    }
+
+    // A sixth turn: its window and the two before it change, no others.
+    live.insert(5, svc.remember(&t, turn(5), None).await.unwrap().0);
+    assert_eq!(embed_with_contexts(&s, embedder.clone()).await, 1 + 3);
+    assert_mixed_scores(&search, &t, &live, "turn 4 of the talk", w).await;
+
+    // A deleted turn is never returned and leaves every window it was in.
+    let gone = live.remove(2);
+    svc.forget(&t, gone.id).await.unwrap();
+    assert_eq!(embed_with_contexts(&s, embedder.clone()).await, 4);
+    assert_mixed_scores(&search, &t, &live, &gone.content, w).await;
+
+    // Purging a tenant leaves none of its sessions queued.
+    let late = turn(7);
+    svc.remember(&tenant("t2"), late, None).await.unwrap();
+    s.memories.purge_tenant(&tenant("t2")).await.unwrap();
+    let lease = engram_core::time::now() + chrono::Duration::minutes(1);
+    let queued = s.embeddings.claim_contexts(100, lease).await.unwrap();
+    assert!(
+        queued.iter().all(|j| j.tenant != tenant("t2")),
+        "{queued:?}"
+    );
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -22,7 +22,7 @@ use clap::Args;
 use engram_core::validate::{Content, Label, Metadata};
 use engram_core::{
     EmbedderSlot, EmbeddingPipeline, MemoryFilter, MemoryService, MemoryType, NewMemory,
-    PipelineConfig, SearchConfig, SearchMode, SearchRequest, SearchService, Source, TenantId,
+    SearchConfig, SearchMode, SearchRequest, SearchService, Source, TenantId,
 };
 use engram_sqlite::{SqliteConfig, SqliteStore};
 use serde::Serialize;
@@ -41,9 +41,36 @@ pub struct LocomoArgs {
     /// Also report leave-one-conversation-out figures (parameters chosen on the others).
     #[arg(long)]
     pub loo: bool,
+    /// Also rank under single changes of the `[search]` configuration, one at a time:
+    /// `--vary keyword_weight=0.3,0.5 --vary diversity=0` (repeatable); prints main
+    /// R@10, NDCG@10 and multi-hop R@10 for each.
+    #[arg(long, value_name = "KEY=V1,V2")]
+    pub vary: Vec<String>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The `[search]` configurations of `--vary`, each named `key=value`.
+fn variations(
+    base: &crate::config::SearchConfig,
+    vary: &[String],
+) -> anyhow::Result<Vec<(String, SearchConfig)>> {
+    let mut out = Vec::new();
+    for spec in vary {
+        let (key, values) = spec
+            .split_once('=')
+            .with_context(|| format!("--vary {spec}: expected KEY=V1,V2"))?;
+        for v in values.split(',') {
+            let mut json = serde_json::to_value(base)?;
+            let value: Value = serde_json::from_str(v).unwrap_or(Value::String(v.to_owned()));
+            json[key] = value;
+            let cfg: crate::config::SearchConfig = serde_json::from_value(json)
+                .with_context(|| format!("--vary {key}={v}: not a [search] setting"))?;
+            out.push((format!("{key}={v}"), cfg.to_core()));
+        }
+    }
+    Ok(out)
 }
 
 /// Ids ranked per question (at least this many, when the conversation has them).
@@ -260,10 +287,11 @@ async fn load(
         let pipeline = EmbeddingPipeline::new(
             Arc::new(store.clone()),
             embedder.clone(),
-            PipelineConfig::default(),
+            cfg.pipeline.to_core(),
         )
         .await?;
         while pipeline.run_batch().await?.claimed > 0 {}
+        while pipeline.run_context_batch().await? > 0 {}
         let mut questions = Vec::new();
         for (i, qa) in sample["qa"].as_array().into_iter().flatten().enumerate() {
             let evidence: HashSet<String> = evidence_ids(&qa["evidence"])
@@ -327,11 +355,14 @@ fn grid(base: &SearchConfig) -> Vec<SearchConfig> {
     for kw in [0.25f32, 0.4, 0.6] {
         for sw in [0.15f32, 0.3, 0.5] {
             for spk in [2.0f32, 3.0] {
-                let mut c = base.clone();
-                c.keyword_weight = kw;
-                c.rerank.session_weight = sw;
-                c.rerank.speaker_weight = spk;
-                out.push(c);
+                for ctx in [0.5f32, 0.7] {
+                    let mut c = base.clone();
+                    c.keyword_weight = kw;
+                    c.rerank.session_weight = sw;
+                    c.rerank.speaker_weight = spk;
+                    c.context_weight = ctx;
+                    out.push(c);
+                }
             }
         }
     }
@@ -368,6 +399,7 @@ pub async fn locomo(cfg: &Config, args: LocomoArgs) -> anyhow::Result<()> {
     let (convs, skipped) = load(cfg, &data, embedder).await?;
     let load_s = started.elapsed().as_secs_f64();
     let search = cfg.search.to_core();
+    let varied = variations(&cfg.search, &args.vary)?;
 
     let started = std::time::Instant::now();
     let mut rankings = Vec::new();
@@ -376,6 +408,32 @@ pub async fn locomo(cfg: &Config, args: LocomoArgs) -> anyhow::Result<()> {
     }
     let search_s = started.elapsed().as_secs_f64();
     let in_sample = table(&per_question(&convs, &rankings));
+
+    let mut variation_rows = Vec::new();
+    for (name, set) in &varied {
+        let mut r = Vec::new();
+        for c in &convs {
+            r.push(rank(c, &slot, set).await?);
+        }
+        let t = table(&per_question(&convs, &r));
+        let (Some(main), multi) = (t.get("main"), t.get("1")) else {
+            anyhow::bail!("no question of categories 1-4 in the data");
+        };
+        variation_rows.push(serde_json::json!({
+            "set": name,
+            "main_recall_at_10": main.recall_at_10,
+            "main_ndcg_at_10": main.ndcg_at_10,
+            "multi_hop_recall_at_10": multi.map(|m| m.recall_at_10),
+        }));
+        if !args.json {
+            println!(
+                "{name:<28} main R@10 {:.3}  NDCG@10 {:.3}  multi-hop R@10 {:.3}",
+                main.recall_at_10,
+                main.ndcg_at_10,
+                multi.map_or(0.0, |m| m.recall_at_10)
+            );
+        }
+    }
 
     let loo = if args.loo {
         // Rank every conversation under every parameter set once, then for each held-out
@@ -453,6 +511,7 @@ pub async fn locomo(cfg: &Config, args: LocomoArgs) -> anyhow::Result<()> {
                 "search_s": search_s,
                 "in_sample": in_sample,
                 "leave_one_out": loo,
+                "variations": variation_rows,
             }))?
         );
     } else {
