@@ -120,6 +120,16 @@ impl Interner {
     }
 }
 
+/// A nearest-neighbour query: see `SearchIndex::nearest`.
+#[derive(Clone, Copy)]
+pub struct VectorQuery<'a> {
+    pub model: &'a ModelInfo,
+    pub vector: &'a [f32],
+    pub filter: &'a MemoryFilter,
+    pub limit: u32,
+    pub context_weight: f32,
+}
+
 /// What a save covers, written beside the graph.
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct SavedState {
@@ -620,12 +630,15 @@ impl Ann {
         &self,
         conn: &Connection,
         tenant: &str,
-        model: &ModelInfo,
-        vector: &[f32],
-        filter: &MemoryFilter,
-        limit: u32,
-        context_weight: f32,
+        q: &VectorQuery<'_>,
     ) -> Result<Option<Vec<Scored>>, StoreError> {
+        let VectorQuery {
+            model,
+            vector,
+            filter,
+            limit,
+            context_weight,
+        } = *q;
         self.catch_up(conn)?;
         let Some(loaded) = self.current() else {
             return Ok(None);

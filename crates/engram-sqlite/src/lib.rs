@@ -776,15 +776,14 @@ impl SearchIndex for SqliteStore {
             .readers
             .run("vector_search", move |conn| {
                 if let Some(ann) = ann {
-                    if let Some(hits) = ann.nearest(
-                        conn,
-                        &tenant,
-                        &model,
-                        &vector,
-                        &filter,
+                    let q = ann::VectorQuery {
+                        model: &model,
+                        vector: &vector,
+                        filter: &filter,
                         limit,
                         context_weight,
-                    )? {
+                    };
+                    if let Some(hits) = ann.nearest(conn, &tenant, &q)? {
                         return Ok(hits);
                     }
                 }
