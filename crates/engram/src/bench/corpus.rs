@@ -1363,7 +1363,10 @@ pub fn strip_tags(s: &str) -> String {
             rest = inner.get(end + 1..).unwrap_or("");
         } else if r.starts_with('<') {
             let end = r.find('>').map(|e| e + 1).unwrap_or(r.len());
-            let tag = r[1..end.saturating_sub(1)]
+            // A lone '<' at the end of the text has no tag name.
+            let tag = r
+                .get(1..end.saturating_sub(1))
+                .unwrap_or("")
                 .trim_start_matches('/')
                 .split([' ', '/'])
                 .next()
@@ -2028,6 +2031,9 @@ def f(x):
             ]
         );
         assert_eq!(strip_tags("a <b>bold</b> &lt;x&gt;"), "a bold <x>");
+        // A text ending in a lone '<' (seen in C sources) is not a tag to panic on.
+        assert_eq!(strip_tags("if a <"), "if a ");
+        assert_eq!(strip_tags("<"), "");
     }
 
     #[test]
