@@ -754,6 +754,7 @@ def main() -> None:
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset")
     ap.add_argument("--corpus", help="corpus directory (default $ENGRAM_BENCH_CORPUS or ~/.cache/engram/bench/corpus)")
     ap.add_argument("--skip-engram", action="store_true", help="do not run engram bench search")
+    ap.add_argument("--engram-json", help="take engram's row from this saved `engram bench search --json` output instead of running it")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per peer")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -821,6 +822,10 @@ def main() -> None:
             report["peers"][name] = res
     if args.skip_engram:
         report["engram"] = {"ok": False, "error": "skipped (--skip-engram)"}
+    elif args.engram_json:
+        text = Path(args.engram_json).read_text()
+        line = [l for l in text.splitlines() if l.strip().startswith("{")][-1]
+        report["engram"] = {**json.loads(line), "ok": True}
     else:
         report["engram"] = engram_row(args.engram, args.n, args.timeout)
     if not report["engram"].get("ok"):

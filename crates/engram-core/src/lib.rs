@@ -36,7 +36,7 @@ pub use ports::{
 };
 pub use rerank::RerankConfig;
 pub use search::{
-    EmbedderSlot, HitScores, Scored, SearchConfig, SearchHit, SearchMode, SearchRequest,
+    Bm25, EmbedderSlot, HitScores, Scored, SearchConfig, SearchHit, SearchMode, SearchRequest,
     SearchResult, SearchService,
 };
 pub use service::{parse_idempotency_key, BulkItemResult, Listing, MemoryService, BULK_MAX};

@@ -109,13 +109,15 @@ pub trait MemoryStore: Send + Sync + 'static {
 #[async_trait]
 pub trait SearchIndex: Send + Sync + 'static {
     /// Up to `limit` memories matching the words of `query`, best first; the score is
-    /// BM25-like (higher is better, not comparable across queries).
+    /// BM25 with `bm25`'s parameters, or BM25-like where the backend cannot set them
+    /// (higher is better, not comparable across queries).
     async fn keyword(
         &self,
         tenant: &TenantId,
         query: &str,
         filter: &MemoryFilter,
         limit: u32,
+        bm25: crate::search::Bm25,
     ) -> Result<Vec<Scored>, StoreError>;
 
     /// Up to `limit` memories whose vectors of `model` are nearest to `vector`, best first;

@@ -29,6 +29,9 @@ pub struct RerankConfig {
     /// Added when every month name (capitalised) and year the query names matches the
     /// memory's `valid_from`.
     pub date_weight: f32,
+    /// Subtracted from memories that end in a question mark: a question rarely holds the
+    /// answer to another.
+    pub question_penalty: f32,
     /// Subtracted per memory of the same session already placed in the head, so the head
     /// spans sessions (questions whose evidence is spread over several).
     pub diversity: f32,
@@ -42,11 +45,12 @@ pub struct RerankConfig {
 impl Default for RerankConfig {
     fn default() -> Self {
         RerankConfig {
-            session_weight: 0.3,
-            speaker_weight: 3.0,
+            session_weight: 0.5,
+            speaker_weight: 4.0,
             speaker_key: "speaker".into(),
             length_weight: 0.5,
             date_weight: 2.0,
+            question_penalty: 1.0,
             diversity: 0.25,
             diversity_depth: 10,
             depth_factor: 5,
@@ -210,6 +214,9 @@ pub fn rerank(
             if let Some(b) = sess.as_ref().and_then(|x| best.get(x)) {
                 f += cfg.session_weight * b;
             }
+            if m.content.trim_end().ends_with('?') {
+                f -= cfg.question_penalty;
+            }
             if speaker(m).is_some_and(|sp| named.contains(&sp)) {
                 f += cfg.speaker_weight;
             }
@@ -299,11 +306,28 @@ mod tests {
             speaker_weight: 0.0,
             length_weight: 0.0,
             date_weight: 0.0,
+            question_penalty: 0.0,
             diversity: 0.0,
             ..Default::default()
         };
         f(&mut c);
         c
+    }
+
+    #[test]
+    fn a_question_ranks_below_its_answer() {
+        let q = memory("Where did you go camping?", "s1", "A");
+        let a = memory("We camped at the lake.", "s1", "B");
+        let cfg = only(|c| c.question_penalty = 1.0);
+        assert_eq!(
+            run("where camping", &[(&q, 0.5), (&a, 0.0)], &cfg),
+            vec![a.id, q.id]
+        );
+        // Off: the fused order stands.
+        assert_eq!(
+            run("where camping", &[(&q, 0.5), (&a, 0.0)], &only(|_| {})),
+            vec![q.id, a.id]
+        );
     }
 
     #[test]

@@ -150,6 +150,22 @@ pub struct SearchResult {
     pub degraded: Option<String>,
 }
 
+/// BM25's parameters: term-frequency saturation `k1` and length normalisation `b`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bm25 {
+    pub k1: f32,
+    pub b: f32,
+}
+
+impl Default for Bm25 {
+    /// The textbook k1 with a weak length normalisation: a turn of a conversation is not
+    /// less relevant for being long (b = 0.2 measured best on LoCoMo; 0.75 is the usual
+    /// value for documents).
+    fn default() -> Self {
+        Bm25 { k1: 1.2, b: 0.2 }
+    }
+}
+
 /// How hybrid search fuses and re-ranks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchConfig {
@@ -165,6 +181,8 @@ pub struct SearchConfig {
     /// Hybrid search embeds the query without the names of the speakers it names (their
     /// turns are boosted by the re-ranker instead): a name says nothing about meaning.
     pub strip_speakers: bool,
+    /// Keyword scoring.
+    pub bm25: Bm25,
     pub rerank: RerankConfig,
 }
 
@@ -173,9 +191,10 @@ impl Default for SearchConfig {
         SearchConfig {
             candidates: 100,
             vector_weight: 1.0,
-            keyword_weight: 0.4,
-            context_weight: 0.7,
+            keyword_weight: 0.5,
+            context_weight: 0.5,
             strip_speakers: true,
+            bm25: Bm25::default(),
             rerank: RerankConfig::default(),
         }
     }
@@ -363,7 +382,7 @@ impl SearchService {
             Vec::new()
         } else {
             self.index
-                .keyword(tenant, &req.query, &req.filter, depth)
+                .keyword(tenant, &req.query, &req.filter, depth, cfg.bm25)
                 .await?
         };
         // The keyword candidates are loaded first: they tell which speakers the query

@@ -7,6 +7,7 @@
 //! It does not know about HTTP, embeddings or search ranking.
 
 mod ann;
+mod bm25;
 mod embedding;
 mod migrate;
 mod rows;
@@ -114,6 +115,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
             .map_err(db_err)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
+    bm25::register(&conn).map_err(StoreError::Other)?;
     Ok(conn)
 }
 
@@ -746,12 +748,13 @@ impl SearchIndex for SqliteStore {
         query: &str,
         filter: &MemoryFilter,
         limit: u32,
+        bm25: engram_core::Bm25,
     ) -> Result<Vec<Scored>, StoreError> {
         let (tenant, query, filter) = (tenant_str(tenant), query.to_owned(), filter.clone());
         self.inner
             .readers
             .run("keyword_search", move |conn| {
-                search::keyword(conn, &tenant, &query, &filter, limit)
+                search::keyword(conn, &tenant, &query, &filter, limit, bm25)
             })
             .await
     }

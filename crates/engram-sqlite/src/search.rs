@@ -65,6 +65,7 @@ pub(crate) fn keyword(
     query: &str,
     filter: &MemoryFilter,
     limit: u32,
+    bm25: engram_core::Bm25,
 ) -> Result<Vec<Scored>, StoreError> {
     let terms = query_terms(query);
     if terms.is_empty() {
@@ -73,9 +74,13 @@ pub(crate) fn keyword(
     let (cond, mut args) = filter_sql(tenant, filter);
     args.push(Value::Text(match_expr(&terms)));
     let q = args.len();
+    args.push(Value::Real(f64::from(bm25.k1)));
+    args.push(Value::Real(f64::from(bm25.b)));
+    let (k1, b) = (q + 1, q + 2);
     let sql = format!(
-        "SELECT m.id, -bm25(memories_fts) FROM memories_fts JOIN memories m ON m.rid = memories_fts.rowid \
-         WHERE memories_fts MATCH ?{q} AND {cond} ORDER BY bm25(memories_fts) LIMIT {limit}"
+        "SELECT m.id, engram_bm25(memories_fts, ?{k1}, ?{b}) AS score FROM memories_fts \
+         JOIN memories m ON m.rid = memories_fts.rowid \
+         WHERE memories_fts MATCH ?{q} AND {cond} ORDER BY score DESC, m.rid LIMIT {limit}"
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
     let rows = stmt

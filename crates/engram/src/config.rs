@@ -33,6 +33,9 @@ pub struct SearchConfig {
     pub context_weight: f32,
     /// Embed the query without the names of the speakers it names.
     pub strip_speakers: bool,
+    /// BM25 of keyword search: term-frequency saturation and length normalisation.
+    pub bm25_k1: f32,
+    pub bm25_b: f32,
     /// Share of the best score of a memory's session added to the memory.
     pub session_weight: f32,
     /// Added to memories whose speaker (metadata `speaker_key`) the query names.
@@ -42,6 +45,8 @@ pub struct SearchConfig {
     pub length_weight: f32,
     /// Added when the month names and years in the query match the memory's valid_from.
     pub date_weight: f32,
+    /// Subtracted from memories ending in a question mark.
+    pub question_penalty: f32,
     /// Penalty per memory of the same session already in the top `diversity_depth`.
     pub diversity: f32,
     pub diversity_depth: usize,
@@ -56,11 +61,14 @@ impl Default for SearchConfig {
             keyword_weight: core.keyword_weight,
             context_weight: core.context_weight,
             strip_speakers: core.strip_speakers,
+            bm25_k1: core.bm25.k1,
+            bm25_b: core.bm25.b,
             session_weight: core.rerank.session_weight,
             speaker_weight: core.rerank.speaker_weight,
             speaker_key: core.rerank.speaker_key,
             length_weight: core.rerank.length_weight,
             date_weight: core.rerank.date_weight,
+            question_penalty: core.rerank.question_penalty,
             diversity: core.rerank.diversity,
             diversity_depth: core.rerank.diversity_depth,
         }
@@ -75,6 +83,19 @@ impl SearchConfig {
             keyword_weight: self.keyword_weight,
             context_weight: self.context_weight,
             strip_speakers: self.strip_speakers,
+            // Out-of-range values are brought to the nearest valid one.
+            bm25: engram_core::Bm25 {
+                k1: if self.bm25_k1.is_finite() {
+                    self.bm25_k1.max(0.0)
+                } else {
+                    1.2
+                },
+                b: if self.bm25_b.is_finite() {
+                    self.bm25_b.clamp(0.0, 1.0)
+                } else {
+                    0.2
+                },
+            },
             ..Default::default()
         };
         core.rerank.session_weight = self.session_weight;
@@ -82,6 +103,7 @@ impl SearchConfig {
         core.rerank.speaker_key = self.speaker_key.clone();
         core.rerank.length_weight = self.length_weight;
         core.rerank.date_weight = self.date_weight;
+        core.rerank.question_penalty = self.question_penalty;
         core.rerank.diversity = self.diversity;
         core.rerank.diversity_depth = self.diversity_depth;
         core
@@ -299,20 +321,26 @@ context_turns = 2
 # worth). Every re-ranking weight is in z units of the fused score; 0 turns it off.
 candidates = 100
 vector_weight = 1.0
-keyword_weight = 0.4
+keyword_weight = 0.5
 # Share of a memory's vector score from its context vector (pipeline.context_turns).
-context_weight = 0.7
+context_weight = 0.5
 # Embed the query without the names of speakers it names (speaker_weight boosts them).
 strip_speakers = true
+# BM25 of keyword search. b = 0.2: a conversation turn is not less relevant for being
+# long (0.75 is the usual value for documents).
+bm25_k1 = 1.2
+bm25_b = 0.2
 # Share of the best score in a memory's session added to the memory.
-session_weight = 0.3
+session_weight = 0.5
 # Added to memories whose speaker (this metadata key) the query names.
-speaker_weight = 3.0
+speaker_weight = 4.0
 speaker_key = "speaker"
 # Longer memories carry more: weight of the z-score of ln(1 + words).
 length_weight = 0.5
 # Added when the month names and years in the query match the memory's valid_from.
 date_weight = 2.0
+# Subtracted from memories ending in a question mark: a question rarely holds the answer.
+question_penalty = 1.0
 # Penalty per memory of the same session already in the first diversity_depth hits.
 diversity = 0.25
 diversity_depth = 10

@@ -352,9 +352,9 @@ async fn rank(
 /// The parameter sets `--loo` chooses among.
 fn grid(base: &SearchConfig) -> Vec<SearchConfig> {
     let mut out = Vec::new();
-    for kw in [0.25f32, 0.4, 0.6] {
-        for sw in [0.15f32, 0.3, 0.5] {
-            for spk in [2.0f32, 3.0] {
+    for kw in [0.4f32, 0.5, 0.6] {
+        for sw in [0.3f32, 0.5, 0.7] {
+            for spk in [3.0f32, 4.0] {
                 for ctx in [0.5f32, 0.7] {
                     let mut c = base.clone();
                     c.keyword_weight = kw;
