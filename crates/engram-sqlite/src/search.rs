@@ -226,7 +226,10 @@ pub(crate) fn get_many(
     for chunk in ids.chunks(500) {
         let marks: Vec<String> = (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
         let sql = format!(
-            "SELECT {COLUMNS} FROM memories m WHERE m.tenant = ?1 AND m.deleted_at IS NULL AND m.id IN ({})",
+            // `+m.tenant`: look the ids up in their unique index. Left to itself the planner
+            // scans a (tenant, …) index over all the tenant's rows instead: 45 ms instead
+            // of 0.4 ms for 100 ids at 100,000 memories.
+            "SELECT {COLUMNS} FROM memories m WHERE m.id IN ({}) AND +m.tenant = ?1 AND m.deleted_at IS NULL",
             marks.join(", ")
         );
         let mut args: Vec<Value> = vec![Value::Text(tenant.to_owned())];

@@ -47,8 +47,10 @@ pub struct SearchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// Internal: the measuring child process, over a store prepared in DIR.
-    #[arg(long, value_name = "DIR", hide = true)]
+    /// Only measure, over a store a run with `--data-dir DIR` prepared (its plan is kept
+    /// there): latency figures again on a quieter machine, without reloading. Prints the
+    /// measuring process's JSON.
+    #[arg(long, value_name = "DIR")]
     pub measure: Option<PathBuf>,
 }
 
@@ -328,7 +330,9 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
         .context("cannot run the measuring process")?;
     anyhow::ensure!(out.status.success(), "the measuring process failed");
     let m: Measured = serde_json::from_slice(&out.stdout).context("measuring process output")?;
-    let _ = std::fs::remove_file(&plan_path);
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_file(&plan_path);
+    }
 
     if args.json {
         println!(
