@@ -217,6 +217,17 @@ fn exact_scores(
     Ok(best)
 }
 
+/// The live memories of tenant `?1` with the ids `?2…`. `+m.tenant` makes SQLite look
+/// the ids up in their unique index: left to itself it scans a (tenant, …) index over all
+/// the tenant's rows (45 ms instead of 0.4 ms for 100 ids at 100,000 memories).
+fn get_many_sql(ids: usize) -> String {
+    let marks: Vec<String> = (0..ids).map(|i| format!("?{}", i + 2)).collect();
+    format!(
+        "SELECT {COLUMNS} FROM memories m WHERE m.id IN ({}) AND +m.tenant = ?1 AND m.deleted_at IS NULL",
+        marks.join(", ")
+    )
+}
+
 pub(crate) fn get_many(
     conn: &Connection,
     tenant: &str,
@@ -224,14 +235,7 @@ pub(crate) fn get_many(
 ) -> Result<Vec<engram_core::Memory>, StoreError> {
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
-        let marks: Vec<String> = (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
-        let sql = format!(
-            // `+m.tenant`: look the ids up in their unique index. Left to itself the planner
-            // scans a (tenant, …) index over all the tenant's rows instead: 45 ms instead
-            // of 0.4 ms for 100 ids at 100,000 memories.
-            "SELECT {COLUMNS} FROM memories m WHERE m.id IN ({}) AND +m.tenant = ?1 AND m.deleted_at IS NULL",
-            marks.join(", ")
-        );
+        let sql = get_many_sql(chunk.len());
         let mut args: Vec<Value> = vec![Value::Text(tenant.to_owned())];
         args.extend(chunk.iter().map(|id| Value::Blob(id.as_bytes().to_vec())));
         let mut stmt = conn.prepare(&sql).map_err(db_err)?;
@@ -258,6 +262,28 @@ mod tests {
         assert_eq!(query_terms("who is it"), vec!["who", "is", "it"]);
         assert!(query_terms("?!").is_empty());
         assert_eq!(match_expr(&["a\"b".into(), "c".into()]), "\"ab\" OR \"c\"");
+    }
+
+    #[test]
+    fn get_many_looks_ids_up_in_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::SqliteStore::open(&crate::SqliteConfig::new(dir.path()))
+            .unwrap()
+            .close();
+        let conn = Connection::open(dir.path().join("engram.db")).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", get_many_sql(100)))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(vec![Value::Null; 101]), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("(id=?)")) && !plan.iter().any(|p| p.contains("tenant")),
+            "{plan:?}"
+        );
     }
 
     #[test]
