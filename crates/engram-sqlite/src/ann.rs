@@ -165,6 +165,37 @@ const SELECT_ROWS: &str = "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, 
      FROM memories m JOIN memory_vectors v ON v.rid = m.rid AND v.model_key = ?1 AND v.content_hash = m.content_hash \
      WHERE m.deleted_at IS NULL";
 
+/// A memory's filterable fields from columns 1–11 of a row in `SELECT_ROWS`' order (id,
+/// tenant, user, agent, project, domain, session, type, source, created_at, tags).
+fn attrs_of(
+    r: &rusqlite::Row<'_>,
+    interner: &mut Interner,
+    windows: u16,
+    context: bool,
+) -> Result<Attrs, StoreError> {
+    let corrupt = |what: &str| StoreError::Other(format!("corrupt {what} in memories"));
+    let id: Vec<u8> = r.get(1).map_err(db_err)?;
+    let tags: String = r.get(11).map_err(db_err)?;
+    let tags: Vec<String> = serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?;
+    let mt: String = r.get(8).map_err(db_err)?;
+    let src: String = r.get(9).map_err(db_err)?;
+    Ok(Attrs {
+        id: MemoryId::from_bytes(&id).ok_or_else(|| corrupt("id"))?,
+        tenant: interner.get(&r.get::<_, String>(2).map_err(db_err)?),
+        user_id: interner.opt(r.get(3).map_err(db_err)?),
+        agent_id: interner.opt(r.get(4).map_err(db_err)?),
+        project: interner.opt(r.get(5).map_err(db_err)?),
+        domain: interner.opt(r.get(6).map_err(db_err)?),
+        session_id: interner.opt(r.get(7).map_err(db_err)?),
+        memory_type: MemoryType::parse(&mt, "memory_type").map_err(|_| corrupt("type"))?,
+        source: Source::parse(&src, "source").map_err(|_| corrupt("source"))?,
+        created_at: r.get(10).map_err(db_err)?,
+        tags: tags.iter().map(|t| interner.get(t)).collect(),
+        windows,
+        context,
+    })
+}
+
 /// One memory's current state: its attributes and vectors.
 struct Row {
     rid: i64,
@@ -252,26 +283,7 @@ fn read_rows(
             last.attrs.windows += 1;
             continue;
         }
-        let id: Vec<u8> = r.get(1).map_err(db_err)?;
-        let tags: String = r.get(11).map_err(db_err)?;
-        let tags: Vec<String> = serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?;
-        let mt: String = r.get(8).map_err(db_err)?;
-        let src: String = r.get(9).map_err(db_err)?;
-        let attrs = Attrs {
-            id: MemoryId::from_bytes(&id).ok_or_else(|| corrupt("id"))?,
-            tenant: interner.get(&r.get::<_, String>(2).map_err(db_err)?),
-            user_id: interner.opt(r.get(3).map_err(db_err)?),
-            agent_id: interner.opt(r.get(4).map_err(db_err)?),
-            project: interner.opt(r.get(5).map_err(db_err)?),
-            domain: interner.opt(r.get(6).map_err(db_err)?),
-            session_id: interner.opt(r.get(7).map_err(db_err)?),
-            memory_type: MemoryType::parse(&mt, "memory_type").map_err(|_| corrupt("type"))?,
-            source: Source::parse(&src, "source").map_err(|_| corrupt("source"))?,
-            created_at: r.get(10).map_err(db_err)?,
-            tags: tags.iter().map(|t| interner.get(t)).collect(),
-            windows: 1,
-            context: false,
-        };
+        let attrs = attrs_of(r, &mut interner, 1, false)?;
         out.push(Row {
             rid,
             attrs,
@@ -507,31 +519,16 @@ impl Ann {
             let mut interner = loaded.interner.lock().unwrap_or_else(|p| p.into_inner());
             let mut attrs = loaded.attrs.write().unwrap_or_else(|p| p.into_inner());
             let mut tenants = loaded.tenants.write().unwrap_or_else(|p| p.into_inner());
-            let corrupt = |what: &str| StoreError::Other(format!("corrupt {what} in memories"));
             while let Some(r) = rows.next().map_err(db_err)? {
                 let rid: i64 = r.get(0).map_err(db_err)?;
-                let id: Vec<u8> = r.get(1).map_err(db_err)?;
-                let tags: String = r.get(11).map_err(db_err)?;
-                let tags: Vec<String> = serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?;
-                let mt: String = r.get(8).map_err(db_err)?;
-                let src: String = r.get(9).map_err(db_err)?;
                 let windows: i64 = r.get(12).map_err(db_err)?;
-                let a = Attrs {
-                    id: MemoryId::from_bytes(&id).ok_or_else(|| corrupt("id"))?,
-                    tenant: interner.get(&r.get::<_, String>(2).map_err(db_err)?),
-                    user_id: interner.opt(r.get(3).map_err(db_err)?),
-                    agent_id: interner.opt(r.get(4).map_err(db_err)?),
-                    project: interner.opt(r.get(5).map_err(db_err)?),
-                    domain: interner.opt(r.get(6).map_err(db_err)?),
-                    session_id: interner.opt(r.get(7).map_err(db_err)?),
-                    memory_type: MemoryType::parse(&mt, "memory_type")
-                        .map_err(|_| corrupt("type"))?,
-                    source: Source::parse(&src, "source").map_err(|_| corrupt("source"))?,
-                    created_at: r.get(10).map_err(db_err)?,
-                    tags: tags.iter().map(|t| interner.get(t)).collect(),
-                    windows: windows.clamp(1, MAX_WINDOWS) as u16,
-                    context: r.get(13).map_err(db_err)?,
-                };
+                let context: bool = r.get(13).map_err(db_err)?;
+                let a = attrs_of(
+                    r,
+                    &mut interner,
+                    windows.clamp(1, MAX_WINDOWS) as u16,
+                    context,
+                )?;
                 *tenants.entry(a.tenant.clone()).or_default() += 1;
                 attrs.insert(rid, a);
             }
