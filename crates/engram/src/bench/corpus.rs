@@ -585,6 +585,15 @@ pub async fn run(cfg: &Config, args: CorpusArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Gathering.
 
+/// The `.py` files among `paths`.
+fn python_files(paths: Vec<PathBuf>) -> Vec<(PathBuf, Kind)> {
+    paths
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "py"))
+        .map(|p| (p, Kind::Python))
+        .collect()
+}
+
 /// Kinds of text a file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -673,11 +682,7 @@ fn sources() -> Vec<Source> {
     );
     out.push(Source {
         name: "python",
-        files: py
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "py"))
-            .map(|p| (p, Kind::Python))
-            .collect(),
+        files: python_files(py),
     });
 
     let mut rs = Vec::new();
@@ -703,11 +708,7 @@ fn sources() -> Vec<Source> {
     walk(Path::new("/usr/lib/python3/dist-packages"), &mut more_py);
     out.push(Source {
         name: "python-more",
-        files: more_py
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "py"))
-            .map(|p| (p, Kind::Python))
-            .collect(),
+        files: python_files(more_py),
     });
 
     // Javadoc of the JDK's sources, one module of src.zip at a time.
