@@ -5,49 +5,13 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+pub use engram_core::search::query_terms;
 use engram_core::{MemoryFilter, MemoryId, ModelInfo, Scored, StoreError};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
 use crate::rows::{row_to_memory, COLUMNS};
 use crate::{db_err, filter_sql};
-
-/// Words too common to narrow a keyword search; dropped unless the query has nothing else.
-const STOPWORDS: &[&str] = &[
-    "a", "about", "after", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
-    "been", "being", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had", "has",
-    "have", "he", "her", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its",
-    "me", "my", "of", "on", "or", "our", "she", "so", "some", "than", "that", "the", "their",
-    "them", "then", "there", "these", "they", "this", "those", "to", "too", "us", "was", "we",
-    "were", "what", "when", "where", "which", "who", "whom", "why", "will", "with", "would", "you",
-    "your",
-];
-
-/// The query's words, lowercased, stopwords dropped (unless nothing else is left),
-/// deduplicated, in order.
-pub fn query_terms(query: &str) -> Vec<String> {
-    let words: Vec<String> = query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    let content: Vec<&String> = words
-        .iter()
-        .filter(|w| !STOPWORDS.contains(&w.as_str()))
-        .collect();
-    let chosen: Vec<&String> = if content.is_empty() {
-        words.iter().collect()
-    } else {
-        content
-    };
-    let mut out: Vec<String> = Vec::new();
-    for w in chosen {
-        if !out.contains(w) {
-            out.push(w.clone());
-        }
-    }
-    out
-}
 
 /// An FTS5 query matching any of the terms. Each term is a quoted string, so nothing in
 /// user input is FTS5 syntax.

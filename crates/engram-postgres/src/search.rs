@@ -1,0 +1,281 @@
+//! Search over Postgres: full-text with `tsvector` (English stemming) ranked by
+//! `ts_rank`, and nearest vectors with pgvector: exact over a selective filter's
+//! candidates, otherwise through the model's HNSW index with iterative scans, so a filter
+//! never loses results to a top-k cut; candidates are then scored exactly.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use engram_core::search::query_terms;
+use engram_core::{MemoryFilter, MemoryId, ModelInfo, Scored, SearchIndex, StoreError, TenantId};
+use pgvector::Vector;
+
+use crate::embedding::literal;
+use crate::sql::{filter_sql, Sql};
+use crate::{db_err, PgStore};
+
+/// Filtered semantic searches with at most this many candidates are answered exactly.
+pub(crate) const EXACT_MAX: usize = 5_000;
+
+/// A `to_tsquery` expression matching any of the terms. Terms are alphanumeric words
+/// (`query_terms` splits on everything else), so nothing in user input is query syntax.
+fn tsquery(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| {
+            t.chars()
+                .filter(|c| c.is_alphanumeric())
+                .collect::<String>()
+        })
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Mixes a memory's best window with its context vector, as the port defines.
+fn mix(turn: f32, context: Option<f32>, w: f32) -> f32 {
+    match context {
+        Some(c) => (1.0 - w) * turn + w * c,
+        None => turn,
+    }
+}
+
+/// One semantic search: whose memories, which model's vectors, the query vector, the filter.
+struct Probe<'a> {
+    tenant: &'a str,
+    model: &'a ModelInfo,
+    vector: &'a [f32],
+    filter: &'a MemoryFilter,
+}
+
+impl PgStore {
+    /// Exact scores of the live memories passing `cond` (and, when given, with these row
+    /// ids): the best window of the current content, and the context vector.
+    async fn exact_scores<C: GenericClient>(
+        &self,
+        c: &C,
+        p: &Probe<'_>,
+        rids: Option<Vec<i64>>,
+    ) -> Result<Vec<(MemoryId, f32, Option<f32>)>, StoreError> {
+        let mut s = Sql::default();
+        let mut cond = filter_sql(&mut s, p.tenant, p.filter);
+        let q = s.bind(Vector::from(p.vector.to_vec()));
+        let k = s.bind(p.model.key());
+        if let Some(rids) = rids {
+            cond.push_str(&format!(" AND m.rid = ANY({})", s.bind(rids)));
+        }
+        let sql = format!(
+            "SELECT m.id, t.s, cv.s FROM memories m
+             JOIN LATERAL (SELECT max(1 - (v.embedding <=> {q})) AS s FROM memory_vectors v
+                           WHERE v.rid = m.rid AND v.model_key = {k}
+                             AND v.content_hash = m.content_hash) t ON t.s IS NOT NULL
+             LEFT JOIN LATERAL (SELECT 1 - (x.embedding <=> {q}) AS s FROM context_vectors x
+                                WHERE x.rid = m.rid AND x.model_key = {k}) cv ON true
+             WHERE {cond}"
+        );
+        let st = c.prepare_cached(&sql).await.map_err(db_err)?;
+        let rows = c.query(&st, &s.refs()).await.map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    MemoryId(r.get(0)),
+                    r.get::<_, f64>(1) as f32,
+                    r.get::<_, Option<f64>>(2).map(|x| x as f32),
+                )
+            })
+            .collect())
+    }
+
+    /// Row ids of up to `n` memories passing the filter whose vectors in `table` are
+    /// nearest, through the model's HNSW index.
+    async fn ann_candidates<C: GenericClient>(
+        &self,
+        c: &C,
+        table: &str,
+        p: &Probe<'_>,
+        n: u32,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut s = Sql::default();
+        let cond = filter_sql(&mut s, p.tenant, p.filter);
+        let dim = p.model.dim;
+        let q = s.bind(Vector::from(p.vector.to_vec()));
+        let current = if table == "memory_vectors" {
+            "AND v.content_hash = m.content_hash"
+        } else {
+            ""
+        };
+        // The model key is a literal so the planner can use the model's partial index.
+        let sql = format!(
+            "SELECT v.rid FROM {table} v JOIN memories m ON m.rid = v.rid
+             WHERE v.model_key = {key} {current} AND {cond}
+             ORDER BY v.embedding::vector({dim}) <=> {q}::vector({dim}) LIMIT {n}",
+            key = literal(&p.model.key()),
+        );
+        let st = c.prepare_cached(&sql).await.map_err(db_err)?;
+        let rows = c.query(&st, &s.refs()).await.map_err(db_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Whether at most `max` live memories pass the filter.
+    async fn few_candidates<C: GenericClient>(
+        &self,
+        c: &C,
+        tenant: &str,
+        filter: &MemoryFilter,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let mut s = Sql::default();
+        let cond = filter_sql(&mut s, tenant, filter);
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM memories m WHERE {cond} LIMIT {}) c",
+            max + 1
+        );
+        let st = c.prepare_cached(&sql).await.map_err(db_err)?;
+        let n: i64 = c.query_one(&st, &s.refs()).await.map_err(db_err)?.get(0);
+        Ok(n as usize <= max)
+    }
+}
+
+#[async_trait]
+impl SearchIndex for PgStore {
+    async fn keyword(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        filter: &MemoryFilter,
+        limit: u32,
+        _bm25: engram_core::Bm25,
+    ) -> Result<Vec<Scored>, StoreError> {
+        let expr = tsquery(&query_terms(query));
+        if expr.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = std::time::Instant::now();
+        let mut s = Sql::default();
+        let cond = filter_sql(&mut s, tenant.as_str(), filter);
+        let q = s.bind(expr);
+        let limit = s.bind(i64::from(limit));
+        // ts_rank with normalisation 1 (divided by 1 + log of the document length) is the
+        // BM25-like score: term frequency saturates, long texts are damped; it has no
+        // inverse document frequency, so k1 and b do not apply.
+        let sql = format!(
+            "SELECT m.id, ts_rank(m.tsv, q, 1) AS score
+             FROM memories m, to_tsquery('english', {q}) q
+             WHERE m.tsv @@ q AND {cond}
+             ORDER BY score DESC, m.rid LIMIT {limit}"
+        );
+        let c = self.client().await?;
+        let st = c.prepare_cached(&sql).await.map_err(db_err)?;
+        let rows = c.query(&st, &s.refs()).await.map_err(db_err)?;
+        crate::record("keyword_search", started);
+        Ok(rows
+            .iter()
+            .map(|r| Scored {
+                id: MemoryId(r.get(0)),
+                score: r.get::<_, f32>(1),
+            })
+            .collect())
+    }
+
+    async fn nearest(
+        &self,
+        tenant: &TenantId,
+        model: &ModelInfo,
+        vector: &[f32],
+        filter: &MemoryFilter,
+        limit: u32,
+        context_weight: f32,
+    ) -> Result<Vec<Scored>, StoreError> {
+        if vector.len() != model.dim {
+            return Err(StoreError::Invalid(format!(
+                "query vector has dimension {}, the model {} makes {}",
+                vector.len(),
+                model.key(),
+                model.dim
+            )));
+        }
+        let started = std::time::Instant::now();
+        let w = context_weight.clamp(0.0, 1.0);
+        let tenant = tenant.as_str();
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_err)?;
+        let exact = self
+            .few_candidates(&tx, tenant, filter, self.exact_search_max)
+            .await?;
+        let probe = Probe {
+            tenant,
+            model,
+            vector,
+            filter,
+        };
+        let scores = if exact {
+            self.exact_scores(&tx, &probe, None).await?
+        } else {
+            // Enough candidates that mixing in the context vectors cannot push a true top
+            // `limit` memory out; iterative scans keep walking the graph until the filter
+            // has let `n` through.
+            let n = (limit * 4).max(40);
+            let iterative = if self.iterative_scan {
+                "SET LOCAL hnsw.iterative_scan = relaxed_order;"
+            } else {
+                ""
+            };
+            tx.batch_execute(&format!(
+                "SET LOCAL hnsw.ef_search = {}; {iterative}",
+                n.max(100)
+            ))
+            .await
+            .map_err(db_err)?;
+            let mut rids = self
+                .ann_candidates(&tx, "memory_vectors", &probe, n)
+                .await?;
+            if w > 0.0 {
+                rids.extend(
+                    self.ann_candidates(&tx, "context_vectors", &probe, n)
+                        .await?,
+                );
+            }
+            rids.sort_unstable();
+            rids.dedup();
+            self.exact_scores(&tx, &probe, Some(rids)).await?
+        };
+        tx.commit().await.map_err(db_err)?;
+        let mut best: HashMap<MemoryId, f32> = HashMap::with_capacity(scores.len());
+        for (id, turn, ctx) in scores {
+            best.insert(id, mix(turn, ctx, w));
+        }
+        let mut out: Vec<Scored> = best
+            .into_iter()
+            .map(|(id, score)| Scored { id, score })
+            .collect();
+        engram_core::search::sort_desc(&mut out);
+        out.truncate(limit as usize);
+        crate::record("vector_search", started);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsquery_ors_plain_words() {
+        let terms = query_terms("When is the key rotating? a|b & !c");
+        assert_eq!(tsquery(&terms), "key | rotating | b | c");
+        assert_eq!(tsquery(&[]), "");
+    }
+
+    #[test]
+    fn context_mixes_by_weight() {
+        assert_eq!(mix(0.8, None, 0.5), 0.8);
+        assert!((mix(0.8, Some(0.4), 0.5) - 0.6).abs() < 1e-6);
+    }
+}
