@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use engram_api::{CreateMemoryRequest, ListParams, UpdateMemoryRequest};
 use engram_core::{KeyService, TenantId};
 
+use crate::backends::Backends;
 use crate::config::{self, Config};
 use crate::target::Target;
 use crate::{bench, logging, output, serve};
@@ -30,8 +31,8 @@ pub enum Command {
         /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
         #[arg(long)]
         addr: Option<SocketAddr>,
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Store a memory.
     Add(AddArgs),
@@ -67,8 +68,8 @@ pub enum Command {
     /// ones, then switch search to it atomically. Run it after changing `[embedding]`, then
     /// restart `engram serve` with the new configuration.
     Reembed {
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Memories embedded per batch.
         #[arg(long, default_value_t = 64)]
         batch_size: u32,
@@ -78,8 +79,8 @@ pub enum Command {
     /// Rebuild the vector index (`<data_dir>/index/`) from the stored vectors. Run it with
     /// the server stopped; a server also rebuilds a missing or damaged index at start.
     Reindex {
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
@@ -90,8 +91,8 @@ pub enum Command {
     },
     /// Apply pending database migrations and print the schema version.
     Migrate {
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Print the OpenAPI document of the REST API (also served at /openapi.json).
     Openapi,
@@ -113,8 +114,8 @@ pub enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
@@ -122,16 +123,16 @@ pub enum KeysCommand {
     List {
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
     /// Revoke a key by its public id (the part after `egk_`).
     Revoke {
         key_id: String,
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
@@ -157,6 +158,40 @@ pub enum BenchCommand {
     /// Search latency and recall@10 on real sentence embeddings (keyword, semantic,
     /// hybrid; unfiltered and filtered), index build time, peak RSS.
     Search(bench::search::SearchArgs),
+    /// Request throughput of 1 and of N `engram serve` replicas sharing one Postgres
+    /// (and Redis).
+    Replicas(bench::replicas::ReplicasArgs),
+}
+
+/// Which store (and cache) a command works on.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArgs {
+    /// Data directory: the embedded store, and local files such as the model cache.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The store: sqlite://DIR or postgres://USER@HOST:PORT/DB (default: SQLite in the
+    /// data directory).
+    #[arg(long = "store", value_name = "URL")]
+    pub store_url: Option<String>,
+    /// A Redis cache in front of the store: redis://HOST:PORT.
+    #[arg(long = "cache", value_name = "URL")]
+    pub cache_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// Applies the flags over the configuration.
+    pub fn apply(&self, mut cfg: Config) -> Config {
+        if let Some(d) = &self.data_dir {
+            cfg.store.data_dir = d.clone();
+        }
+        if let Some(u) = &self.store_url {
+            cfg.store.url = Some(u.clone());
+        }
+        if let Some(u) = &self.cache_url {
+            cfg.cache.url = Some(u.clone());
+        }
+        cfg
+    }
 }
 
 /// Where a memory command runs: a server, or the local data directory.
@@ -168,9 +203,9 @@ pub struct TargetArgs {
     /// API key for --server.
     #[arg(long, env = "ENGRAM_KEY", hide_env_values = true)]
     pub key: Option<String>,
-    /// Local data directory (when no --server is given).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// The local store (when no --server is given).
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Tenant for local mode.
     #[arg(long, default_value = "default")]
     pub tenant: String,
@@ -362,19 +397,11 @@ fn metadata_arg(s: Option<String>) -> anyhow::Result<Option<serde_json::Value>> 
         .transpose()
 }
 
-/// Applies the flags that override configuration.
-fn with_data_dir(mut cfg: Config, dir: Option<PathBuf>) -> Config {
-    if let Some(d) = dir {
-        cfg.store.data_dir = d;
-    }
-    cfg
-}
-
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { addr, data_dir } => {
-            let mut cfg = with_data_dir(cfg, data_dir);
+        Command::Serve { addr, store } => {
+            let mut cfg = store.apply(cfg);
             if let Some(a) = addr {
                 cfg.server.addr = a;
             }
@@ -461,14 +488,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Embed { texts, json } => embed(&cfg, texts, json).await?,
         Command::Reembed {
-            data_dir,
+            store,
             batch_size,
             json,
-        } => reembed(with_data_dir(cfg, data_dir), batch_size, json).await?,
+        } => reembed(store.apply(cfg), batch_size, json).await?,
         Command::Keys { command } => keys(cfg, command).await?,
-        Command::Reindex { data_dir, json } => {
-            let cfg = with_data_dir(cfg, data_dir);
+        Command::Reindex { store, json } => {
+            let mut cfg = store.apply(cfg);
             let started = std::time::Instant::now();
+            let url =
+                crate::backends::StoreUrl::parse(cfg.store.url.as_deref(), &cfg.store.data_dir)?;
+            let crate::backends::StoreUrl::Sqlite(dir) = url else {
+                anyhow::bail!(
+                    "reindex rebuilds the embedded store's vector index; Postgres keeps its HNSW indexes itself (REINDEX in psql rebuilds them)"
+                );
+            };
+            cfg.store.data_dir = dir;
             let index_dir = cfg.store.data_dir.join("index");
             match std::fs::remove_dir_all(&index_dir) {
                 Ok(()) => {}
@@ -476,9 +511,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => anyhow::bail!("cannot remove {}: {e}", index_dir.display()),
             }
             // Opening with the index rebuilds it from the stored vectors; closing saves it.
-            let store = serve::open_store_with(&cfg, true)?;
-            let n = store.indexed_memories();
-            store.close();
+            let backends = Backends::open(&cfg, true).await?;
+            let n = backends.sqlite().map_or(0, |s| s.indexed_memories());
+            backends.close();
             let secs = started.elapsed().as_secs_f64();
             if json {
                 println!("{}", serde_json::json!({ "memories": n, "seconds": secs }));
@@ -486,11 +521,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("vector index rebuilt: {n} memories in {secs:.1} s");
             }
         }
-        Command::Migrate { data_dir } => {
-            let cfg = with_data_dir(cfg, data_dir);
-            let store = serve::open_store(&cfg)?;
-            let r = store.migration_report().clone();
-            store.close();
+        Command::Migrate { store } => {
+            let cfg = store.apply(cfg);
+            let backends = Backends::open(&cfg, false).await?;
+            let r = backends.migrations();
+            backends.close();
             if r.applied.is_empty() {
                 println!("schema is up to date at version {}", r.current);
             } else {
@@ -519,6 +554,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Search(args),
         } => bench::search::search(&cfg, args).await?,
+        Command::Bench {
+            command: BenchCommand::Replicas(args),
+        } => bench::replicas::replicas(&cfg, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -535,7 +573,7 @@ async fn embed(cfg: &Config, texts: Vec<String>, json: bool) -> anyhow::Result<(
 }
 
 async fn reembed(cfg: Config, batch_size: u32, json: bool) -> anyhow::Result<()> {
-    let store = serve::open_store(&cfg)?;
+    let store = Backends::open(&cfg, false).await?;
     let embedder = engram_embed::build(&cfg.embedding).await?;
     let model = embedder.model();
     if !json {
@@ -543,17 +581,12 @@ async fn reembed(cfg: Config, batch_size: u32, json: bool) -> anyhow::Result<()>
     }
     let started = std::time::Instant::now();
     let mut last = std::time::Instant::now();
-    let res = engram_core::reembed(
-        std::sync::Arc::new(store.clone()),
-        embedder,
-        batch_size,
-        |done| {
-            if !json && last.elapsed() >= std::time::Duration::from_secs(2) {
-                last = std::time::Instant::now();
-                eprintln!("  {done} memories embedded…");
-            }
-        },
-    )
+    let res = engram_core::reembed(store.embeddings.clone(), embedder, batch_size, |done| {
+        if !json && last.elapsed() >= std::time::Duration::from_secs(2) {
+            last = std::time::Instant::now();
+            eprintln!("  {done} memories embedded…");
+        }
+    })
     .await;
     store.close();
     let report = res?;
@@ -581,14 +614,14 @@ async fn reembed(cfg: Config, batch_size: u32, json: bool) -> anyhow::Result<()>
 }
 
 async fn keys(cfg: Config, command: KeysCommand) -> anyhow::Result<()> {
-    let (data_dir, json) = match &command {
-        KeysCommand::Create { data_dir, json, .. }
-        | KeysCommand::List { data_dir, json, .. }
-        | KeysCommand::Revoke { data_dir, json, .. } => (data_dir.clone(), *json),
+    let (store_args, json) = match &command {
+        KeysCommand::Create { store, json, .. }
+        | KeysCommand::List { store, json, .. }
+        | KeysCommand::Revoke { store, json, .. } => (store.clone(), *json),
     };
-    let cfg = with_data_dir(cfg, data_dir);
-    let store = serve::open_store(&cfg)?;
-    let keys = KeyService::new(std::sync::Arc::new(store.clone()));
+    let cfg = store_args.apply(cfg);
+    let store = Backends::open(&cfg, false).await?;
+    let keys = KeyService::new(store.keys.clone());
     let res = async {
         match command {
             KeysCommand::Create { tenant, .. } => {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
     pub embedding: engram_embed::EmbeddingConfig,
     pub pipeline: PipelineConfig,
@@ -185,15 +186,67 @@ impl Default for ServerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// Local files: the embedded store (when `url` names no other), the model cache.
     pub data_dir: PathBuf,
+    /// `sqlite://DIR` or `postgres://USER[:PASSWORD]@HOST:PORT/DB`; unset: SQLite in
+    /// `data_dir`.
+    pub url: Option<String>,
     pub readers: usize,
+    /// Postgres: connections in the pool of each engram process.
+    pub pool_size: usize,
+    /// Postgres: a schema of engram's own instead of `public`.
+    pub schema: Option<String>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             data_dir: PathBuf::from("./engram-data"),
+            url: None,
             readers: 4,
+            pool_size: 16,
+            schema: None,
+        }
+    }
+}
+
+/// `[cache]`: Redis in front of the store. Never ground truth: engram serves from the
+/// store when Redis is down.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `redis://HOST:PORT[/DB]`; unset: no cache.
+    pub url: Option<String>,
+    /// The first segment of every key; deployments sharing one Redis need distinct ones.
+    pub prefix: String,
+    /// Seconds a cached `GET /memories/{id}` lives.
+    pub memory_ttl_secs: u64,
+    /// Seconds a cached list page (filtered by user) lives.
+    pub list_ttl_secs: u64,
+    /// Longest a request waits for Redis before treating it as down, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            url: None,
+            prefix: "engram".into(),
+            memory_ttl_secs: 300,
+            list_ttl_secs: 120,
+            timeout_ms: 100,
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn to_redis(&self) -> engram_redis::CacheConfig {
+        engram_redis::CacheConfig {
+            prefix: self.prefix.clone(),
+            memory_ttl: std::time::Duration::from_secs(self.memory_ttl_secs),
+            list_ttl: std::time::Duration::from_secs(self.list_ttl_secs),
+            op_timeout: std::time::Duration::from_millis(self.timeout_ms.max(1)),
+            ..Default::default()
         }
     }
 }
@@ -243,8 +296,25 @@ request_timeout_secs = 30
 [store]
 # Where the embedded store keeps its files (SQLite database, later indexes and models).
 data_dir = "./engram-data"
-# Read connections to the database; reads run in parallel with each other and the writer.
+# The store: sqlite://DIR (the embedded default, in data_dir when no DIR is given) or
+# postgres://USER[:PASSWORD]@HOST:PORT/DB (Postgres >= 15 with pgvector >= 0.7).
+# url = "postgres://engram@127.0.0.1:5432/engram"
+# SQLite: read connections; reads run in parallel with each other and the writer.
 readers = 4
+# Postgres: connections in each engram process's pool.
+pool_size = 16
+# Postgres: a schema of engram's own instead of public.
+# schema = "engram"
+
+[cache]
+# Redis in front of the store (caches only, never ground truth), e.g. "redis://127.0.0.1:6379".
+# url = "redis://127.0.0.1:6379"
+# The first segment of every key; deployments sharing one Redis need distinct ones.
+prefix = "engram"
+memory_ttl_secs = 300
+list_ttl_secs = 120
+# Longest a request waits for Redis before treating it as down (then the store answers).
+timeout_ms = 100
 
 [log]
 # A tracing filter: error, warn, info, debug, trace, or per-target like "engram=debug".

@@ -1,12 +1,14 @@
 //! Wiring the embedder and the embedding pipeline into `engram serve`.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use engram_core::{Embedder, EmbedderSlot, EmbeddingPipeline, EmbeddingStore};
 use engram_server::ReadinessCheck;
 use tokio::sync::watch;
 
+use crate::backends::Leases;
 use crate::config::Config;
 
 /// Where the embedder is.
@@ -49,11 +51,14 @@ impl ReadinessCheck for EmbedderCheck {
 
 /// Runs `n` pipeline workers and one sweeper until `stop` turns true. Claims are atomic,
 /// so workers never share a memory; while one waits on the store, another keeps the model
-/// busy.
+/// busy. The sweeper sweeps only while this process holds the sweeper's lease, so among
+/// replicas sharing a store one sweeps at a time.
 pub fn spawn_workers(
     pipeline: &EmbeddingPipeline,
     n: usize,
     stop: &watch::Receiver<bool>,
+    leases: Arc<dyn Leases>,
+    sweep_every: Duration,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let until_stopped = || {
         let mut stop = stop.clone();
@@ -64,8 +69,45 @@ pub fn spawn_workers(
     let mut tasks: Vec<_> = (0..n.max(1))
         .map(|_| tokio::spawn(pipeline.clone().run(until_stopped())))
         .collect();
-    tasks.push(tokio::spawn(pipeline.clone().run_sweeper(until_stopped())));
+    tasks.push(tokio::spawn(run_sweeper(
+        pipeline.clone(),
+        leases,
+        sweep_every,
+        until_stopped(),
+    )));
     tasks
+}
+
+/// The lease the embedding sweeper holds while it sweeps.
+const SWEEPER_LEASE: &str = "embedding-sweeper";
+
+/// Sweeps every `every` while holding the sweeper's lease (renewed each time, lost after
+/// three missed renewals), until `shutdown` resolves.
+async fn run_sweeper(
+    pipeline: EmbeddingPipeline,
+    leases: Arc<dyn Leases>,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let mut leading = false;
+    tokio::pin!(shutdown);
+    loop {
+        let held = leases.try_lease(SWEEPER_LEASE, &holder, every * 3).await;
+        if held != leading {
+            tracing::info!(holder, leading = held, "embedding sweeper lease");
+            leading = held;
+        }
+        if held {
+            if let Err(e) = pipeline.sweep().await {
+                tracing::warn!(error = %e, "embedding sweep failed");
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Builds the configured embedder in the background and, once it works, puts it in `slot`
@@ -73,6 +115,7 @@ pub fn spawn_workers(
 pub fn start(
     cfg: &Config,
     store: Arc<dyn EmbeddingStore>,
+    leases: Arc<dyn Leases>,
     slot: EmbedderSlot,
     stop: watch::Receiver<bool>,
 ) -> (EmbedderCheck, tokio::task::JoinHandle<()>) {
@@ -88,6 +131,7 @@ pub fn start(
         cfg.pipeline.enabled,
         cfg.pipeline.workers,
     );
+    let sweep_every = pipeline_cfg.sweep_every;
     let handle = tokio::spawn(async move {
         if !enabled {
             return;
@@ -110,7 +154,7 @@ pub fn start(
         };
         slot.set(embedder);
         *state.write().expect("embedder state") = EmbedderState::Ready;
-        for w in spawn_workers(&pipeline, workers, &stop) {
+        for w in spawn_workers(&pipeline, workers, &stop, leases, sweep_every) {
             let _ = w.await;
         }
     });

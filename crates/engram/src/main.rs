@@ -1,6 +1,7 @@
 //! The `engram` binary: the CLI, configuration, logging, and the only place where storage
 //! backends are chosen and wired into the core and the server.
 
+mod backends;
 mod bench;
 mod cli;
 mod config;

@@ -5,49 +5,35 @@ use std::time::Duration;
 
 use anyhow::Context;
 use engram_core::{EmbedderSlot, KeyService, MemoryService, SearchConfig, SearchService, TenantId};
-use engram_server::{AppState, HttpConfig, ReadinessCheck, StoreCheck};
-use engram_sqlite::{SqliteConfig, SqliteStore};
+use engram_server::{AppState, HttpConfig, ReadinessCheck};
 use tokio::net::TcpListener;
 
+use crate::backends::Backends;
 use crate::config::Config;
 
-/// Opens the embedded store named by the configuration (running migrations), without the
-/// in-process vector index: for one-shot commands (semantic search is then exact).
-pub fn open_store(cfg: &Config) -> anyhow::Result<SqliteStore> {
-    open_store_with(cfg, false)
+/// Search over the backends, embedding queries with whatever embedder `slot` holds.
+pub fn search_service(b: &Backends, slot: EmbedderSlot, cfg: SearchConfig) -> SearchService {
+    SearchService::new(
+        b.memories.clone(),
+        b.search.clone(),
+        b.embeddings.clone(),
+        slot,
+        cfg,
+    )
 }
 
-/// Opens the store; with `vector_index`, loads (or rebuilds) the ANN index too.
-pub fn open_store_with(cfg: &Config, vector_index: bool) -> anyhow::Result<SqliteStore> {
-    let sc = SqliteConfig {
-        data_dir: cfg.store.data_dir.clone(),
-        readers: cfg.store.readers,
-        vector_index,
-        ..SqliteConfig::new(&cfg.store.data_dir)
-    };
-    SqliteStore::open(&sc)
-        .with_context(|| format!("cannot open the store in {}", cfg.store.data_dir.display()))
-}
-
-/// Search over one store, embedding queries with whatever embedder `slot` holds.
-pub fn search_service(store: &SqliteStore, slot: EmbedderSlot, cfg: SearchConfig) -> SearchService {
-    let s = Arc::new(store.clone());
-    SearchService::new(s.clone(), s.clone(), s, slot, cfg)
-}
-
-/// The application state over one store, with extra readiness checks.
+/// The application state over the backends, with extra readiness checks.
 pub fn app_state(
-    store: &SqliteStore,
+    b: &Backends,
     search: SearchService,
     extra_checks: Vec<Arc<dyn ReadinessCheck>>,
 ) -> AppState {
-    let memories = Arc::new(store.clone());
-    let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(StoreCheck(memories.clone()))];
+    let mut checks = b.checks();
     checks.extend(extra_checks);
     AppState {
-        memories: MemoryService::new(memories.clone()),
+        memories: MemoryService::new(b.memories.clone()),
         search,
-        keys: KeyService::new(Arc::new(store.clone())),
+        keys: KeyService::new(b.keys.clone()),
         checks: Arc::new(checks),
     }
 }
@@ -101,18 +87,23 @@ async fn shutdown_signal() {
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     engram_server::metrics::install();
-    let store = open_store_with(&cfg, true)?;
-    let report = store.migration_report();
+    let store = Backends::open(&cfg, true).await?;
+    let report = store.migrations();
     tracing::info!(
-        data_dir = %cfg.store.data_dir.display(),
+        store = %store.describe(),
         schema_version = report.current,
         migrations_applied = report.applied.len(),
         "store opened"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let slot = EmbedderSlot::default();
-    let (embedder_check, worker) =
-        crate::embedding::start(&cfg, Arc::new(store.clone()), slot.clone(), stop_rx);
+    let (embedder_check, worker) = crate::embedding::start(
+        &cfg,
+        store.embeddings.clone(),
+        store.leases(),
+        slot.clone(),
+        stop_rx,
+    );
     let search = search_service(&store, slot, cfg.search.to_core());
     let state = app_state(&store, search, vec![Arc::new(embedder_check)]);
     first_key(&state.keys).await?;

@@ -1,23 +1,21 @@
 //! Where memory commands run: the local data directory (calling the core directly) or a
 //! server over HTTP. Both speak the API's DTOs, so output is the same either way.
 
-use std::sync::Arc;
-
 use anyhow::{anyhow, Context};
 use engram_api::{
     CreateMemoryRequest, ErrorBody, ListParams, ListResponse, MemoryResponse, SearchBody,
     SearchResponse, UpdateMemoryRequest,
 };
 use engram_core::{CoreError, EmbedderSlot, MemoryId, MemoryService, SearchMode, TenantId};
-use engram_sqlite::SqliteStore;
 
+use crate::backends::Backends;
 use crate::cli::TargetArgs;
 use crate::config::Config;
 
 pub enum Target {
     Local {
         svc: MemoryService,
-        store: SqliteStore,
+        store: Backends,
         tenant: TenantId,
         cfg: Box<Config>,
     },
@@ -58,13 +56,10 @@ impl Target {
                 })
             }
             None => {
-                let mut cfg = cfg.clone();
-                if let Some(d) = &args.data_dir {
-                    cfg.store.data_dir = d.clone();
-                }
-                let store = crate::serve::open_store(&cfg)?;
+                let cfg = args.store.apply(cfg.clone());
+                let store = Backends::open(&cfg, false).await?;
                 Ok(Target::Local {
-                    svc: MemoryService::new(Arc::new(store.clone())),
+                    svc: MemoryService::new(store.memories.clone()),
                     store,
                     tenant: TenantId::parse(&args.tenant).map_err(core)?,
                     cfg: Box::new(cfg),

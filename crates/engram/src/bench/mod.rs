@@ -3,9 +3,9 @@
 
 pub mod corpus;
 pub mod locomo;
+pub mod replicas;
 pub mod search;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,9 +36,10 @@ pub struct CrudArgs {
     /// GET and list requests sampled for latency.
     #[arg(long, default_value_t = 2_000)]
     pub samples: usize,
-    /// Data directory (default: a fresh temporary directory, removed afterwards).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// The store (default: SQLite in a fresh temporary directory, removed afterwards; on
+    /// Postgres, a fresh schema, dropped afterwards, unless `[store] schema` names one).
+    #[command(flatten)]
+    pub store: crate::cli::StoreArgs,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -169,7 +170,7 @@ where
 /// An in-process server over a store in `cfg.store.data_dir`, with a key for the tenant
 /// `bench`.
 struct BenchServer {
-    store: engram_sqlite::SqliteStore,
+    store: crate::backends::Backends,
     key: engram_core::ApiKey,
     addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -177,8 +178,8 @@ struct BenchServer {
 
 impl BenchServer {
     async fn start(cfg: &Config) -> anyhow::Result<BenchServer> {
-        let store = crate::serve::open_store_with(cfg, true)?;
-        let keys = KeyService::new(Arc::new(store.clone()));
+        let store = crate::backends::Backends::open(cfg, true).await?;
+        let keys = KeyService::new(store.keys.clone());
         let (key, _) = keys.create(&TenantId::parse("bench")?).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -202,12 +203,11 @@ impl BenchServer {
 
 pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_path_buf());
-    let mut cfg = Config::default();
-    cfg.store.data_dir = data_dir.clone();
+    let mut cfg = args.store.apply(Config::default());
+    if args.store.data_dir.is_none() {
+        cfg.store.data_dir = tmp.path().to_path_buf();
+    }
+    let temp_schema = crate::backends::temp_schema(&mut cfg, "bench")?;
     let BenchServer {
         store,
         key,
@@ -229,8 +229,8 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
         }
     };
     log(format!(
-        "bench crud: server on {addr}, data in {}",
-        data_dir.display()
+        "bench crud: server on {addr}, store {}",
+        store.describe()
     ));
 
     // 1. Creates, one client.
@@ -374,6 +374,9 @@ pub async fn crud(args: CrudArgs) -> anyhow::Result<()> {
     }
     server.abort();
     store.close();
+    if let Some(schema) = temp_schema {
+        store.drop_schema(&schema).await?;
+    }
     Ok(())
 }
 
@@ -436,11 +439,17 @@ pub async fn embed(cfg: &Config, args: EmbedArgs) -> anyhow::Result<()> {
         addr,
         server,
     } = BenchServer::start(&scfg).await?;
-    let embeddings: Arc<dyn EmbeddingStore> = Arc::new(store.clone());
+    let embeddings: Arc<dyn EmbeddingStore> = store.embeddings.clone();
     let pipeline =
         EmbeddingPipeline::new(embeddings.clone(), Arc::new(local), cfg.pipeline.to_core()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers = crate::embedding::spawn_workers(&pipeline, cfg.pipeline.workers, &stop_rx);
+    let workers = crate::embedding::spawn_workers(
+        &pipeline,
+        cfg.pipeline.workers,
+        &stop_rx,
+        store.leases(),
+        cfg.pipeline.to_core().sweep_every,
+    );
     let http = reqwest::Client::new();
     // Distinct sentences, so the cache does not flatter the figure.
     let texts = engram_embed::bench_sentences(args.memories, 12, 7);

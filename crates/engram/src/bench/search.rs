@@ -21,10 +21,12 @@ use anyhow::Context;
 use async_trait::async_trait;
 use clap::Args;
 use engram_core::{
-    DocumentEmbedding, EmbedError, Embedder, EmbedderSlot, EmbeddingStore, MemoryFilter,
-    MemoryService, ModelInfo, NewMemory, SearchMode, SearchRequest, SearchService, TenantId,
+    DocumentEmbedding, EmbedError, Embedder, EmbedderSlot, MemoryFilter, MemoryService, ModelInfo,
+    NewMemory, SearchMode, SearchRequest, TenantId,
 };
 use engram_sqlite::{SqliteConfig, SqliteStore};
+
+use crate::backends::Backends;
 use serde::{Deserialize, Serialize};
 
 use super::corpus;
@@ -41,9 +43,11 @@ pub struct SearchArgs {
     /// Queries whose exact top 10 is computed for recall (brute force is slow at 1M).
     #[arg(long, default_value_t = 200)]
     pub recall_queries: usize,
-    /// Keep the store here instead of a temporary directory.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// The store: `--data-dir DIR` keeps it (and the plan) there instead of a temporary
+    /// directory; `--store postgres://…` loads it into a fresh schema (kept with
+    /// `--data-dir`, else dropped), `--cache redis://…` puts Redis in front.
+    #[command(flatten)]
+    pub store: crate::cli::StoreArgs,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -62,6 +66,13 @@ const TENANT: &str = "bench";
 struct Plan {
     model: ModelInfo,
     queries: Vec<PlannedQuery>,
+    /// The store and cache the parent loaded (none: SQLite in the plan's directory).
+    #[serde(default)]
+    store_url: Option<String>,
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    cache_url: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -151,16 +162,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn store_config(dir: &Path, vector_index: bool) -> SqliteConfig {
-    SqliteConfig {
-        vector_index,
-        ..SqliteConfig::new(dir)
-    }
-}
-
-/// Loads memories and vectors into a fresh store in `dir`.
+/// Loads memories and vectors into a fresh store.
 async fn load(
-    dir: &Path,
+    backends: &Backends,
     c: &corpus::Corpus,
     model: &ModelInfo,
     quiet: bool,
@@ -169,8 +173,8 @@ async fn load(
     let rows: HashMap<String, usize> = (0..c.memories())
         .map(|i| (engram_core::memory::content_hash(c.memory_text(i)), i))
         .collect();
-    let store = SqliteStore::open(&store_config(dir, false))?;
-    let svc = MemoryService::new(Arc::new(store.clone()));
+    let store = backends.embeddings.clone();
+    let svc = MemoryService::new(backends.memories.clone());
     let tenant = TenantId::parse(TENANT)?;
     let started = Instant::now();
     for chunk in (0..c.memories())
@@ -234,8 +238,22 @@ async fn load(
             started.elapsed().as_secs_f64()
         );
     }
-    store.close();
     Ok(())
+}
+
+/// The configuration the benchmark's processes open the store with.
+fn bench_config(
+    plan_dir: &Path,
+    store_url: Option<String>,
+    schema: Option<String>,
+    cache_url: Option<String>,
+) -> Config {
+    let mut cfg = Config::default();
+    cfg.store.data_dir = plan_dir.to_path_buf();
+    cfg.store.url = store_url;
+    cfg.store.schema = schema;
+    cfg.cache.url = cache_url;
+    cfg
 }
 
 pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
@@ -255,25 +273,46 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     );
     drop(embedder);
     let tmp;
-    let dir = match &args.data_dir {
+    let dir = match &args.store.data_dir {
         Some(d) => d.clone(),
         None => {
             tmp = tempfile::tempdir()?;
             tmp.path().to_path_buf()
         }
     };
+    std::fs::create_dir_all(&dir)?;
+    let mut cfg = bench_config(
+        &dir,
+        args.store.store_url.clone(),
+        cfg.store.schema.clone(),
+        args.store.cache_url.clone(),
+    );
+    let temp_schema = crate::backends::temp_schema(&mut cfg, "bench")?;
+    let backends = Backends::open(&cfg, false).await?;
     if !quiet {
-        eprintln!("loading {} memories into {}", c.memories(), dir.display());
+        eprintln!(
+            "loading {} memories into {}",
+            c.memories(),
+            backends.describe()
+        );
     }
-    load(&dir, &c, &model, quiet).await?;
+    load(&backends, &c, &model, quiet).await?;
 
-    // Index build: from scratch, as `engram reindex` and a first start do.
-    let _ = std::fs::remove_dir_all(dir.join("index"));
+    // Index build: from scratch, as `engram reindex` and a first start do (on Postgres:
+    // REINDEX of the model's HNSW indexes).
     let started = Instant::now();
-    let store = SqliteStore::open(&store_config(&dir, true))?;
+    let vectors = match backends.sqlite() {
+        Some(_) => {
+            backends.close();
+            let _ = std::fs::remove_dir_all(dir.join("index"));
+            let store = SqliteStore::open(&SqliteConfig::new(&dir))?;
+            let n = store.indexed_memories();
+            store.close();
+            n
+        }
+        None => backends.rebuild_vector_index(&model).await?,
+    };
     let build_s = started.elapsed().as_secs_f64();
-    let vectors = store.indexed_memories();
-    store.close();
     if !quiet {
         eprintln!("  built the vector index ({vectors} memories) in {build_s:.1} s");
     }
@@ -319,7 +358,16 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     }
     drop(c);
     let plan_path = dir.join("bench-plan.json");
-    std::fs::write(&plan_path, serde_json::to_vec(&Plan { model, queries })?)?;
+    std::fs::write(
+        &plan_path,
+        serde_json::to_vec(&Plan {
+            model,
+            queries,
+            store_url: cfg.store.url.clone(),
+            schema: cfg.store.schema.clone(),
+            cache_url: cfg.cache.url.clone(),
+        })?,
+    )?;
 
     let exe = std::env::current_exe()?;
     let out = std::process::Command::new(exe)
@@ -330,9 +378,13 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
         .context("cannot run the measuring process")?;
     anyhow::ensure!(out.status.success(), "the measuring process failed");
     let m: Measured = serde_json::from_slice(&out.stdout).context("measuring process output")?;
-    if args.data_dir.is_none() {
+    if args.store.data_dir.is_none() {
         let _ = std::fs::remove_file(&plan_path);
+        if let Some(schema) = temp_schema {
+            backends.drop_schema(&schema).await?;
+        }
     }
+    backends.close();
 
     if args.json {
         println!(
@@ -385,10 +437,15 @@ fn peak_rss_mb() -> f64 {
 /// The child: open the store as `engram serve` does and run the plan.
 async fn measure(dir: &Path) -> anyhow::Result<Measured> {
     let plan: Plan = serde_json::from_slice(&std::fs::read(dir.join("bench-plan.json"))?)?;
+    let cfg = bench_config(
+        dir,
+        plan.store_url.clone(),
+        plan.schema.clone(),
+        plan.cache_url.clone(),
+    );
     let started = Instant::now();
-    let store = SqliteStore::open(&store_config(dir, true))?;
+    let store = Backends::open(&cfg, true).await?;
     let open_s = started.elapsed().as_secs_f64();
-    let s = Arc::new(store.clone());
     let slot = EmbedderSlot::default();
     slot.set(Arc::new(CachedQueries {
         model: plan.model.clone(),
@@ -398,17 +455,11 @@ async fn measure(dir: &Path) -> anyhow::Result<Measured> {
             .map(|q| (q.text.clone(), q.vector.clone()))
             .collect(),
     }));
-    let svc = SearchService::new(s.clone(), s.clone(), s, slot.clone(), Default::default());
-    // The same store without the ANN index: its semantic search is exact, so its hybrid
-    // results are what hybrid search would return with exact vector search.
-    let exact_store = Arc::new(SqliteStore::open(&store_config(dir, false))?);
-    let exact_svc = SearchService::new(
-        exact_store.clone(),
-        exact_store.clone(),
-        exact_store.clone(),
-        slot,
-        Default::default(),
-    );
+    let svc = crate::serve::search_service(&store, slot.clone(), Default::default());
+    // The same store answering semantic searches exactly, so its hybrid results are what
+    // hybrid search would return with exact vector search.
+    let exact_store = Backends::open_exact(&cfg).await?;
+    let exact_svc = crate::serve::search_service(&exact_store, slot, Default::default());
     let tenant = TenantId::parse(TENANT)?;
     let rows_of = |r: &engram_core::SearchResult| -> Vec<usize> {
         r.hits

@@ -132,3 +132,31 @@ pub async fn post_json(http: &reqwest::Client, url: &str, key: &str, body: &Valu
         .await
         .unwrap()
 }
+
+/// The Postgres (with pgvector) tests use: `ENGRAM_TEST_POSTGRES_URL`, default the cluster
+/// `scripts/pgvector` starts (`scripts/test` starts it).
+pub fn postgres_url() -> String {
+    std::env::var("ENGRAM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:54329/postgres".into())
+}
+
+/// The Redis tests use: `ENGRAM_TEST_REDIS_URL`, default the local one.
+pub fn redis_url() -> String {
+    std::env::var("ENGRAM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Runs `engram ARGS` with extra environment; its stdout, or a panic with its stderr.
+pub fn engram_ok(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("ENGRAM_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run engram");
+    assert!(
+        out.status.success(),
+        "engram {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
