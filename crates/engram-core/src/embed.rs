@@ -22,6 +22,34 @@ impl ModelInfo {
     }
 }
 
+/// Vectors as stores and caches keep them: little-endian f32, back to back.
+pub fn vectors_to_bytes(vectors: &[Vec<f32>]) -> Vec<u8> {
+    vectors
+        .iter()
+        .flatten()
+        .flat_map(|x| x.to_le_bytes())
+        .collect()
+}
+
+/// The vectors of `dim` floats in `bytes` (as `vectors_to_bytes` wrote them); `None`
+/// unless `bytes` holds one or more whole vectors.
+pub fn vectors_from_bytes(bytes: &[u8], dim: usize) -> Option<Vec<Vec<f32>>> {
+    let width = dim.checked_mul(4).filter(|w| *w > 0)?;
+    let chunks = bytes.chunks_exact(width);
+    if bytes.is_empty() || !chunks.remainder().is_empty() {
+        return None;
+    }
+    Some(
+        chunks
+            .map(|v| {
+                v.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum EmbedError {
     /// The embedder cannot run at all (no model, service down); the message says how to fix it.

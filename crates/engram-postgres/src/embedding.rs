@@ -17,28 +17,13 @@ use sha2::{Digest, Sha256};
 
 use crate::{db_err, PgStore};
 
-fn to_bytes(vectors: &[Vec<f32>]) -> Vec<u8> {
-    vectors
-        .iter()
-        .flatten()
-        .flat_map(|x| x.to_le_bytes())
-        .collect()
-}
-
 fn from_bytes(b: &[u8], dim: usize) -> Result<Vec<Vec<f32>>, StoreError> {
-    if dim == 0 || !b.len().is_multiple_of(4 * dim) {
-        return Err(StoreError::Other(format!(
+    engram_core::embed::vectors_from_bytes(b, dim).ok_or_else(|| {
+        StoreError::Other(format!(
             "corrupt cached vectors of {} bytes for dim {dim}",
             b.len()
-        )));
-    }
-    Ok(b.chunks_exact(4 * dim)
-        .map(|v| {
-            v.chunks_exact(4)
-                .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
-                .collect()
-        })
-        .collect())
+        ))
+    })
 }
 
 fn dims_ok(model: &ModelInfo, vectors: &[Vec<f32>]) -> bool {
@@ -124,7 +109,7 @@ async fn write_vectors<C: GenericClient>(
             &key,
             &content_hash,
             &(vectors.len() as i32),
-            &to_bytes(vectors),
+            &engram_core::embed::vectors_to_bytes(vectors),
             &at,
         ],
     )

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use engram_core::embed::{vectors_from_bytes, vectors_to_bytes};
 use engram_core::{
     ContextJob, ContextVector, EmbeddingJob, EmbeddingStatus, EmbeddingStore, MemoryId, ModelInfo,
     SessionTurn, StoreError, SweepReport, TenantId, Timestamp,
@@ -34,31 +35,6 @@ pub struct CachedEmbeddingStore {
     cache: RedisCache,
 }
 
-fn encode(windows: &[Vec<f32>]) -> Vec<u8> {
-    windows
-        .iter()
-        .flatten()
-        .flat_map(|f| f.to_le_bytes())
-        .collect()
-}
-
-fn decode(bytes: &[u8], dim: usize) -> Option<Vec<Vec<f32>>> {
-    let width = dim.checked_mul(4).filter(|w| *w > 0)?;
-    let windows = bytes.chunks_exact(width);
-    if bytes.is_empty() || !windows.remainder().is_empty() {
-        return None;
-    }
-    Some(
-        windows
-            .map(|w| {
-                w.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect()
-            })
-            .collect(),
-    )
-}
-
 impl CachedEmbeddingStore {
     pub fn new(inner: Arc<dyn EmbeddingStore>, cache: RedisCache) -> Self {
         CachedEmbeddingStore { inner, cache }
@@ -69,7 +45,12 @@ impl CachedEmbeddingStore {
         let entries = vectors
             .into_iter()
             .filter(|(_, w)| !w.is_empty() && w.iter().all(|v| v.len() == model.dim))
-            .map(|(hash, w)| (self.cache.keys().embedding(&key, &hash), encode(w)))
+            .map(|(hash, w)| {
+                (
+                    self.cache.keys().embedding(&key, &hash),
+                    vectors_to_bytes(w),
+                )
+            })
             .collect();
         self.cache
             .set_many(entries, self.cache.config().embedding_ttl)
@@ -191,7 +172,7 @@ impl EmbeddingStore for CachedEmbeddingStore {
         let mut found = HashMap::with_capacity(hashes.len());
         let mut missing = Vec::new();
         for (hash, value) in hashes.into_iter().zip(values) {
-            match value.and_then(|b| decode(&b, model.dim)) {
+            match value.and_then(|b| vectors_from_bytes(&b, model.dim)) {
                 Some(w) => {
                     found.insert(hash, w);
                 }
@@ -292,12 +273,12 @@ mod tests {
     #[test]
     fn vectors_round_trip_as_little_endian_f32() {
         let w = vec![vec![1.0, -2.5, 0.0], vec![3.25, 4.0, -0.125]];
-        let bytes = encode(&w);
+        let bytes = vectors_to_bytes(&w);
         assert_eq!(bytes.len(), 24);
         assert_eq!(&bytes[..4], &1.0f32.to_le_bytes());
-        assert_eq!(decode(&bytes, 3), Some(w));
-        assert_eq!(decode(&bytes, 5), None);
-        assert_eq!(decode(&[], 3), None);
-        assert_eq!(decode(&bytes, 0), None);
+        assert_eq!(vectors_from_bytes(&bytes, 3), Some(w));
+        assert_eq!(vectors_from_bytes(&bytes, 5), None);
+        assert_eq!(vectors_from_bytes(&[], 3), None);
+        assert_eq!(vectors_from_bytes(&bytes, 0), None);
     }
 }

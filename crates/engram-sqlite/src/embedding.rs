@@ -14,27 +14,16 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::{db_err, SqliteStore};
 
 fn to_blob(vectors: &[Vec<f32>]) -> Vec<u8> {
-    vectors
-        .iter()
-        .flatten()
-        .flat_map(|x| x.to_le_bytes())
-        .collect()
+    engram_core::embed::vectors_to_bytes(vectors)
 }
 
 fn from_blob(b: &[u8], dim: usize) -> Result<Vec<Vec<f32>>, StoreError> {
-    if dim == 0 || !b.len().is_multiple_of(4 * dim) {
-        return Err(StoreError::Other(format!(
+    engram_core::embed::vectors_from_bytes(b, dim).ok_or_else(|| {
+        StoreError::Other(format!(
             "corrupt vector blob of {} bytes for dim {dim}",
             b.len()
-        )));
-    }
-    Ok(b.chunks_exact(4 * dim)
-        .map(|v| {
-            v.chunks_exact(4)
-                .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
-                .collect()
-        })
-        .collect())
+        ))
+    })
 }
 
 fn check_dims(model: &ModelInfo, vectors: &[Vec<f32>]) -> Result<(), StoreError> {
