@@ -137,6 +137,70 @@ pub struct PgStore {
     /// pgvector 0.8+: HNSW scans continue past `ef_search` until the filter has let
     /// enough rows through.
     iterative_scan: bool,
+    /// Deferred `accessed_at` updates, newest per memory, written every `TOUCH_EVERY`.
+    touches: std::sync::Arc<Touches>,
+}
+
+/// Deferred `accessed_at` updates: (tenant, memory id) → the latest read time.
+type Touches = std::sync::Mutex<std::collections::HashMap<(String, uuid::Uuid), i64>>;
+
+/// How often deferred `accessed_at` updates are written.
+const TOUCH_EVERY: Duration = Duration::from_millis(500);
+/// Deferred `accessed_at` updates held at most (while Postgres cannot take them).
+const TOUCH_MAX: usize = 100_000;
+
+/// Writes deferred `accessed_at` updates in one statement. `accessed_at` is best effort:
+/// the commit does not wait for the disk (`synchronous_commit = off`), so a read never
+/// costs an fsync.
+async fn flush_touches(pool: &Pool, touches: &Touches) -> Result<(), StoreError> {
+    let batch: Vec<((String, uuid::Uuid), i64)> = {
+        let mut t = touches.lock().unwrap_or_else(|e| e.into_inner());
+        if t.is_empty() {
+            return Ok(());
+        }
+        std::mem::take(&mut *t).into_iter().collect()
+    };
+    let (mut tenants, mut ids, mut ats) = (Vec::new(), Vec::new(), Vec::new());
+    for ((tenant, id), at) in batch {
+        tenants.push(tenant);
+        ids.push(id);
+        ats.push(at);
+    }
+    let mut client = pool.get().await.map_err(pool_err)?;
+    let tx = client.transaction().await.map_err(db_err)?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await
+        .map_err(db_err)?;
+    let st = tx
+        .prepare_cached(
+            "UPDATE memories m SET accessed_at = t.at
+             FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS t(id, tenant, at)
+             WHERE m.id = t.id AND m.tenant = t.tenant AND m.deleted_at IS NULL
+               AND m.accessed_at < t.at",
+        )
+        .await
+        .map_err(db_err)?;
+    tx.execute(&st, &[&ids, &tenants, &ats])
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)
+}
+
+/// Flushes deferred touches every `TOUCH_EVERY` until the store is dropped (then once
+/// more).
+fn spawn_toucher(pool: Pool, touches: &std::sync::Arc<Touches>) {
+    let weak = std::sync::Arc::downgrade(touches);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(TOUCH_EVERY).await;
+            let Some(touches) = weak.upgrade() else {
+                return;
+            };
+            if let Err(e) = flush_touches(&pool, &touches).await {
+                tracing::warn!(error = %e, "could not record accessed_at; will retry");
+            }
+        }
+    });
 }
 
 /// A schema name engram accepts: letters, digits and underscores.
@@ -212,12 +276,15 @@ impl PgStore {
             );
         }
         drop(client);
+        let touches = std::sync::Arc::new(Touches::default());
+        spawn_toucher(pool.clone(), &touches);
         Ok(PgStore {
             pool,
             exact_search_max: cfg.exact_search_max,
             lock_base,
             migration: std::sync::Arc::new(migration),
             iterative_scan,
+            touches,
         })
     }
 
@@ -278,15 +345,22 @@ impl PgStore {
         model: &engram_core::ModelInfo,
     ) -> Result<usize, StoreError> {
         let key = model.key();
-        let c = self.client().await?;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        // An HNSW build is much faster while the graph fits in maintenance_work_mem.
+        tx.batch_execute("SET LOCAL maintenance_work_mem = '1GB'")
+            .await
+            .map_err(db_err)?;
         for table in ["memory_vectors", "context_vectors"] {
-            c.batch_execute(&format!(
+            tx.batch_execute(&format!(
                 "REINDEX INDEX {}",
                 embedding::index_name(table, &key)
             ))
             .await
             .map_err(db_err)?;
         }
+        tx.commit().await.map_err(db_err)?;
+        let c = self.client().await?;
         let n: i64 = c
             .query_one(
                 "SELECT count(DISTINCT rid) FROM memory_vectors WHERE model_key = $1",
@@ -296,6 +370,15 @@ impl PgStore {
             .map_err(db_err)?
             .get(0);
         Ok(n.max(0) as usize)
+    }
+
+    /// Purges a tenant, or one user of it, in one transaction.
+    async fn purge_in_tx(&self, tenant: &TenantId, user: Option<&str>) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let n = purge(&tx, tenant.as_str(), user).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(n)
     }
 
     /// Drops the store's schema and everything in it (tests' fresh schemas). Refuses
@@ -549,22 +632,18 @@ impl MemoryStore for PgStore {
         ids: &[MemoryId],
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        if ids.is_empty() {
+        // Deferred: written within TOUCH_EVERY, never moving accessed_at back; no version
+        // bump, no change record.
+        let at = to_micros(at);
+        let mut t = self.touches.lock().unwrap_or_else(|e| e.into_inner());
+        if t.len() >= TOUCH_MAX {
+            // Postgres has been unreachable for a while: best effort gives way.
             return Ok(());
         }
-        let ids: Vec<uuid::Uuid> = ids.iter().map(|i| i.0).collect();
-        let c = self.client().await?;
-        // Never moves accessed_at back; no version bump, no change record.
-        let st = c
-            .prepare_cached(
-                "UPDATE memories SET accessed_at = $3
-                 WHERE id = ANY($1) AND tenant = $2 AND deleted_at IS NULL AND accessed_at < $3",
-            )
-            .await
-            .map_err(db_err)?;
-        c.execute(&st, &[&ids, &tenant.as_str(), &to_micros(at)])
-            .await
-            .map_err(db_err)?;
+        for id in ids {
+            let e = t.entry((tenant.as_str().to_owned(), id.0)).or_insert(at);
+            *e = (*e).max(at);
+        }
         Ok(())
     }
 
@@ -673,19 +752,11 @@ impl MemoryStore for PgStore {
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_err)?;
-        let n = purge(&tx, tenant.as_str(), None).await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(n)
+        self.purge_in_tx(tenant, None).await
     }
 
     async fn purge_user(&self, tenant: &TenantId, user_id: &str) -> Result<u64, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_err)?;
-        let n = purge(&tx, tenant.as_str(), Some(user_id)).await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(n)
+        self.purge_in_tx(tenant, Some(user_id)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
