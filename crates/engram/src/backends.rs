@@ -93,11 +93,14 @@ impl Backends {
         let url = StoreUrl::parse(cfg.store.url.as_deref(), &cfg.store.data_dir)?;
         let engine = match &url {
             StoreUrl::Sqlite(dir) => {
-                let sc = SqliteConfig {
+                let mut sc = SqliteConfig {
                     readers: cfg.store.readers,
                     vector_index,
                     ..SqliteConfig::new(dir)
                 };
+                if let Some(max) = cfg.store.exact_search_max {
+                    sc.exact_search_max = max;
+                }
                 let dir = dir.clone();
                 let store = tokio::task::spawn_blocking(move || SqliteStore::open(&sc))
                     .await
@@ -109,7 +112,7 @@ impl Backends {
                 let mut pc = PgConfig::new(u.clone());
                 pc.pool_size = cfg.store.pool_size;
                 pc.schema = cfg.store.schema.clone();
-                if let Some(max) = pg_exact_max {
+                if let Some(max) = pg_exact_max.or(cfg.store.exact_search_max) {
                     pc.exact_search_max = max;
                 }
                 let store = PgStore::connect(&pc).await.with_context(|| {
@@ -121,25 +124,24 @@ impl Backends {
                 Engine::Postgres(store)
             }
         };
+        /// Every port served by one store.
+        fn ports<S>(s: &S, engine: Engine, url: StoreUrl) -> Backends
+        where
+            S: MemoryStore + KeyStore + EmbeddingStore + SearchIndex + Clone,
+        {
+            Backends {
+                memories: Arc::new(s.clone()),
+                keys: Arc::new(s.clone()),
+                embeddings: Arc::new(s.clone()),
+                search: Arc::new(s.clone()),
+                cache: None,
+                engine,
+                url,
+            }
+        }
         let mut b = match &engine {
-            Engine::Sqlite(s) => Backends {
-                memories: Arc::new(s.clone()),
-                keys: Arc::new(s.clone()),
-                embeddings: Arc::new(s.clone()),
-                search: Arc::new(s.clone()),
-                cache: None,
-                engine: engine.clone(),
-                url,
-            },
-            Engine::Postgres(s) => Backends {
-                memories: Arc::new(s.clone()),
-                keys: Arc::new(s.clone()),
-                embeddings: Arc::new(s.clone()),
-                search: Arc::new(s.clone()),
-                cache: None,
-                engine: engine.clone(),
-                url,
-            },
+            Engine::Sqlite(s) => ports(s, engine.clone(), url),
+            Engine::Postgres(s) => ports(s, engine.clone(), url),
         };
         if let Some(url) = cfg.cache.url.as_deref().filter(|u| !u.trim().is_empty()) {
             // Connects in the background: a Redis that is down at start is not an error.

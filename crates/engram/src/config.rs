@@ -196,6 +196,10 @@ pub struct StoreConfig {
     pub pool_size: usize,
     /// Postgres: a schema of engram's own instead of `public`.
     pub schema: Option<String>,
+    /// Filtered semantic searches with at most this many candidates are exact over them
+    /// instead of going through the vector index (unset: the store's default, 10,000 on
+    /// SQLite, 5,000 on Postgres).
+    pub exact_search_max: Option<usize>,
 }
 
 impl Default for StoreConfig {
@@ -206,6 +210,7 @@ impl Default for StoreConfig {
             readers: 4,
             pool_size: 16,
             schema: None,
+            exact_search_max: None,
         }
     }
 }
@@ -305,6 +310,9 @@ readers = 4
 pool_size = 16
 # Postgres: a schema of engram's own instead of public.
 # schema = "engram"
+# Filtered semantic searches with at most this many candidates are exact instead of going
+# through the vector index (default 10000 on SQLite, 5000 on Postgres).
+# exact_search_max = 5000
 
 [cache]
 # Redis in front of the store (caches only, never ground truth), e.g. "redis://127.0.0.1:6379".

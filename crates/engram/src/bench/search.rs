@@ -73,6 +73,9 @@ struct Plan {
     schema: Option<String>,
     #[serde(default)]
     cache_url: Option<String>,
+    /// `[store] exact_search_max` of the parent's configuration.
+    #[serde(default)]
+    exact_search_max: Option<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -281,6 +284,7 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
         }
     };
     std::fs::create_dir_all(&dir)?;
+    let exact_search_max = cfg.store.exact_search_max;
     let mut cfg = bench_config(
         &dir,
         args.store.store_url.clone(),
@@ -366,6 +370,7 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
             store_url: cfg.store.url.clone(),
             schema: cfg.store.schema.clone(),
             cache_url: cfg.cache.url.clone(),
+            exact_search_max,
         })?,
     )?;
 
@@ -437,12 +442,13 @@ fn peak_rss_mb() -> f64 {
 /// The child: open the store as `engram serve` does and run the plan.
 async fn measure(dir: &Path) -> anyhow::Result<Measured> {
     let plan: Plan = serde_json::from_slice(&std::fs::read(dir.join("bench-plan.json"))?)?;
-    let cfg = bench_config(
+    let mut cfg = bench_config(
         dir,
         plan.store_url.clone(),
         plan.schema.clone(),
         plan.cache_url.clone(),
     );
+    cfg.store.exact_search_max = plan.exact_search_max;
     let started = Instant::now();
     let store = Backends::open(&cfg, true).await?;
     let open_s = started.elapsed().as_secs_f64();
