@@ -93,23 +93,24 @@ impl PgConfig {
 /// Maps a driver error into the port's error type.
 pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(code) = e.code() {
+        // The server's own words ("deadlock detected", …), not the driver's "db error".
+        let detail = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_else(|| e.to_string());
         if *code == SqlState::UNIQUE_VIOLATION {
-            return StoreError::Conflict(e.to_string());
+            return StoreError::Conflict(detail);
         }
         if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
         {
-            return StoreError::Conflict(format!("retry: {e}"));
+            return StoreError::Conflict(format!("retry: {detail}"));
         }
         if code.code().starts_with("08")
             || code.code().starts_with("53")
             || code.code().starts_with("57")
         {
-            return StoreError::Unavailable(e.to_string());
+            return StoreError::Unavailable(format!("postgres {}: {detail}", code.code()));
         }
-        let detail = e
-            .as_db_error()
-            .map(|d| d.message().to_owned())
-            .unwrap_or_else(|| e.to_string());
         return StoreError::Other(format!("postgres {}: {detail}", code.code()));
     }
     if e.is_closed() {
@@ -153,24 +154,49 @@ const TOUCH_MAX: usize = 100_000;
 /// the commit does not wait for the disk (`synchronous_commit = off`), so a read never
 /// costs an fsync.
 async fn flush_touches(pool: &Pool, touches: &Touches) -> Result<(), StoreError> {
-    let batch: Vec<((String, uuid::Uuid), i64)> = {
+    let mut batch: Vec<((String, uuid::Uuid), i64)> = {
         let mut t = touches.lock().unwrap_or_else(|e| e.into_inner());
         if t.is_empty() {
             return Ok(());
         }
         std::mem::take(&mut *t).into_iter().collect()
     };
+    // Rows are locked in id order, as the embedding queue's batches lock them, so the
+    // two do not deadlock each other.
+    batch.sort_unstable_by_key(|((_, id), _)| *id);
+    let written = write_touches(pool, &batch).await;
+    if written.is_err() {
+        // Put them back for the next round (a newer read of the same memory wins).
+        let mut t = touches.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, at) in batch {
+            let e = t.entry(k).or_insert(at);
+            *e = (*e).max(at);
+        }
+    }
+    written
+}
+
+async fn write_touches(
+    pool: &Pool,
+    batch: &[((String, uuid::Uuid), i64)],
+) -> Result<(), StoreError> {
     let (mut tenants, mut ids, mut ats) = (Vec::new(), Vec::new(), Vec::new());
     for ((tenant, id), at) in batch {
-        tenants.push(tenant);
-        ids.push(id);
-        ats.push(at);
+        tenants.push(tenant.as_str());
+        ids.push(*id);
+        ats.push(*at);
     }
     let mut client = pool.get().await.map_err(pool_err)?;
     let tx = client.transaction().await.map_err(db_err)?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await
         .map_err(db_err)?;
+    // Lock the rows in id order first (the update's join would lock them in any order).
+    let lock = tx
+        .prepare_cached("SELECT 1 FROM memories WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .await
+        .map_err(db_err)?;
+    tx.execute(&lock, &[&ids]).await.map_err(db_err)?;
     let st = tx
         .prepare_cached(
             "UPDATE memories m SET accessed_at = t.at
