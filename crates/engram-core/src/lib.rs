@@ -8,12 +8,14 @@
 //! and it never imports an HTTP, SQL or Redis crate.
 
 pub mod change;
+pub mod context;
 pub mod embed;
 pub mod error;
 pub mod filter;
 pub mod ids;
 pub mod keys;
 pub mod memory;
+pub mod ops;
 pub mod pipeline;
 pub mod ports;
 pub mod rerank;
