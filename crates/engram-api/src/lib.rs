@@ -4,11 +4,17 @@
 //! the core's validated newtypes and names the offending field on every failure.
 //! It knows nothing of HTTP frameworks or storage.
 
+mod context;
 mod json;
 mod memory;
+mod ops;
+mod records;
 pub mod schema;
 mod search;
 
+pub use context::*;
 pub use json::{parse_json, JsonError};
 pub use memory::*;
+pub use ops::*;
+pub use records::*;
 pub use search::*;

@@ -9,6 +9,7 @@
 
 pub mod change;
 pub mod context;
+pub mod context_service;
 pub mod embed;
 pub mod error;
 pub mod filter;
@@ -23,6 +24,7 @@ pub mod search;
 pub mod service;
 pub mod time;
 pub mod validate;
+pub mod working;
 
 pub use change::{ChangeOp, ChangeRecord};
 pub use embed::{DocumentEmbedding, EmbedError, Embedder, ModelInfo};
@@ -34,7 +36,8 @@ pub use memory::{EmbeddingStatus, Memory, MemoryPatch, MemoryType, NewMemory, Sc
 pub use pipeline::{reembed, CoreErrorOrEmbed, EmbeddingPipeline, PipelineConfig, ReembedReport};
 pub use ports::{
     ContextJob, ContextVector, EmbeddingJob, EmbeddingStore, IdempotencyKey, InsertMemory,
-    InsertOutcome, KeyStore, MemoryStore, SearchIndex, SessionTurn, SweepReport,
+    InsertOutcome, KeyStore, MemoryStore, MirrorWrite, RecordStore, SearchIndex, SessionTurn,
+    SweepReport,
 };
 pub use rerank::RerankConfig;
 pub use search::{

@@ -303,3 +303,92 @@ pub trait EmbeddingStore: Send + Sync + 'static {
         model: &crate::embed::ModelInfo,
     ) -> Result<Vec<Vec<f32>>, StoreError>;
 }
+
+/// A write to a record's mirror memory, made in the same transaction as the record's own.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MirrorWrite {
+    /// Stores a new memory, with its `Created` change record.
+    Insert(Memory),
+    /// Replaces a memory still at `expected_version` (a delete sets `deleted_at`, op
+    /// `Deleted`), with a change record of `op`.
+    Replace {
+        next: Memory,
+        expected_version: i64,
+        op: ChangeOp,
+    },
+}
+
+impl MirrorWrite {
+    /// The memory as it will be stored.
+    pub fn memory(&self) -> &Memory {
+        match self {
+            MirrorWrite::Insert(m) => m,
+            MirrorWrite::Replace { next, .. } => next,
+        }
+    }
+}
+
+/// Ground state for the working tier: records of every kind, with their mirror memories,
+/// and their entries in the change log (shared with memories, in one `seq` order).
+///
+/// Every method is scoped by tenant. A write and its mirror write commit together or not
+/// at all: `Err(Conflict)` when a version moved on (the record's or the mirror's) or a
+/// record with the same (tenant, kind, agent, key) exists; `Err(NotFound)` when the record
+/// or the mirror to replace is gone.
+#[async_trait]
+pub trait RecordStore: Send + Sync + 'static {
+    /// Inserts a record (version 1) and its mirror; appends `Created` change records.
+    async fn insert_record(
+        &self,
+        record: &crate::working::Record,
+        mirror: Option<MirrorWrite>,
+    ) -> Result<(), StoreError>;
+
+    async fn get_record(
+        &self,
+        tenant: &TenantId,
+        id: crate::working::RecordId,
+    ) -> Result<Option<crate::working::Record>, StoreError>;
+
+    /// The record of `kind` with this key, for this agent (or none).
+    async fn get_keyed(
+        &self,
+        tenant: &TenantId,
+        kind: crate::working::RecordKind,
+        agent_id: Option<&str>,
+        key: &str,
+    ) -> Result<Option<crate::working::Record>, StoreError>;
+
+    /// Records matching the query, in its order, after its keyset position.
+    async fn list_records(
+        &self,
+        tenant: &TenantId,
+        query: &crate::working::RecordQuery,
+    ) -> Result<crate::working::RecordPage, StoreError>;
+
+    /// Replaces a record still at `expected_version` with `next`, and writes the mirror;
+    /// appends `Updated` change records.
+    async fn replace_record(
+        &self,
+        next: &crate::working::Record,
+        expected_version: i64,
+        mirror: Option<MirrorWrite>,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes a record still at `record.version` and writes the mirror (deleting it, or —
+    /// for the tier migration — keeping it as a long-term memory); appends a `Deleted`
+    /// change record holding the record's last state.
+    async fn delete_record(
+        &self,
+        record: &crate::working::Record,
+        mirror: Option<MirrorWrite>,
+    ) -> Result<(), StoreError>;
+
+    /// The change log's record entries of a tenant after `after_seq`, oldest first.
+    async fn record_changes(
+        &self,
+        tenant: &TenantId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::working::RecordChange>, StoreError>;
+}

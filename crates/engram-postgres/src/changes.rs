@@ -5,11 +5,13 @@
 
 use deadpool_postgres::GenericClient;
 use engram_core::time::to_micros;
+use engram_core::working::Record;
 use engram_core::{ChangeOp, Memory, StoreError};
 
 use crate::db_err;
 
-/// Appends a change record holding the memory's state after the change.
+/// Appends a change record holding the memory's state after the change (`entity`
+/// defaults to `'memory'`).
 pub(crate) async fn append<C: GenericClient>(
     c: &C,
     m: &Memory,
@@ -30,6 +32,38 @@ pub(crate) async fn append<C: GenericClient>(
             &op.as_str(),
             &m.version,
             &to_micros(m.updated_at),
+            &payload,
+        ],
+    )
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Appends a change record about a working-tier record (`entity = 'record'`), holding
+/// its state after the change (for a delete, its last state). Numbered by the sequencer
+/// like every other entry, so records and memories share one `seq` order.
+pub(crate) async fn append_record<C: GenericClient>(
+    c: &C,
+    r: &Record,
+    op: ChangeOp,
+) -> Result<(), StoreError> {
+    let payload = serde_json::to_value(r).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let st = c
+        .prepare_cached(
+            "INSERT INTO changes (tenant, memory_id, op, version, at, payload, entity) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'record')",
+        )
+        .await
+        .map_err(db_err)?;
+    c.execute(
+        &st,
+        &[
+            &r.tenant.as_str(),
+            &r.id.0,
+            &op.as_str(),
+            &r.version,
+            &to_micros(r.updated_at),
             &payload,
         ],
     )

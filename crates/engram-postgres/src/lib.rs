@@ -1,17 +1,20 @@
 //! engram's scale-out backend: Postgres is the source of truth, pgvector holds the vectors.
 //!
 //! It implements the same ports as the embedded store (`MemoryStore`, `KeyStore`,
-//! `EmbeddingStore`, `SearchIndex`), so `tests/conformance` holds both to one behaviour.
-//! Every query is scoped by tenant; writes are acknowledged after Postgres commits them.
-//! Many `engram serve` replicas may share one database: the embedding queue is claimed
-//! with `FOR UPDATE SKIP LOCKED`, change records get their `seq` in commit order from a
-//! sequencer, migrations and leader leases use locks in the database.
+//! `EmbeddingStore`, `SearchIndex`, `RecordStore`), so `tests/conformance` holds both to
+//! one behaviour. A record's mirror memory is written in the record's own transaction,
+//! through the same functions every memory write uses. Every query is scoped by tenant;
+//! writes are acknowledged after Postgres commits them. Many `engram serve` replicas may
+//! share one database: the embedding queue is claimed with `FOR UPDATE SKIP LOCKED`,
+//! change records (of memories and records alike) get their `seq` in commit order from
+//! a sequencer, migrations and leader leases use locks in the database.
 //!
 //! It does not know about HTTP, caches (see `engram-redis`) or search ranking.
 
 mod changes;
 mod embedding;
 mod migrate;
+mod records;
 mod rows;
 mod search;
 mod sql;
@@ -497,16 +500,42 @@ async fn insert_one<C: GenericClient>(
                     )
                     .await
                     .map_err(db_err)?;
-                    rows::insert_row(c, m).await?;
-                    changes::append(c, m, ChangeOp::Created).await?;
+                    insert_memory(c, m).await?;
                     Ok(InsertOutcome::Created(m.clone()))
                 }
             };
         }
     }
-    rows::insert_row(c, m).await?;
-    changes::append(c, m, ChangeOp::Created).await?;
+    insert_memory(c, m).await?;
     Ok(InsertOutcome::Created(m.clone()))
+}
+
+/// Stores a new memory row and appends its `Created` change record. Every memory insert
+/// (a create, a record's mirror) goes through here.
+pub(crate) async fn insert_memory<C: GenericClient>(c: &C, m: &Memory) -> Result<(), StoreError> {
+    rows::insert_row(c, m).await?;
+    changes::append(c, m, ChangeOp::Created).await
+}
+
+/// Replaces a live memory still at `expected_version` and appends its change record;
+/// `Conflict` when its version moved on, `NotFound` when it is gone or deleted. Every
+/// memory replace (an update, a record's mirror) goes through here.
+pub(crate) async fn replace_memory<C: GenericClient>(
+    c: &C,
+    next: &Memory,
+    expected_version: i64,
+    op: ChangeOp,
+) -> Result<(), StoreError> {
+    if rows::update_row(c, next, expected_version).await? {
+        return changes::append(c, next, op).await;
+    }
+    match rows::get_by_id(c, next.tenant.as_str(), next.id.0, false).await? {
+        Some(cur) => Err(StoreError::Conflict(format!(
+            "memory is at version {}, not {expected_version}",
+            cur.version
+        ))),
+        None => Err(StoreError::NotFound),
+    }
 }
 
 fn sort_column(s: SortBy) -> &'static str {
@@ -534,6 +563,7 @@ async fn purge<C: GenericClient>(
         "DELETE FROM changes WHERE memory_id IN (SELECT id FROM memories WHERE {scope})"
     ))
     .await?;
+    records::purge(c, tenant, user).await?;
     run(format!(
         "DELETE FROM idempotency_keys WHERE memory_id IN (SELECT id FROM memories WHERE {scope})"
     ))
@@ -726,19 +756,10 @@ impl MemoryStore for PgStore {
         let started = std::time::Instant::now();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        if rows::update_row(&tx, next, expected_version).await? {
-            changes::append(&tx, next, op).await?;
-            tx.commit().await.map_err(db_err)?;
-            record("replace", started);
-            return Ok(());
-        }
-        match rows::get_by_id(&tx, next.tenant.as_str(), next.id.0, false).await? {
-            Some(cur) => Err(StoreError::Conflict(format!(
-                "memory is at version {}, not {expected_version}",
-                cur.version
-            ))),
-            None => Err(StoreError::NotFound),
-        }
+        replace_memory(&tx, next, expected_version, op).await?;
+        tx.commit().await.map_err(db_err)?;
+        record("replace", started);
+        Ok(())
     }
 
     async fn changes(
@@ -752,7 +773,7 @@ impl MemoryStore for PgStore {
         let rows = client
             .query(
                 "SELECT seq, op, version, at, payload FROM changes
-                 WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                 WHERE tenant = $1 AND entity = 'memory' AND seq > $2 ORDER BY seq LIMIT $3",
                 &[&tenant.as_str(), &after_seq, &i64::from(limit)],
             )
             .await
@@ -792,7 +813,7 @@ impl MemoryStore for PgStore {
     }
 }
 
-fn record(op: &'static str, started: std::time::Instant) {
+pub(crate) fn record(op: &'static str, started: std::time::Instant) {
     metrics::histogram!("engram_store_op_seconds", "op" => op)
         .record(started.elapsed().as_secs_f64());
 }

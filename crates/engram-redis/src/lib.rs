@@ -3,14 +3,18 @@
 //! (model, content hash), their key namespaces and invalidation, and how engram behaves
 //! while Redis is away. It does not own any data: every entry can be dropped at any time,
 //! every Redis failure is a cache miss, and every write goes to the store first. It does
-//! not choose whether Redis is used (the binary does), and holds no rate limits or
-//! working-memory buffers (yet).
+//! not choose whether Redis is used (the binary does), does not cache working-tier
+//! records (it keeps their mirror memories' cached state right), and holds no rate limits
+//! or working-memory buffers (yet).
 //!
 //! Wiring: build one [`RedisCache`] and wrap the store's ports with it:
 //! [`CachedMemoryStore::new`] for `MemoryStore` (hand it to `MemoryService` and
 //! `SearchService`) and [`CachedEmbeddingStore::new`] for `EmbeddingStore` (hand it to the
-//! embedding pipeline, so its bookkeeping invalidates cached memories). Report
-//! [`RedisCache::ping`] in `/readyz` as a non-critical check.
+//! embedding pipeline, so its bookkeeping invalidates cached memories) and
+//! [`CachedRecordStore::new`] for `RecordStore` (hand it to `WorkingService`, so the
+//! mirror memories written with records invalidate what a memory write would; records
+//! themselves are not cached). Report [`RedisCache::ping`] in `/readyz` as a
+//! non-critical check.
 //!
 //! # The guarantee
 //!
@@ -34,7 +38,9 @@ pub mod cache;
 mod embedding;
 pub mod keys;
 mod memory;
+mod records;
 
 pub use cache::{CacheConfig, CacheError, RedisCache};
 pub use embedding::CachedEmbeddingStore;
 pub use memory::CachedMemoryStore;
+pub use records::CachedRecordStore;

@@ -68,22 +68,45 @@ impl CachedMemoryStore {
     pub fn cache(&self) -> &RedisCache {
         &self.cache
     }
+}
 
-    async fn invalidate_users(
-        &self,
-        tenant: &TenantId,
-        memories: Vec<MemoryId>,
-        users: BTreeSet<String>,
-    ) {
-        self.cache
-            .invalidate(Invalidation::Keys {
-                memories: memories
-                    .into_iter()
-                    .map(|id| (tenant.clone(), id))
-                    .collect(),
-                users: users.into_iter().map(|u| (tenant.clone(), u)).collect(),
-            })
-            .await;
+/// Drops the entries of `memories` and every cached list of `users` (or queues that,
+/// while Redis is unreachable).
+pub(crate) async fn invalidate_written(
+    cache: &RedisCache,
+    tenant: &TenantId,
+    memories: Vec<MemoryId>,
+    users: BTreeSet<String>,
+) {
+    if memories.is_empty() && users.is_empty() {
+        return;
+    }
+    cache
+        .invalidate(Invalidation::Keys {
+            memories: memories
+                .into_iter()
+                .map(|id| (tenant.clone(), id))
+                .collect(),
+            users: users.into_iter().map(|u| (tenant.clone(), u)).collect(),
+        })
+        .await;
+}
+
+/// The users whose lists a replace of a memory (from `before` to `next`) made stale: its
+/// user before and after, unless the store said the replace did not happen (`Conflict`,
+/// `NotFound`). Any other error may hide a commit, so it counts as a write.
+pub(crate) fn replaced_users<T>(
+    before: Option<&Memory>,
+    next: &Memory,
+    result: &Result<T, StoreError>,
+) -> BTreeSet<String> {
+    match result {
+        Err(StoreError::Conflict(_)) | Err(StoreError::NotFound) => BTreeSet::new(),
+        _ => before
+            .and_then(|m| m.scope.user_id.clone())
+            .into_iter()
+            .chain(next.scope.user_id.clone())
+            .collect(),
     }
 }
 
@@ -110,9 +133,7 @@ impl MemoryStore for CachedMemoryStore {
             // Whether anything was written is unknown: assume everything was.
             Err(_) => all_users,
         };
-        if !users.is_empty() {
-            self.invalidate_users(tenant, Vec::new(), users).await;
-        }
+        invalidate_written(&self.cache, tenant, Vec::new(), users).await;
         out
     }
 
@@ -263,15 +284,8 @@ impl MemoryStore for CachedMemoryStore {
         // have made the swap fail).
         let before = self.inner.get(tenant, next.id).await?;
         let result = self.inner.replace(next, expected_version, op).await;
-        let users: BTreeSet<String> = match &result {
-            Err(StoreError::Conflict(_)) | Err(StoreError::NotFound) => BTreeSet::new(),
-            _ => before
-                .iter()
-                .filter_map(|m| m.scope.user_id.clone())
-                .chain(next.scope.user_id.clone())
-                .collect(),
-        };
-        self.invalidate_users(tenant, vec![next.id], users).await;
+        let users = replaced_users(before.as_ref(), next, &result);
+        invalidate_written(&self.cache, tenant, vec![next.id], users).await;
         result
     }
 

@@ -8,6 +8,8 @@ mod extract;
 mod handlers;
 pub mod metrics;
 pub mod openapi;
+mod records;
+mod tiers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +63,44 @@ pub struct AppState {
     pub memories: MemoryService,
     pub search: SearchService,
     pub keys: KeyService,
+    pub working: engram_core::working::service::WorkingService,
+    pub ops: engram_core::ops::OpsService,
+    pub context: engram_core::context_service::ContextService,
     pub checks: Arc<Vec<Arc<dyn ReadinessCheck>>>,
+}
+
+impl AppState {
+    /// The use cases over the given ports. The operational tier keeps critical events it
+    /// evicts in the working tier.
+    pub fn new(
+        memories: Arc<dyn MemoryStore>,
+        keys: Arc<dyn engram_core::KeyStore>,
+        records: Arc<dyn engram_core::RecordStore>,
+        search: SearchService,
+        ops: Arc<dyn engram_core::ops::OpsStore>,
+        ops_config: engram_core::ops::OpsConfig,
+        checks: Vec<Arc<dyn ReadinessCheck>>,
+    ) -> AppState {
+        let working = engram_core::working::service::WorkingService::new(
+            records,
+            memories.clone(),
+            Some(search.clone()),
+        );
+        let ops = engram_core::ops::OpsService::new(ops, Arc::new(working.clone()), ops_config);
+        AppState {
+            memories: MemoryService::new(memories),
+            context: engram_core::context_service::ContextService::new(
+                ops.clone(),
+                working.clone(),
+                search.clone(),
+            ),
+            search,
+            keys: KeyService::new(keys),
+            working,
+            ops,
+            checks: Arc::new(checks),
+        }
+    }
 }
 
 /// HTTP settings.
@@ -114,6 +153,52 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
 }
 
+/// The working tier's routes.
+fn working_routes() -> Router<AppState> {
+    use axum::routing::put;
+    use records::*;
+    macro_rules! crud {
+        ($r:ident, $m:ident, $coll:literal, $item:literal) => {
+            $r.route($coll, post($m::create).get($m::list))
+                .route($item, get($m::get).patch($m::update).delete($m::delete))
+        };
+    }
+    let r = Router::new()
+        .route("/context", post(tiers::context))
+        .route(
+            "/agents/{agent}/events",
+            post(tiers::record_event).get(tiers::recent_events),
+        )
+        .route("/agents/{agent}/metrics/{key}", put(tiers::set_metric))
+        .route("/agents/{agent}/snapshot", get(tiers::snapshot))
+        .route("/decisions/similar", post(similar_decisions))
+        .route("/patterns/match", post(match_patterns))
+        .route("/patterns/{id}/outcome", post(pattern_outcome))
+        .route("/agents/{agent}/state", get(list_state))
+        .route(
+            "/agents/{agent}/state/{key}",
+            put(put_state).get(get_state).delete(delete_state),
+        );
+    let r = crud!(r, goals, "/goals", "/goals/{id}");
+    let r = crud!(r, tasks, "/tasks", "/tasks/{id}");
+    let r = crud!(r, tool_calls, "/tool-calls", "/tool-calls/{id}");
+    let r = crud!(r, decisions, "/decisions", "/decisions/{id}");
+    let r = crud!(r, patterns, "/patterns", "/patterns/{id}");
+    let r = crud!(r, sessions, "/sessions", "/sessions/{id}");
+    let r = crud!(
+        r,
+        messages,
+        "/sessions/{session}/messages",
+        "/sessions/{session}/messages/{id}"
+    );
+    crud!(
+        r,
+        checkpoints,
+        "/sessions/{session}/checkpoints",
+        "/sessions/{session}/checkpoints/{id}"
+    )
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
     let api = Router::new()
@@ -130,6 +215,7 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
             "/memories/{id}/retry-embedding",
             post(handlers::retry_embedding),
         )
+        .merge(working_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(cfg.body_limit));
 

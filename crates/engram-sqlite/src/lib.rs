@@ -10,6 +10,7 @@ mod ann;
 mod bm25;
 mod embedding;
 mod migrate;
+mod records;
 mod rows;
 pub mod search;
 mod writer;
@@ -340,6 +341,26 @@ fn insert_one(
     Ok(InsertOutcome::Created(m.clone()))
 }
 
+/// Replaces a memory still at `expected_version` and appends its change record.
+pub(crate) fn replace_memory(
+    conn: &Connection,
+    m: &Memory,
+    expected_version: i64,
+    op: ChangeOp,
+) -> Result<(), StoreError> {
+    if update_row(conn, m, expected_version)?.is_some() {
+        append_change(conn, m, op)?;
+        return Ok(());
+    }
+    match get_by_id(conn, m.tenant.as_str(), m.id.as_bytes(), false)? {
+        Some(cur) => Err(StoreError::Conflict(format!(
+            "memory is at version {}, not {expected_version}",
+            cur.version
+        ))),
+        None => Err(StoreError::NotFound),
+    }
+}
+
 fn sort_column(s: SortBy) -> &'static str {
     match s {
         SortBy::CreatedAt => "m.created_at",
@@ -511,6 +532,7 @@ fn purge(conn: &Connection, tenant: &str, user: Option<&str>) -> Result<u64, Sto
     bind(&format!(
         "DELETE FROM changes WHERE tenant = ?1 AND memory_id IN (SELECT id FROM memories WHERE {scope})"
     ))?;
+    records::purge(conn, tenant, user)?;
     bind(&format!(
         "DELETE FROM memory_tags WHERE tenant = ?1 AND rid IN (SELECT rid FROM memories WHERE {scope})"
     ))?;
@@ -642,17 +664,7 @@ impl MemoryStore for SqliteStore {
         self.inner
             .writer
             .write("replace", move |conn, _| {
-                if update_row(conn, &m, expected_version)?.is_some() {
-                    append_change(conn, &m, op)?;
-                    return Ok(());
-                }
-                match get_by_id(conn, m.tenant.as_str(), m.id.as_bytes(), false)? {
-                    Some(cur) => Err(StoreError::Conflict(format!(
-                        "memory is at version {}, not {expected_version}",
-                        cur.version
-                    ))),
-                    None => Err(StoreError::NotFound),
-                }
+                replace_memory(conn, &m, expected_version, op)
             })
             .await
     }
@@ -669,7 +681,7 @@ impl MemoryStore for SqliteStore {
             .run("changes", move |conn| {
                 let mut stmt = conn
                     .prepare_cached(
-                        "SELECT seq, op, version, at, payload FROM changes WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                        "SELECT seq, op, version, at, payload FROM changes WHERE tenant = ?1 AND entity = 'memory' AND seq > ?2 ORDER BY seq LIMIT ?3",
                     )
                     .map_err(db_err)?;
                 let rows = stmt

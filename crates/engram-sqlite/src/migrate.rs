@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "context",
         sql: include_str!("../migrations/0004_context.sql"),
     },
+    Migration {
+        version: 5,
+        name: "records",
+        sql: include_str!("../migrations/0005_records.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use engram_core::{EmbeddingStore, KeyStore, MemoryStore, SearchIndex};
+use engram_core::{EmbeddingStore, KeyStore, MemoryStore, RecordStore, SearchIndex};
 use engram_postgres::{PgConfig, PgStore};
-use engram_redis::{CachedEmbeddingStore, CachedMemoryStore, RedisCache};
+use engram_redis::{CachedEmbeddingStore, CachedMemoryStore, CachedRecordStore, RedisCache};
 use engram_server::{ReadinessCheck, StoreCheck};
 use engram_sqlite::{SqliteConfig, SqliteStore};
 
@@ -61,6 +61,7 @@ pub struct Backends {
     pub keys: Arc<dyn KeyStore>,
     pub embeddings: Arc<dyn EmbeddingStore>,
     pub search: Arc<dyn SearchIndex>,
+    pub records: Arc<dyn RecordStore>,
     cache: Option<RedisCache>,
     engine: Engine,
     url: StoreUrl,
@@ -127,13 +128,14 @@ impl Backends {
         /// Every port served by one store.
         fn ports<S>(s: &S, engine: Engine, url: StoreUrl) -> Backends
         where
-            S: MemoryStore + KeyStore + EmbeddingStore + SearchIndex + Clone,
+            S: MemoryStore + KeyStore + EmbeddingStore + SearchIndex + RecordStore + Clone,
         {
             Backends {
                 memories: Arc::new(s.clone()),
                 keys: Arc::new(s.clone()),
                 embeddings: Arc::new(s.clone()),
                 search: Arc::new(s.clone()),
+                records: Arc::new(s.clone()),
                 cache: None,
                 engine,
                 url,
@@ -147,7 +149,14 @@ impl Backends {
             // Connects in the background: a Redis that is down at start is not an error.
             let cache = RedisCache::new(url, cfg.cache.to_redis())
                 .map_err(|e| anyhow::anyhow!("[cache] url: {e}"))?;
-            b.memories = Arc::new(CachedMemoryStore::new(b.memories.clone(), cache.clone()));
+            // The record decorator reads mirrors from the store itself, never the cache.
+            let raw = b.memories.clone();
+            b.memories = Arc::new(CachedMemoryStore::new(raw.clone(), cache.clone()));
+            b.records = Arc::new(CachedRecordStore::new(
+                b.records.clone(),
+                raw,
+                cache.clone(),
+            ));
             b.embeddings = Arc::new(CachedEmbeddingStore::new(
                 b.embeddings.clone(),
                 cache.clone(),

@@ -46,6 +46,23 @@ pub enum Command {
     List(ListArgs),
     /// Search memories: hybrid (default), semantic or keyword.
     Search(SearchArgs),
+    /// Assemble a prompt-ready context for a task from every tier, within a token budget.
+    Context(ContextArgs),
+    /// Move working records unchanged for a while into the long-term tier as memories
+    /// (`engram serve` also does it on a schedule: `[tiers]`). Running it twice moves
+    /// nothing twice.
+    MigrateTiers {
+        /// Age of the last change, e.g. 30d, 12h, 90m.
+        #[arg(long, default_value = "30d")]
+        older_than: String,
+        /// Only this tenant (default: every tenant with an API key).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Change fields of a memory; the others stay as they are.
     Update(UpdateArgs),
     /// Delete a memory (soft delete: it disappears from get, list and search).
@@ -161,6 +178,9 @@ pub enum BenchCommand {
     /// Request throughput of 1 and of N `engram serve` replicas sharing one Postgres
     /// (and Redis).
     Replicas(bench::replicas::ReplicasArgs),
+    /// Context assembly latency (task embedding included) at 100,000 memories and
+    /// 10,000 working records.
+    Context(bench::context::ContextArgs),
 }
 
 /// Which store (and cache) a command works on.
@@ -226,6 +246,57 @@ pub struct ScopeArgs {
     pub domain: Option<String>,
     #[arg(long)]
     pub session_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ContextArgs {
+    /// What the agent is about to do.
+    pub task: String,
+    /// The budget in tokens, 1..200000.
+    #[arg(long, default_value_t = 4000)]
+    pub max_tokens: u32,
+    /// Tiers to draw on (repeatable): operational, working, long_term, knowledge (default all).
+    #[arg(long = "tier")]
+    pub tiers: Vec<String>,
+    /// cl100k or o200k.
+    #[arg(long, default_value = "cl100k")]
+    pub tokenizer: String,
+    /// A per-tier cap, TIER=TOKENS (repeatable).
+    #[arg(long = "quota", value_name = "TIER=TOKENS")]
+    pub quotas: Vec<String>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+impl ContextArgs {
+    pub fn into_body(self) -> anyhow::Result<engram_api::ContextBody> {
+        let mut quotas = std::collections::BTreeMap::new();
+        for q in &self.quotas {
+            let (tier, n) = q
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--quota takes TIER=TOKENS, got `{q}`"))?;
+            let n: u32 = n
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--quota {tier}: `{n}` is not a number of tokens"))?;
+            quotas.insert(tier.to_owned(), n);
+        }
+        Ok(engram_api::ContextBody {
+            task: self.task,
+            scope: engram_api::ScopeBody {
+                user_id: self.scope.user_id,
+                agent_id: self.scope.agent_id,
+                project: self.scope.project,
+                domain: self.scope.domain,
+                session_id: self.scope.session_id,
+            },
+            max_tokens: Some(self.max_tokens),
+            tiers: (!self.tiers.is_empty()).then_some(self.tiers),
+            quotas: (!quotas.is_empty()).then_some(quotas),
+            tokenizer: Some(self.tokenizer),
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -459,6 +530,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let json = a.target.json;
             output::search(&t.search(a.into_body()?).await?, json);
         }
+        Command::Context(a) => {
+            let t = Target::open(&cfg, &a.target).await?;
+            let json = a.target.json;
+            output::context(&t.context(a.into_body()?).await?, json);
+        }
+        Command::MigrateTiers {
+            older_than,
+            tenant,
+            store,
+            json,
+        } => {
+            let age = crate::tiers::parse_age(&older_than)?;
+            let cfg = store.apply(cfg);
+            let backends = Backends::open(&cfg, false).await?;
+            let tenant = tenant.map(|t| TenantId::parse(&t)).transpose()?;
+            let r = crate::tiers::migrate(&backends, tenant, age).await;
+            backends.close();
+            let r = r?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tenants": r.tenants, "moved": r.moved, "kept_mirrors": r.kept_mirrors})
+                );
+            } else {
+                println!(
+                    "moved {} working records into the long-term tier ({} tenants)",
+                    r.moved, r.tenants
+                );
+            }
+        }
         Command::Update(a) => {
             let t = Target::open(&cfg, &a.target).await?;
             let tags = if a.clear_tags {
@@ -557,6 +658,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Replicas(args),
         } => bench::replicas::replicas(&cfg, args).await?,
+        Command::Bench {
+            command: BenchCommand::Context(args),
+        } => bench::context::context(&cfg, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

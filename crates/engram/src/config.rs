@@ -19,6 +19,27 @@ pub struct Config {
     pub embedding: engram_embed::EmbeddingConfig,
     pub pipeline: PipelineConfig,
     pub search: SearchConfig,
+    pub ops: engram_core::ops::OpsConfig,
+    pub tiers: TiersConfig,
+}
+
+/// `[tiers]`: the scheduled move of old working records into the long-term tier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TiersConfig {
+    /// Working records unchanged for this many days move to the long-term tier.
+    pub migrate_after_days: u32,
+    /// How often `engram serve` runs the move (on one replica at a time); 0 turns it off.
+    pub migrate_every_hours: u32,
+}
+
+impl Default for TiersConfig {
+    fn default() -> Self {
+        TiersConfig {
+            migrate_after_days: 30,
+            migrate_every_hours: 24,
+        }
+    }
 }
 
 /// `[search]`: how hybrid search fuses and re-ranks. See docs/retrieval.md.
@@ -422,6 +443,25 @@ question_penalty = 1.0
 # Penalty per memory of the same session already in the first diversity_depth hits.
 diversity = 0.25
 diversity_depth = 10
+
+[ops]
+# The operational tier: per agent, a ring of recent events (in process, never on disk).
+# When the ring is full the oldest event goes; a critical one is kept in the working
+# tier first.
+capacity = 10000
+max_payload_bytes = 16384
+# Memory bound per agent (payloads and names, estimated).
+max_ring_bytes = 33554432
+max_metrics_per_agent = 1000
+# Critical events shown in an agent's snapshot.
+critical_in_snapshot = 20
+
+[tiers]
+# Working records unchanged this many days move into the long-term tier as memories
+# (open tasks, active goals and sessions, patterns and agent state stay).
+migrate_after_days = 30
+# How often `engram serve` runs the move (one replica at a time); 0 turns it off.
+migrate_every_hours = 24
 "#;
 
 /// Loads the configuration layers, up to the environment. Flags are applied by the caller.

@@ -10,6 +10,7 @@ mod logging;
 mod output;
 mod serve;
 mod target;
+mod tiers;
 
 use std::process::ExitCode;
 

@@ -116,6 +116,17 @@ pub fn search(r: &engram_api::SearchResponse, json: bool) {
     );
 }
 
+pub fn context(r: &engram_api::ContextResponse, json: bool) {
+    if json {
+        return print_json(r);
+    }
+    print!("{}", r.rendered);
+    if !r.rendered.ends_with('\n') {
+        println!();
+    }
+    eprintln!("\n{} chunks · {} tokens", r.chunks.len(), r.total_tokens);
+}
+
 pub fn deleted(id: &str, json: bool) {
     if json {
         print_json(&json!({ "deleted": id }));

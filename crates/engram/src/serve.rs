@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use engram_core::{EmbedderSlot, KeyService, MemoryService, SearchConfig, SearchService, TenantId};
+use engram_core::ops::{InMemoryOps, OpsConfig};
+use engram_core::{EmbedderSlot, KeyService, SearchConfig, SearchService, TenantId};
 use engram_server::{AppState, HttpConfig, ReadinessCheck};
 use tokio::net::TcpListener;
 
@@ -26,16 +27,20 @@ pub fn search_service(b: &Backends, slot: EmbedderSlot, cfg: SearchConfig) -> Se
 pub fn app_state(
     b: &Backends,
     search: SearchService,
+    ops: &OpsConfig,
     extra_checks: Vec<Arc<dyn ReadinessCheck>>,
 ) -> AppState {
     let mut checks = b.checks();
     checks.extend(extra_checks);
-    AppState {
-        memories: MemoryService::new(b.memories.clone()),
+    AppState::new(
+        b.memories.clone(),
+        b.keys.clone(),
+        b.records.clone(),
         search,
-        keys: KeyService::new(b.keys.clone()),
-        checks: Arc::new(checks),
-    }
+        Arc::new(InMemoryOps::new(ops)),
+        ops.clone(),
+        checks,
+    )
 }
 
 pub fn http_config(cfg: &Config) -> HttpConfig {
@@ -102,10 +107,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         store.embeddings.clone(),
         store.leases(),
         slot.clone(),
-        stop_rx,
+        stop_rx.clone(),
     );
+    let migration = (cfg.tiers.migrate_every_hours > 0).then(|| {
+        tokio::spawn(crate::tiers::run_scheduled(
+            store.clone(),
+            store.leases(),
+            Duration::from_secs(u64::from(cfg.tiers.migrate_after_days) * 86_400),
+            Duration::from_secs(u64::from(cfg.tiers.migrate_every_hours) * 3_600),
+            stop_rx.clone(),
+        ))
+    });
     let search = search_service(&store, slot, cfg.search.to_core());
-    let state = app_state(&store, search, vec![Arc::new(embedder_check)]);
+    let state = app_state(&store, search, &cfg.ops, vec![Arc::new(embedder_check)]);
     first_key(&state.keys).await?;
     let listener = TcpListener::bind(cfg.server.addr)
         .await
@@ -121,6 +135,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Let the worker finish its batch, then flush the store.
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+    if let Some(m) = migration {
+        let _ = tokio::time::timeout(Duration::from_secs(30), m).await;
+    }
     store.close();
     tracing::info!("stopped");
     Ok(())

@@ -204,6 +204,39 @@ impl Target {
         }
     }
 
+    pub async fn context(
+        &self,
+        body: engram_api::ContextBody,
+    ) -> anyhow::Result<engram_api::ContextResponse> {
+        match self {
+            Target::Local {
+                store, tenant, cfg, ..
+            } => {
+                let req = body.into_domain().map_err(core)?;
+                let slot = EmbedderSlot::default();
+                match engram_embed::build(&cfg.embedding).await {
+                    Ok(e) => slot.set(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no embedder for the task: keyword search only")
+                    }
+                }
+                let search = crate::serve::search_service(store, slot, cfg.search.to_core());
+                // The operational tier lives in a server's memory: locally it is empty.
+                let state = crate::serve::app_state(store, search, &cfg.ops, Vec::new());
+                Ok(state
+                    .context
+                    .assemble(tenant, &req)
+                    .await
+                    .map_err(core)?
+                    .into())
+            }
+            Target::Remote { .. } => {
+                let r = self.http().post(self.url("/context")).json(&body);
+                self.send(r).await?.context("empty response")
+            }
+        }
+    }
+
     pub async fn delete(&self, id: &str) -> anyhow::Result<()> {
         match self {
             Target::Local { svc, tenant, .. } => {

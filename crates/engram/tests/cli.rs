@@ -69,6 +69,27 @@ fn story(target: &[String]) {
     )
     .unwrap();
     assert!(s["hits"].as_array().unwrap().is_empty());
+    // Context assembly cites the memory, within the budget, in both modes.
+    let c = engram(
+        target,
+        &[
+            "context",
+            "short answers",
+            "--max-tokens",
+            "200",
+            "--user-id",
+            "u42",
+        ],
+    )
+    .unwrap();
+    assert!(c["total_tokens"].as_u64().unwrap() <= 200, "{c}");
+    let cited = format!("memory:{id}");
+    assert!(c["rendered"].as_str().unwrap().contains(&cited), "{c}");
+    let err = engram(target, &["context", "x", "--max-tokens", "0"]).unwrap_err();
+    assert!(err.contains("max_tokens"), "{err}");
+    let err = engram(target, &["context", "x", "--tier", "dreams"]).unwrap_err();
+    assert!(err.contains("tiers[0]"), "{err}");
+
     let err = engram(target, &["search", "x", "-k", "0"]).unwrap_err();
     assert!(err.contains("`k`") || err.contains("field `k`"), "{err}");
 
@@ -113,6 +134,13 @@ fn local(dir: &Path) -> Vec<String> {
 fn memory_commands_work_on_the_local_data_directory() {
     let dir = tempfile::tempdir().unwrap();
     story(&local(dir.path()));
+    // The tier migration runs over the same directory; twice is harmless.
+    for _ in 0..2 {
+        let m = engram(&local(dir.path()), &["migrate-tiers", "--older-than", "0s"]).unwrap();
+        assert_eq!(m["moved"], 0, "{m}");
+    }
+    let err = engram(&local(dir.path()), &["migrate-tiers", "--older-than", "3w"]).unwrap_err();
+    assert!(err.contains("unit"), "{err}");
 }
 
 #[test]

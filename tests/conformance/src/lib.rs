@@ -2,10 +2,12 @@
 //! (through `MemoryService` and `KeyService`), never against one backend. Each backend's
 //! test file implements [`Backend`] and expands [`conformance_tests!`], so every backend is
 //! held to the same behaviour: CRUD, filters, pagination, idempotency, the change log,
-//! purges, keys and tenant isolation.
+//! purges, keys, tenant isolation, and the working tier's records (through
+//! `WorkingService`).
 
 pub mod embedder;
 pub mod pipeline;
+pub mod records;
 pub mod search;
 pub mod stories;
 
@@ -13,7 +15,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use engram_core::{EmbeddingStore, KeyStore, MemoryStore, SearchIndex};
+use engram_core::{EmbeddingStore, KeyStore, MemoryStore, RecordStore, SearchIndex};
 
 /// A fresh, empty pair of stores. `guard` keeps temporary resources alive.
 pub struct Stores {
@@ -21,6 +23,8 @@ pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
     pub embeddings: Arc<dyn EmbeddingStore>,
     pub search: Arc<dyn SearchIndex>,
+    /// The same store's working tier (its mirror writes land in `memories`).
+    pub records: Arc<dyn RecordStore>,
     pub guard: Box<dyn Any + Send + Sync>,
 }
 
@@ -87,6 +91,18 @@ macro_rules! conformance_tests {
             deleting_removes_derived_vectors,
             reembed_switches_models_without_a_gap,
         );
+        $crate::conformance_tests!(@records $backend;
+            records_round_trip_every_kind,
+            record_lists_agree_with_the_reference_and_pages_cover_everything,
+            concurrent_record_updates_all_land,
+            a_decision_mirror_follows_its_record,
+            a_failed_mirror_write_leaves_no_record,
+            agent_state_keys_are_unique_per_agent,
+            record_changes_share_the_log_with_memories,
+            purges_remove_records_and_their_changes,
+            records_are_isolated_by_tenant,
+            tier_migration_moves_old_records_once,
+        );
         $crate::conformance_tests!(@search $backend;
             keyword_finds_a_write_before_its_embedding,
             search_never_returns_deleted_or_foreign_memories,
@@ -100,6 +116,14 @@ macro_rules! conformance_tests {
             #[test]
             fn $story() {
                 $crate::run($backend, |b| async move { $crate::search::$story(b).await });
+            }
+        )+
+    };
+    (@records $backend:expr; $($story:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $story() {
+                $crate::run($backend, |b| async move { $crate::records::$story(b).await });
             }
         )+
     };

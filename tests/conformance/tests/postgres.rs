@@ -68,6 +68,7 @@ impl Backend for Postgres {
             keys: Arc::new(store.clone()),
             embeddings: Arc::new(store.clone()),
             search: Arc::new(store.clone()),
+            records: Arc::new(store.clone()),
             guard: Box::new(SchemaGuard {
                 store,
                 schema: schema.clone(),
@@ -84,6 +85,12 @@ impl Backend for Postgres {
             cache.ping().await.unwrap_or_else(|e| {
                 panic!("Redis is needed at {url} (set ENGRAM_TEST_REDIS_URL): {e}")
             });
+            // The record decorator reads mirrors from the store's own memory port.
+            stores.records = Arc::new(engram_redis::CachedRecordStore::new(
+                stores.records,
+                stores.memories.clone(),
+                cache.clone(),
+            ));
             stores.memories = Arc::new(engram_redis::CachedMemoryStore::new(
                 stores.memories,
                 cache.clone(),

@@ -26,7 +26,8 @@ impl Backend for Sqlite {
             memories: Arc::new(store.clone()),
             keys: Arc::new(store.clone()),
             embeddings: Arc::new(store.clone()),
-            search: Arc::new(store),
+            search: Arc::new(store.clone()),
+            records: Arc::new(store),
             guard: Box::new(dir),
         }
     }

@@ -1,6 +1,7 @@
 //! Shared by the integration tests: a real SQLite store in a temp dir behind a counting
 //! wrapper, a `RedisCache` on the local Redis under a prefix of its own (so tests run in
-//! parallel), direct Redis access for inspection, and a TCP proxy that can be cut.
+//! parallel), the working tier over both, direct Redis access for inspection, and a TCP
+//! proxy that can be cut.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -10,12 +11,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use engram_core::validate::{Content, Label};
+use engram_core::working::service::WorkingService;
 use engram_core::{
     ChangeOp, ChangeRecord, InsertMemory, InsertOutcome, ListQuery, ListResult, Memory,
     MemoryFilter, MemoryId, MemoryPatch, MemoryService, MemoryStore, NewMemory, StoreError,
     TenantId, Timestamp,
 };
-use engram_redis::{CacheConfig, CachedMemoryStore, RedisCache};
+use engram_redis::{CacheConfig, CachedMemoryStore, CachedRecordStore, RedisCache};
 use engram_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
@@ -184,6 +186,9 @@ pub struct Env {
     pub cache: RedisCache,
     pub store: Arc<CachedMemoryStore>,
     pub service: MemoryService,
+    /// The working tier's port, through the cache (as the binary wires it).
+    pub records: Arc<CachedRecordStore>,
+    pub working: WorkingService,
 }
 
 impl Env {
@@ -213,6 +218,12 @@ impl Env {
         let cache = RedisCache::new(url, cfg).expect("cache");
         let store = Arc::new(CachedMemoryStore::new(counting.clone(), cache.clone()));
         let service = MemoryService::new(store.clone());
+        let records = Arc::new(CachedRecordStore::new(
+            Arc::new(sqlite.clone()),
+            counting.clone(),
+            cache.clone(),
+        ));
+        let working = WorkingService::new(records.clone(), store.clone(), None);
         Env {
             dir,
             sqlite,
@@ -220,6 +231,8 @@ impl Env {
             cache,
             store,
             service,
+            records,
+            working,
         }
     }
 

@@ -45,22 +45,35 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(cfg: HttpConfig) -> TestApp {
+    spawn(cfg, engram_core::ops::OpsConfig::default()).await
+}
+
+/// A server whose operational tier has these bounds.
+pub async fn spawn_app_ops(ops_config: engram_core::ops::OpsConfig) -> TestApp {
+    spawn(HttpConfig::default(), ops_config).await
+}
+
+async fn spawn(cfg: HttpConfig, ops_config: engram_core::ops::OpsConfig) -> TestApp {
     engram_server::metrics::install();
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&SqliteConfig::new(dir.path())).unwrap();
     let memories = Arc::new(store.clone());
-    let state = AppState {
-        memories: engram_core::MemoryService::new(memories.clone()),
-        search: engram_core::SearchService::new(
-            memories.clone(),
-            memories.clone(),
-            memories.clone(),
-            engram_core::EmbedderSlot::default(),
-            Default::default(),
-        ),
-        keys: KeyService::new(Arc::new(store.clone())),
-        checks: Arc::new(vec![Arc::new(engram_server::StoreCheck(memories))]),
-    };
+    let search = engram_core::SearchService::new(
+        memories.clone(),
+        memories.clone(),
+        memories.clone(),
+        engram_core::EmbedderSlot::default(),
+        Default::default(),
+    );
+    let state = AppState::new(
+        memories.clone(),
+        memories.clone(),
+        memories.clone(),
+        search,
+        Arc::new(engram_core::ops::InMemoryOps::new(&ops_config)),
+        ops_config,
+        vec![Arc::new(engram_server::StoreCheck(memories))],
+    );
     let keys = state.keys.clone();
     let (key, _) = keys
         .create(&TenantId::parse("tenant-a").unwrap())
@@ -167,6 +180,11 @@ impl TestApp {
 
     pub async fn patch(&self, path: &str, body: Value) -> Resp {
         self.send(Method::PATCH, path, Some(&self.key), Some(&body), &[])
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Resp {
+        self.send(Method::PUT, path, Some(&self.key), Some(&body), &[])
             .await
     }
 

@@ -7,3 +7,4 @@ mod memories;
 mod ops;
 mod search;
 mod validation;
+mod working;

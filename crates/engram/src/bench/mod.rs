@@ -1,6 +1,7 @@
 //! `engram bench crud`: CRUD throughput and latency over real HTTP, against an in-process
 //! server on a fresh data directory (or an existing server with `--server`).
 
+pub mod context;
 pub mod corpus;
 pub mod locomo;
 pub mod replicas;
@@ -187,6 +188,7 @@ impl BenchServer {
             crate::serve::app_state(
                 &store,
                 crate::serve::search_service(&store, Default::default(), cfg.search.to_core()),
+                &cfg.ops,
                 Vec::new(),
             ),
             &crate::serve::http_config(cfg),

@@ -59,7 +59,7 @@ pub struct SearchArgs {
 }
 
 const TOP: usize = 10;
-const TENANT: &str = "bench";
+pub(super) const TENANT: &str = "bench";
 
 /// What the parent hands the child.
 #[derive(Serialize, Deserialize)]
@@ -157,7 +157,7 @@ fn exact_top(c: &corpus::Corpus, q: &[f32], rows: impl Iterator<Item = usize>) -
     scored.into_iter().map(|(_, i)| i).collect()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -166,7 +166,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Loads memories and vectors into a fresh store.
-async fn load(
+pub(super) async fn load(
     backends: &Backends,
     c: &corpus::Corpus,
     model: &ModelInfo,
@@ -245,7 +245,7 @@ async fn load(
 }
 
 /// The configuration the benchmark's processes open the store with.
-fn bench_config(
+pub(super) fn bench_config(
     plan_dir: &Path,
     store_url: Option<String>,
     schema: Option<String>,

@@ -1,1 +1,0 @@
-//! Context assembly (being written).
