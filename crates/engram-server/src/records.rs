@@ -415,9 +415,18 @@ pub async fn similar_decisions(
     Extension(tenant): Extension<TenantId>,
     JsonBody(req): JsonBody<SimilarRequest>,
 ) -> Result<Json<SimilarResponse>> {
+    similar(state, tenant, RecordKind::Decision, req).await
+}
+
+async fn similar(
+    state: AppState,
+    tenant: TenantId,
+    kind: RecordKind,
+    req: SimilarRequest,
+) -> Result<Json<SimilarResponse>> {
     let hits = state
         .working
-        .find_similar(&tenant, RecordKind::Decision, &req.text, req.k, req.scope())
+        .find_similar(&tenant, kind, &req.text, req.k, req.scope())
         .await?;
     Ok(Json(SimilarResponse::new(hits)))
 }
@@ -433,11 +442,7 @@ pub async fn match_patterns(
     Extension(tenant): Extension<TenantId>,
     JsonBody(req): JsonBody<SimilarRequest>,
 ) -> Result<Json<SimilarResponse>> {
-    let hits = state
-        .working
-        .find_similar(&tenant, RecordKind::Pattern, &req.text, req.k, req.scope())
-        .await?;
-    Ok(Json(SimilarResponse::new(hits)))
+    similar(state, tenant, RecordKind::Pattern, req).await
 }
 
 /// Count one success or failure of a pattern; its `confidence` follows.

@@ -5,6 +5,7 @@
 //! purges, keys, tenant isolation, and the working tier's records (through
 //! `WorkingService`).
 
+pub mod context;
 pub mod embedder;
 pub mod pipeline;
 pub mod records;
@@ -103,6 +104,9 @@ macro_rules! conformance_tests {
             records_are_isolated_by_tenant,
             tier_migration_moves_old_records_once,
         );
+        $crate::conformance_tests!(@context $backend;
+            context_cites_every_tier_within_the_budget,
+        );
         $crate::conformance_tests!(@search $backend;
             keyword_finds_a_write_before_its_embedding,
             search_never_returns_deleted_or_foreign_memories,
@@ -116,6 +120,14 @@ macro_rules! conformance_tests {
             #[test]
             fn $story() {
                 $crate::run($backend, |b| async move { $crate::search::$story(b).await });
+            }
+        )+
+    };
+    (@context $backend:expr; $($story:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $story() {
+                $crate::run($backend, |b| async move { $crate::context::$story(b).await });
             }
         )+
     };
