@@ -19,6 +19,7 @@ pub mod memory;
 pub mod ops;
 pub mod pipeline;
 pub mod ports;
+pub mod rate_limit;
 pub mod rerank;
 pub mod search;
 pub mod service;

@@ -38,6 +38,8 @@ pub mod cache;
 mod embedding;
 pub mod keys;
 mod memory;
+pub mod ops;
+pub mod rate_limit;
 mod records;
 
 pub use cache::{CacheConfig, CacheError, RedisCache};

@@ -1,0 +1,1 @@
+//! The operational tier in Redis (being written).
