@@ -17,6 +17,7 @@
 //! the named tokenizer.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracing::instrument;
@@ -39,6 +40,9 @@ pub const MAX_TOKENS_DEFAULT: u32 = 4000;
 const SEARCH_DEPTH: u32 = 50;
 /// How many of the newest records of each unsearched working kind are considered.
 const RECORDS_PER_KIND: u32 = 50;
+/// How many of the newest records of each kind are considered even when they share no
+/// word with the task.
+const RECENT_ALWAYS: usize = 3;
 /// How many active tasks the operational snapshot shows.
 const ACTIVE_TASKS: u32 = 20;
 
@@ -86,6 +90,22 @@ impl ContextRequest {
     }
 }
 
+type BoxedCandidates<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Candidate>, CoreError>> + Send + 'a>,
+>;
+
+/// How long each phase of an assembly took (the first three run concurrently).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ContextTimings {
+    pub snapshot: Duration,
+    /// The task's embedding and the hybrid search.
+    pub search: Duration,
+    pub records: Duration,
+    pub pack: Duration,
+    /// Candidates handed to the packer.
+    pub candidates: usize,
+}
+
 /// What an agent is doing now: the operational snapshot with its active tasks.
 #[derive(Clone, Debug)]
 pub struct AgentSnapshot {
@@ -130,24 +150,49 @@ impl ContextService {
         tenant: &TenantId,
         req: &ContextRequest,
     ) -> Result<Assembled, CoreError> {
+        self.assemble_timed(tenant, req).await.map(|(out, _)| out)
+    }
+
+    /// [`Self::assemble`], with the time each phase took. The three sources are read
+    /// concurrently: the task's embedding and search overlap the record reads.
+    pub async fn assemble_timed(
+        &self,
+        tenant: &TenantId,
+        req: &ContextRequest,
+    ) -> Result<(Assembled, ContextTimings), CoreError> {
         let wants = |t: Tier| req.tiers.contains(&t);
-        let mut candidates = Vec::new();
-        if wants(Tier::Operational) {
-            if let Some(agent) = &req.scope.agent_id {
-                let snap = self.snapshot(tenant, agent).await?;
-                candidates.extend(operational(&snap));
+        let timed = |f| async move {
+            let started = Instant::now();
+            let out: Result<Vec<Candidate>, CoreError> = f.await;
+            out.map(|c| (c, started.elapsed()))
+        };
+        let snapshot = timed(Box::pin(async {
+            match (&req.scope.agent_id, wants(Tier::Operational)) {
+                (Some(agent), true) => Ok(operational(&self.snapshot(tenant, agent).await?)),
+                _ => Ok(Vec::new()),
             }
-        }
-        if wants(Tier::Working) || wants(Tier::LongTerm) || wants(Tier::Knowledge) {
-            for c in self.searched(tenant, req).await? {
-                if wants(c.tier) {
-                    candidates.push(c);
-                }
+        }) as BoxedCandidates<'_>);
+        let searched = timed(Box::pin(async {
+            if wants(Tier::Working) || wants(Tier::LongTerm) || wants(Tier::Knowledge) {
+                let mut found = self.searched(tenant, req).await?;
+                found.retain(|c| wants(c.tier));
+                Ok(found)
+            } else {
+                Ok(Vec::new())
             }
-        }
-        if wants(Tier::Working) {
-            candidates.extend(self.recent_records(tenant, req).await?);
-        }
+        }) as BoxedCandidates<'_>);
+        let records = timed(Box::pin(async {
+            if wants(Tier::Working) {
+                self.recent_records(tenant, req).await
+            } else {
+                Ok(Vec::new())
+            }
+        }) as BoxedCandidates<'_>);
+        let (snapshot, searched, records) = tokio::join!(snapshot, searched, records);
+        let ((mut candidates, snapshot_t), (found, search_t), (recent, records_t)) =
+            (snapshot?, searched?, records?);
+        candidates.extend(found);
+        candidates.extend(recent);
         // A task in the snapshot need not appear again among working records.
         let in_snapshot: HashSet<String> = candidates
             .iter()
@@ -155,9 +200,19 @@ impl ContextService {
             .map(|c| c.source_id.clone())
             .collect();
         candidates.retain(|c| c.tier == Tier::Operational || !in_snapshot.contains(&c.source_id));
+        let considered = candidates.len();
+        let started = Instant::now();
         let out = assemble(candidates, &req.budget);
+        let timings = ContextTimings {
+            snapshot: snapshot_t,
+            search: search_t,
+            records: records_t,
+            pack: started.elapsed(),
+            candidates: considered,
+        };
         metrics::histogram!("engram_context_tokens").record(f64::from(out.total_tokens));
-        Ok(out)
+        metrics::histogram!("engram_context_pack_seconds").record(timings.pack.as_secs_f64());
+        Ok((out, timings))
     }
 
     async fn searched(
@@ -215,30 +270,36 @@ impl ContextService {
         req: &ContextRequest,
     ) -> Result<Vec<Candidate>, CoreError> {
         let words = terms(&req.task);
-        let mut out = Vec::new();
-        for kind in [
+        let kinds = [
             RecordKind::Goal,
             RecordKind::Task,
             RecordKind::ToolCall,
             RecordKind::Checkpoint,
             RecordKind::Event,
-        ] {
+        ];
+        let pages = futures::future::try_join_all(kinds.map(|kind| {
             let mut q = RecordQuery::of(kind);
             q.limit = RECORDS_PER_KIND;
             q.user_id = req.scope.user_id.clone();
             q.agent_id = req.scope.agent_id.clone();
             q.project = req.scope.project.clone();
             q.domain = req.scope.domain.clone();
-            let page = self.working.list(tenant, &q).await?;
+            async move { self.working.list(tenant, &q).await }
+        }))
+        .await?;
+        let mut out = Vec::new();
+        for (kind, page) in kinds.into_iter().zip(pages) {
             let n = page.items.len().max(1) as f32;
             for (i, r) in page.items.iter().enumerate() {
                 let text = render(r);
                 let have = terms(&text);
-                let overlap = if words.is_empty() {
-                    0.0
-                } else {
-                    words.iter().filter(|w| have.contains(*w)).count() as f32 / words.len() as f32
-                };
+                let shared = words.iter().filter(|w| have.contains(*w)).count();
+                // A record that shares no word with the task is only worth a place when
+                // it is among the newest of its kind.
+                if shared == 0 && i >= RECENT_ALWAYS {
+                    continue;
+                }
+                let overlap = shared as f32 / words.len().max(1) as f32;
                 // Mostly how much of the task it speaks of; a little how recent it is.
                 let rel = 0.9 * overlap + 0.1 * (1.0 - i as f32 / n);
                 out.push(Candidate {

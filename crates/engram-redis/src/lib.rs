@@ -1,11 +1,14 @@
-//! engram's Redis layer: caches in front of the store, never ground truth. It owns the
-//! memory cache (`GET /memories/{id}`), the per-user list caches, the embedding cache by
-//! (model, content hash), their key namespaces and invalidation, and how engram behaves
-//! while Redis is away. It does not own any data: every entry can be dropped at any time,
-//! every Redis failure is a cache miss, and every write goes to the store first. It does
-//! not choose whether Redis is used (the binary does), does not cache working-tier
-//! records (it keeps their mirror memories' cached state right), and holds no rate limits
-//! or working-memory buffers (yet).
+//! engram's Redis layer: caches in front of the store, never ground truth, and the shared
+//! state of server mode that is not ground truth either. It owns the memory cache
+//! (`GET /memories/{id}`), the per-user list caches, the embedding cache by (model,
+//! content hash), their key namespaces and invalidation, and how engram behaves while
+//! Redis is away; the operational tier's rings and metrics shared by every replica
+//! ([`ops::RedisOps`], an `OpsStore`: a critical event is persisted to the working tier
+//! before it may leave a ring, and its ring never expires while it holds one); and rate
+//! limits ([`rate_limit`]). No cache entry is data: every entry can be dropped at any
+//! time, every Redis failure is a cache miss, and every write goes to the store first. It
+//! does not choose whether Redis is used (the binary does) and does not cache working-tier
+//! records (it keeps their mirror memories' cached state right).
 //!
 //! Wiring: build one [`RedisCache`] and wrap the store's ports with it:
 //! [`CachedMemoryStore::new`] for `MemoryStore` (hand it to `MemoryService` and

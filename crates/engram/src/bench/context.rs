@@ -233,6 +233,8 @@ pub async fn context(cfg: &Config, args: ContextArgs) -> anyhow::Result<()> {
     let queries = args.queries.min(c.queries());
     let mut times = Vec::with_capacity(queries);
     let (mut chunks, mut tokens) = (0usize, 0u64);
+    let mut phases = [0f64; 4];
+    let mut considered = 0usize;
     for j in 0..queries + 10 {
         let q = j % queries;
         let req = ContextRequest::new(
@@ -248,7 +250,7 @@ pub async fn context(cfg: &Config, args: ContextArgs) -> anyhow::Result<()> {
             TokenizerKind::Cl100k,
         )?;
         let started = Instant::now();
-        let out = state.context.assemble(&tenant, &req).await?;
+        let (out, t) = state.context.assemble_timed(&tenant, &req).await?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         anyhow::ensure!(
             out.total_tokens <= args.max_tokens,
@@ -258,6 +260,13 @@ pub async fn context(cfg: &Config, args: ContextArgs) -> anyhow::Result<()> {
             times.push(ms);
             chunks += out.chunks.len();
             tokens += u64::from(out.total_tokens);
+            considered += t.candidates;
+            for (acc, d) in phases
+                .iter_mut()
+                .zip([t.snapshot, t.search, t.records, t.pack])
+            {
+                *acc += d.as_secs_f64() * 1e3;
+            }
         }
     }
     backends.close();
@@ -266,12 +275,17 @@ pub async fn context(cfg: &Config, args: ContextArgs) -> anyhow::Result<()> {
     }
     times.sort_by(f64::total_cmp);
     let (p50, p95) = (percentile(&times, 0.5), percentile(&times, 0.95));
+    let mean = |x: f64| x / queries as f64;
+    let phases_ms = json!({"snapshot": mean(phases[0]), "search": mean(phases[1]),
+                           "records": mean(phases[2]), "pack": mean(phases[3]),
+                           "candidates": considered as f64 / queries as f64});
     if args.json {
         println!(
             "{}",
             json!({"memories": args.n, "working_records": args.records, "p50_ms": p50, "p95_ms": p95,
                    "queries": queries, "mean_chunks": chunks as f64 / queries as f64,
-                   "mean_tokens": tokens as f64 / queries as f64, "store": backends.describe()})
+                   "mean_tokens": tokens as f64 / queries as f64, "mean_phase_ms": phases_ms,
+                   "store": backends.describe()})
         );
     } else {
         println!(
@@ -282,6 +296,7 @@ pub async fn context(cfg: &Config, args: ContextArgs) -> anyhow::Result<()> {
             chunks as f64 / queries as f64,
             tokens as f64 / queries as f64
         );
+        println!("mean per phase (ms; the first three run concurrently): {phases_ms}");
     }
     Ok(())
 }
