@@ -168,7 +168,16 @@ impl ContextService {
         };
         let snapshot = timed(Box::pin(async {
             match (&req.scope.agent_id, wants(Tier::Operational)) {
-                (Some(agent), true) => Ok(operational(&self.snapshot(tenant, agent).await?)),
+                (Some(agent), true) => match self.snapshot(tenant, agent).await {
+                    Ok(snap) => Ok(operational(&snap)),
+                    // The rings live in Redis in server mode: without them the context
+                    // still has every durable tier.
+                    Err(CoreError::Unavailable(why)) => {
+                        tracing::warn!(%why, "operational tier unavailable; context without it");
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err(e),
+                },
                 _ => Ok(Vec::new()),
             }
         }) as BoxedCandidates<'_>);

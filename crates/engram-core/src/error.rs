@@ -16,6 +16,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     IdempotencyKeyReused,
     VersionConflict,
+    RateLimited,
     Unavailable,
     Internal,
 }
@@ -33,6 +34,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => ("method_not_allowed", 405, 12), // UNIMPLEMENTED
             ErrorCode::IdempotencyKeyReused => ("idempotency_key_reused", 409, 6), // ALREADY_EXISTS
             ErrorCode::VersionConflict => ("version_conflict", 409, 10),    // ABORTED
+            ErrorCode::RateLimited => ("rate_limited", 429, 8),             // RESOURCE_EXHAUSTED
             ErrorCode::Unavailable => ("unavailable", 503, 14),
             ErrorCode::Internal => ("internal", 500, 13),
         }
@@ -80,6 +82,16 @@ pub enum CoreError {
     VersionConflict(String),
     #[error("missing or invalid API key; send `Authorization: Bearer <key>` (create one with `engram keys create --tenant NAME`)")]
     Unauthorized,
+    #[error(
+        "too many requests for this tenant (at most {per_minute} a minute, {burst} at once); \
+         slow down; retry after {retry_after_secs} s"
+    )]
+    RateLimited {
+        per_minute: u32,
+        burst: u32,
+        /// Whole seconds, rounded up (what `Retry-After` says).
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -101,6 +113,7 @@ impl CoreError {
             CoreError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             CoreError::VersionConflict(_) => ErrorCode::VersionConflict,
             CoreError::Unauthorized => ErrorCode::Unauthorized,
+            CoreError::RateLimited { .. } => ErrorCode::RateLimited,
             CoreError::Unavailable(_) => ErrorCode::Unavailable,
             CoreError::Internal(_) => ErrorCode::Internal,
         }
@@ -143,6 +156,7 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::IdempotencyKeyReused,
             ErrorCode::VersionConflict,
+            ErrorCode::RateLimited,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ];
@@ -152,5 +166,24 @@ mod tests {
             assert!((400..600).contains(&c.http_status()));
             assert!((1..=16).contains(&c.grpc_code()));
         }
+    }
+
+    #[test]
+    fn a_rate_limit_error_says_when_to_retry() {
+        let e = CoreError::RateLimited {
+            per_minute: 60,
+            burst: 10,
+            retry_after_secs: 3,
+        };
+        assert_eq!(e.code(), ErrorCode::RateLimited);
+        assert_eq!(e.code().as_str(), "rate_limited");
+        assert_eq!(e.code().http_status(), 429);
+        assert_eq!(e.code().grpc_code(), 8);
+        assert_eq!(
+            e.to_string(),
+            "too many requests for this tenant (at most 60 a minute, 10 at once); slow down; \
+             retry after 3 s"
+        );
+        assert_eq!(e.field(), None);
     }
 }

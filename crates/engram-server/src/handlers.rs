@@ -27,7 +27,25 @@ pub enum KeyAndFieldErrors {
     /// A field is invalid; `field` names it
     #[response(status = 422)]
     Invalid(ErrorBody),
+    /// The tenant's rate limit is exhausted
+    #[response(status = 429)]
+    RateLimited(#[ref_response] RateLimited),
 }
+
+/// 429 `rate_limited`: the tenant's rate limit is exhausted (one response component, so
+/// the OpenAPI document names it once).
+#[derive(utoipa::ToResponse)]
+#[response(
+    description = "The tenant's rate limit is exhausted (`rate_limited`): retry after `Retry-After` seconds. With rate limits on, every `/api/v1` answer carries the `RateLimit-*` headers.",
+    headers(
+        ("Retry-After" = u64, description = "Seconds to wait before retrying"),
+        ("RateLimit-Limit" = u32, description = "Requests allowed at once (the burst)"),
+        ("RateLimit-Remaining" = u32, description = "Requests still allowed right now"),
+        ("RateLimit-Reset" = u64, description = "Seconds until the whole burst is available again"),
+    )
+)]
+#[allow(dead_code)]
+pub struct RateLimited(ErrorBody);
 
 /// Errors of routes that read a JSON body.
 #[derive(utoipa::IntoResponses)]

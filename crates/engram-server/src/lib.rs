@@ -1,13 +1,15 @@
 //! engram's transports. Today: the REST API under `/api/v1` (axum), health and readiness
-//! probes, and Prometheus metrics. Every handler only unpacks the request into the core's
-//! types, calls the one core use case, and maps the result; errors are converted to HTTP
-//! exactly once, in [`error`]. It chooses no backend: the binary hands it trait objects.
+//! probes, Prometheus metrics, and per-tenant rate limits on `/api/v1` ([`rate_limit`]).
+//! Every handler only unpacks the request into the core's types, calls the one core use
+//! case, and maps the result; errors are converted to HTTP exactly once, in [`error`]. It
+//! chooses no backend: the binary hands it trait objects.
 
 pub mod error;
 mod extract;
 mod handlers;
 pub mod metrics;
 pub mod openapi;
+pub mod rate_limit;
 mod records;
 mod tiers;
 
@@ -21,6 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use engram_core::rate_limit::{Quota, RateLimiter};
 use engram_core::{CoreError, KeyService, MemoryService, MemoryStore, SearchService};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -67,6 +70,8 @@ pub struct AppState {
     pub ops: engram_core::ops::OpsService,
     pub context: engram_core::context_service::ContextService,
     pub checks: Arc<Vec<Arc<dyn ReadinessCheck>>>,
+    /// The per-tenant budget of `/api/v1` requests; `None`: no limit.
+    pub rate_limit: Option<(Arc<dyn RateLimiter>, Quota)>,
 }
 
 impl AppState {
@@ -99,7 +104,15 @@ impl AppState {
             working,
             ops,
             checks: Arc::new(checks),
+            rate_limit: None,
         }
+    }
+
+    /// Limits every tenant's `/api/v1` requests to `quota`, counted by `limiter` (answers
+    /// 429 `rate_limited` beyond it).
+    pub fn with_rate_limit(mut self, limiter: Arc<dyn RateLimiter>, quota: Quota) -> AppState {
+        self.rate_limit = Some((limiter, quota));
+        self
     }
 }
 
@@ -201,6 +214,7 @@ fn working_routes() -> Router<AppState> {
 
 /// The whole HTTP application.
 pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
+    rate_limit::describe_metrics();
     let api = Router::new()
         .route("/memories", post(handlers::create).get(handlers::list))
         .route("/memories/bulk", post(handlers::bulk_create))
@@ -216,6 +230,11 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
             post(handlers::retry_embedding),
         )
         .merge(working_routes())
+        // The last layer runs first: authentication, then the tenant's rate limit.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(cfg.body_limit));
 

@@ -77,6 +77,7 @@ use crate::handlers;
         handlers::healthz,
         handlers::readyz,
     ),
+    components(responses(handlers::RateLimited)),
     modifiers(&BearerAuth),
     tags(
         (name = "memories", description = "Store, read, list, change and delete memories"),

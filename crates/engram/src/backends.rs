@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use engram_core::rate_limit::{InMemoryRateLimiter, RateLimiter};
 use engram_core::{EmbeddingStore, KeyStore, MemoryStore, RecordStore, SearchIndex};
 use engram_postgres::{PgConfig, PgStore};
+use engram_redis::rate_limit::RedisRateLimiter;
 use engram_redis::{CachedEmbeddingStore, CachedMemoryStore, CachedRecordStore, RedisCache};
 use engram_server::{ReadinessCheck, StoreCheck};
 use engram_sqlite::{SqliteConfig, SqliteStore};
@@ -199,6 +201,43 @@ impl Backends {
         match &self.engine {
             Engine::Sqlite(s) => Some(s),
             Engine::Postgres(_) => None,
+        }
+    }
+
+    /// The Redis cache, when `[cache] url` is set.
+    pub fn cache(&self) -> Option<&RedisCache> {
+        self.cache.as_ref()
+    }
+
+    /// Where rate limits are counted: in Redis when `[cache] url` is set, so every replica
+    /// shares one budget per key (same prefix and time-out as the cache; fails open while
+    /// Redis is down), else in this process.
+    pub fn rate_limiter(&self, cfg: &Config) -> anyhow::Result<Arc<dyn RateLimiter>> {
+        match (self.cache(), cfg.cache.url.as_deref()) {
+            (Some(cache), Some(url)) => {
+                let limiter = RedisRateLimiter::new(url, cache.config())
+                    .map_err(|e| anyhow::anyhow!("[cache] url: {e}"))?;
+                Ok(Arc::new(limiter))
+            }
+            _ => Ok(Arc::new(InMemoryRateLimiter::default())),
+        }
+    }
+
+    /// Where the operational tier lives: in Redis when `[cache] url` is set, so every
+    /// replica serves the same rings, else in this process.
+    pub fn ops_store(&self, cfg: &Config) -> anyhow::Result<Arc<dyn engram_core::ops::OpsStore>> {
+        match (self.cache(), cfg.cache.url.as_deref()) {
+            (Some(cache), Some(url)) => {
+                let rc = engram_redis::ops::RedisOpsConfig {
+                    prefix: cache.config().prefix.clone(),
+                    op_timeout: cache.config().op_timeout,
+                    ..Default::default()
+                };
+                let ops = engram_redis::ops::RedisOps::new(url, rc, &cfg.ops)
+                    .map_err(|e| anyhow::anyhow!("[cache] url: {e}"))?;
+                Ok(Arc::new(ops))
+            }
+            _ => Ok(Arc::new(engram_core::ops::InMemoryOps::new(&cfg.ops))),
         }
     }
 

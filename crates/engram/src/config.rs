@@ -192,6 +192,10 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     pub body_limit_bytes: usize,
     pub request_timeout_secs: u64,
+    /// `/api/v1` requests a minute each tenant may make, sustained; 0 turns limits off.
+    pub rate_limit_per_minute: u32,
+    /// Requests a tenant may make at once (its budget when it has been quiet).
+    pub rate_limit_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -200,7 +204,25 @@ impl Default for ServerConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 30,
+            rate_limit_per_minute: 0,
+            rate_limit_burst: 60,
         }
+    }
+}
+
+impl ServerConfig {
+    /// The per-tenant quota, or `None` when rate limits are off.
+    pub fn rate_limit(&self) -> anyhow::Result<Option<engram_core::rate_limit::Quota>> {
+        if self.rate_limit_per_minute == 0 {
+            return Ok(None);
+        }
+        let quota =
+            engram_core::rate_limit::Quota::new(self.rate_limit_per_minute, self.rate_limit_burst)
+                .context(
+                    "server.rate_limit_burst must be at least 1 when rate_limit_per_minute is \
+                     set (or set rate_limit_per_minute = 0 to turn rate limits off)",
+                )?;
+        Ok(Some(quota))
     }
 }
 
@@ -318,6 +340,11 @@ addr = "127.0.0.1:8080"
 body_limit_bytes = 1048576
 # Requests taking longer than this are answered 503.
 request_timeout_secs = 30
+# Per-tenant rate limit of /api/v1: requests a minute, sustained (0 = no limit), and how
+# many may come at once. Beyond it: 429 rate_limited with Retry-After. Counted in Redis
+# when [cache] url is set (every replica shares one budget), else in this process.
+rate_limit_per_minute = 0
+rate_limit_burst = 60
 
 [store]
 # Where the embedded store keeps its files (SQLite database, later indexes and models).
@@ -518,6 +545,23 @@ mod tests {
             assert!(!c.embedding.local.allow_download);
             Ok(())
         });
+    }
+
+    #[test]
+    fn rate_limits_are_off_by_default_and_need_a_burst() {
+        let mut server = ServerConfig::default();
+        assert_eq!(server.rate_limit().unwrap(), None);
+        server.rate_limit_per_minute = 120;
+        assert_eq!(
+            server.rate_limit().unwrap(),
+            Some(engram_core::rate_limit::Quota {
+                per_minute: 120,
+                burst: 60
+            })
+        );
+        server.rate_limit_burst = 0;
+        let err = server.rate_limit().unwrap_err().to_string();
+        assert!(err.contains("rate_limit_burst"), "{err}");
     }
 
     #[test]

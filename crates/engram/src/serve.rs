@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use engram_core::ops::{InMemoryOps, OpsConfig};
+use engram_core::ops::{OpsConfig, OpsStore};
 use engram_core::{EmbedderSlot, KeyService, SearchConfig, SearchService, TenantId};
 use engram_server::{AppState, HttpConfig, ReadinessCheck};
 use tokio::net::TcpListener;
@@ -27,7 +27,8 @@ pub fn search_service(b: &Backends, slot: EmbedderSlot, cfg: SearchConfig) -> Se
 pub fn app_state(
     b: &Backends,
     search: SearchService,
-    ops: &OpsConfig,
+    ops: Arc<dyn OpsStore>,
+    ops_config: &OpsConfig,
     extra_checks: Vec<Arc<dyn ReadinessCheck>>,
 ) -> AppState {
     let mut checks = b.checks();
@@ -37,8 +38,8 @@ pub fn app_state(
         b.keys.clone(),
         b.records.clone(),
         search,
-        Arc::new(InMemoryOps::new(ops)),
-        ops.clone(),
+        ops,
+        ops_config.clone(),
         checks,
     )
 }
@@ -91,6 +92,7 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let rate_limit = cfg.server.rate_limit()?;
     engram_server::metrics::install();
     let store = Backends::open(&cfg, true).await?;
     let report = store.migrations();
@@ -119,7 +121,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ))
     });
     let search = search_service(&store, slot, cfg.search.to_core());
-    let state = app_state(&store, search, &cfg.ops, vec![Arc::new(embedder_check)]);
+    let mut state = app_state(
+        &store,
+        search,
+        store.ops_store(&cfg)?,
+        &cfg.ops,
+        vec![Arc::new(embedder_check)],
+    );
+    if let Some(quota) = rate_limit {
+        tracing::info!(
+            per_minute = quota.per_minute,
+            burst = quota.burst,
+            counted_in = if store.cache().is_some() {
+                "redis"
+            } else {
+                "process"
+            },
+            "per-tenant rate limit on /api/v1"
+        );
+        state = state.with_rate_limit(store.rate_limiter(&cfg)?, quota);
+    }
     first_key(&state.keys).await?;
     let listener = TcpListener::bind(cfg.server.addr)
         .await

@@ -8,6 +8,10 @@ use engram_api::{
 };
 use engram_core::{CoreError, EmbedderSlot, MemoryId, MemoryService, SearchMode, TenantId};
 
+use std::sync::Arc;
+
+use engram_core::ops::InMemoryOps;
+
 use crate::backends::Backends;
 use crate::cli::TargetArgs;
 use crate::config::Config;
@@ -222,7 +226,13 @@ impl Target {
                 }
                 let search = crate::serve::search_service(store, slot, cfg.search.to_core());
                 // The operational tier lives in a server's memory: locally it is empty.
-                let state = crate::serve::app_state(store, search, &cfg.ops, Vec::new());
+                let state = crate::serve::app_state(
+                    store,
+                    search,
+                    Arc::new(InMemoryOps::new(&cfg.ops)),
+                    &cfg.ops,
+                    Vec::new(),
+                );
                 Ok(state
                     .context
                     .assemble(tenant, &req)

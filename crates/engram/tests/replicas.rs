@@ -186,6 +186,37 @@ async fn three_replicas_share_one_store_and_one_cache() {
         }
     }
     assert_eq!(seen.len(), WRITES, "every write stored once");
+
+    // The working tier is in Postgres and the operational tier in Redis: any replica
+    // answers for a record or an agent's events another replica took.
+    let task = http
+        .post(format!("{}/api/v1/tasks", bases[0]))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"title": "ship the replicas", "agent_id": "fleet"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(task.status().as_u16(), 201);
+    let task: Value = task.json().await.unwrap();
+    let event = http
+        .post(format!("{}/api/v1/agents/fleet/events", bases[1]))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"category": "deploy", "severity": "critical", "payload": "rolled out"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(event.status().as_u16(), 201);
+    let snap = get_json(
+        &http,
+        &format!("{}/api/v1/agents/fleet/snapshot", bases[2]),
+        &key,
+    )
+    .await;
+    assert_eq!(snap["active_tasks"][0]["id"], task["id"], "{snap}");
+    assert_eq!(
+        snap["recent_critical"][0]["payload"], "rolled out",
+        "{snap}"
+    );
     for s in &mut servers {
         s.kill();
     }

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use engram_core::rate_limit::{Quota, RateLimiter};
 use engram_core::{KeyService, TenantId};
 use engram_server::{AppState, HttpConfig};
 use engram_sqlite::{SqliteConfig, SqliteStore};
@@ -45,15 +46,29 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(cfg: HttpConfig) -> TestApp {
-    spawn(cfg, engram_core::ops::OpsConfig::default()).await
+    spawn(cfg, engram_core::ops::OpsConfig::default(), None).await
 }
 
 /// A server whose operational tier has these bounds.
 pub async fn spawn_app_ops(ops_config: engram_core::ops::OpsConfig) -> TestApp {
-    spawn(HttpConfig::default(), ops_config).await
+    spawn(HttpConfig::default(), ops_config, None).await
 }
 
-async fn spawn(cfg: HttpConfig, ops_config: engram_core::ops::OpsConfig) -> TestApp {
+/// A server limiting each tenant's `/api/v1` requests to `quota`, counted by `limiter`.
+pub async fn spawn_app_rate_limited(limiter: Arc<dyn RateLimiter>, quota: Quota) -> TestApp {
+    spawn(
+        HttpConfig::default(),
+        engram_core::ops::OpsConfig::default(),
+        Some((limiter, quota)),
+    )
+    .await
+}
+
+async fn spawn(
+    cfg: HttpConfig,
+    ops_config: engram_core::ops::OpsConfig,
+    rate_limit: Option<(Arc<dyn RateLimiter>, Quota)>,
+) -> TestApp {
     engram_server::metrics::install();
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&SqliteConfig::new(dir.path())).unwrap();
@@ -74,6 +89,10 @@ async fn spawn(cfg: HttpConfig, ops_config: engram_core::ops::OpsConfig) -> Test
         ops_config,
         vec![Arc::new(engram_server::StoreCheck(memories))],
     );
+    let state = match rate_limit {
+        Some((limiter, quota)) => state.with_rate_limit(limiter, quota),
+        None => state,
+    };
     let keys = state.keys.clone();
     let (key, _) = keys
         .create(&TenantId::parse("tenant-a").unwrap())

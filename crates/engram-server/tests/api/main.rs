@@ -5,6 +5,7 @@ mod auth;
 mod helpers;
 mod memories;
 mod ops;
+mod rate_limit;
 mod search;
 mod validation;
 mod working;

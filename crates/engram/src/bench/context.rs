@@ -203,6 +203,7 @@ pub async fn context(cfg: &Config, args: ContextArgs) -> anyhow::Result<()> {
         let state = crate::serve::app_state(
             &backends,
             crate::serve::search_service(&backends, slot.clone(), bcfg.search.to_core()),
+            backends.ops_store(&bcfg)?,
             &bcfg.ops,
             Vec::new(),
         );
@@ -225,6 +226,7 @@ pub async fn context(cfg: &Config, args: ContextArgs) -> anyhow::Result<()> {
     let state = crate::serve::app_state(
         &backends,
         crate::serve::search_service(&backends, slot, bcfg.search.to_core()),
+        backends.ops_store(&bcfg)?,
         &bcfg.ops,
         Vec::new(),
     );

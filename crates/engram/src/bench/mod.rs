@@ -188,6 +188,7 @@ impl BenchServer {
             crate::serve::app_state(
                 &store,
                 crate::serve::search_service(&store, Default::default(), cfg.search.to_core()),
+                store.ops_store(cfg)?,
                 &cfg.ops,
                 Vec::new(),
             ),
