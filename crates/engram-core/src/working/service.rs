@@ -372,7 +372,9 @@ impl WorkingService {
         Err(conflict())
     }
 
-    /// Deletes a record, and its mirror memory with it.
+    /// Deletes a record, and its mirror memory with it. A session goes with its messages
+    /// and checkpoints (they go first, so a delete cut short leaves the session to delete
+    /// again, never orphans).
     #[instrument(skip_all, fields(tenant = %tenant, kind = %kind, id = %id))]
     pub async fn delete(
         &self,
@@ -380,6 +382,27 @@ impl WorkingService {
         kind: RecordKind,
         id: RecordId,
     ) -> Result<(), CoreError> {
+        if kind == RecordKind::Session {
+            self.get(tenant, kind, id).await?;
+            loop {
+                let mut q = RecordQuery {
+                    parent_id: Some(id),
+                    limit: RECORDS_PER_PAGE_MAX,
+                    ..RecordQuery::default()
+                };
+                q.oldest_first = true;
+                let page = self.store.list_records(tenant, &q).await?;
+                for child in &page.items {
+                    match Box::pin(self.delete(tenant, child.kind, child.id)).await {
+                        Ok(()) | Err(CoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if !page.has_more {
+                    break;
+                }
+            }
+        }
         for attempt in 0..CAS_ATTEMPTS {
             backoff(attempt).await;
             let cur = self.get(tenant, kind, id).await?;

@@ -140,6 +140,32 @@ async fn every_working_record_type_round_trips() {
         json!({"summary": "config found and edited"}),
     )
     .await;
+    // A session goes with its messages, checkpoints and their memories.
+    let kept = created(
+        &app,
+        &format!("{base}/messages"),
+        json!({"role": "assistant", "content": "in engram.toml"}),
+    )
+    .await;
+    let cp = created(
+        &app,
+        &format!("{base}/checkpoints"),
+        json!({"name": "end", "summary": "done"}),
+    )
+    .await;
+    assert_eq!(app.delete(&base).await.status, StatusCode::NO_CONTENT);
+    app.get(&format!("{base}/messages/{}", id(&kept)))
+        .await
+        .assert_error(404, "not_found", None);
+    app.get(&format!("{base}/checkpoints/{}", id(&cp)))
+        .await
+        .assert_error(404, "not_found", None);
+    app.get(&format!(
+        "/api/v1/memories/{}",
+        kept["memory_id"].as_str().unwrap()
+    ))
+    .await
+    .assert_error(404, "not_found", None);
 
     // Agent state: put, read, replace, list, delete.
     let st = "/api/v1/agents/coder/state/cwd";
