@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod ports;
 pub mod rate_limit;
 pub mod rerank;
+pub mod scratchpad;
 pub mod search;
 pub mod service;
 pub mod time;

@@ -43,6 +43,7 @@ pub mod keys;
 mod memory;
 pub mod ops;
 pub mod rate_limit;
+pub mod scratchpad;
 mod records;
 
 pub use cache::{CacheConfig, CacheError, RedisCache};

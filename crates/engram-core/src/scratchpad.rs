@@ -1,0 +1,1 @@
+//! Scratchpads (being written).

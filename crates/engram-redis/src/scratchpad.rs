@@ -1,0 +1,1 @@
+//! Scratchpads in Redis (being written).
