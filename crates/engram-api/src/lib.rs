@@ -10,6 +10,7 @@ mod memory;
 mod ops;
 mod records;
 pub mod schema;
+mod scratchpad;
 mod search;
 
 pub use context::*;
@@ -17,4 +18,5 @@ pub use json::{parse_json, JsonError};
 pub use memory::*;
 pub use ops::*;
 pub use records::*;
+pub use scratchpad::*;
 pub use search::*;

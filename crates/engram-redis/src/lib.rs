@@ -43,8 +43,8 @@ pub mod keys;
 mod memory;
 pub mod ops;
 pub mod rate_limit;
-pub mod scratchpad;
 mod records;
+pub mod scratchpad;
 
 pub use cache::{CacheConfig, CacheError, RedisCache};
 pub use embedding::CachedEmbeddingStore;

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 mod records;
+mod scratchpad;
 mod tiers;
 
 use std::sync::Arc;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub checks: Arc<Vec<Arc<dyn ReadinessCheck>>>,
     /// The per-tenant budget of `/api/v1` requests; `None`: no limit.
     pub rate_limit: Option<(Arc<dyn RateLimiter>, Quota)>,
+    /// Agents' scratchpads; `None`: their routes answer 503 `unavailable`.
+    pub scratchpads: Option<engram_core::scratchpad::ScratchpadService>,
 }
 
 impl AppState {
@@ -105,6 +108,7 @@ impl AppState {
             ops,
             checks: Arc::new(checks),
             rate_limit: None,
+            scratchpads: None,
         }
     }
 
@@ -112,6 +116,15 @@ impl AppState {
     /// 429 `rate_limited` beyond it).
     pub fn with_rate_limit(mut self, limiter: Arc<dyn RateLimiter>, quota: Quota) -> AppState {
         self.rate_limit = Some((limiter, quota));
+        self
+    }
+
+    /// Serves agents' scratchpads (`/agents/{agent}/scratchpad`) from `store`.
+    pub fn with_scratchpads(
+        mut self,
+        store: Arc<dyn engram_core::scratchpad::ScratchpadStore>,
+    ) -> AppState {
+        self.scratchpads = Some(engram_core::scratchpad::ScratchpadService::new(store));
         self
     }
 }
@@ -187,6 +200,13 @@ fn working_routes() -> Router<AppState> {
         .route("/decisions/similar", post(similar_decisions))
         .route("/patterns/match", post(match_patterns))
         .route("/patterns/{id}/outcome", post(pattern_outcome))
+        .route("/agents/{agent}/scratchpad", get(scratchpad::list))
+        .route(
+            "/agents/{agent}/scratchpad/{key}",
+            put(scratchpad::put)
+                .get(scratchpad::get)
+                .delete(scratchpad::delete),
+        )
         .route("/agents/{agent}/state", get(list_state))
         .route(
             "/agents/{agent}/state/{key}",

@@ -241,6 +241,24 @@ impl Backends {
         }
     }
 
+    /// Where agents' scratchpads live: in Redis when `[cache] url` is set, so every replica
+    /// sees the same entries (same prefix and time-out as the cache), else in this process.
+    pub fn scratchpads(
+        &self,
+        cfg: &Config,
+    ) -> anyhow::Result<Arc<dyn engram_core::scratchpad::ScratchpadStore>> {
+        match (self.cache(), cfg.cache.url.as_deref()) {
+            (Some(cache), Some(url)) => {
+                let pads = engram_redis::scratchpad::RedisScratchpads::new(url, cache.config())
+                    .map_err(|e| anyhow::anyhow!("[cache] url: {e}"))?;
+                Ok(Arc::new(pads))
+            }
+            _ => Ok(Arc::new(
+                engram_core::scratchpad::InMemoryScratchpads::default(),
+            )),
+        }
+    }
+
     /// Readiness checks of the backends.
     pub fn checks(&self) -> Vec<Arc<dyn ReadinessCheck>> {
         let mut checks: Vec<Arc<dyn ReadinessCheck>> =

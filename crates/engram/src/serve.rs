@@ -127,7 +127,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         store.ops_store(&cfg)?,
         &cfg.ops,
         vec![Arc::new(embedder_check)],
-    );
+    )
+    .with_scratchpads(store.scratchpads(&cfg)?);
     if let Some(quota) = rate_limit {
         tracing::info!(
             per_minute = quota.per_minute,

@@ -49,6 +49,17 @@ pub async fn spawn_app_with(cfg: HttpConfig) -> TestApp {
     spawn(cfg, engram_core::ops::OpsConfig::default(), None).await
 }
 
+/// A server without a scratchpad store (its routes answer 503).
+pub async fn spawn_app_without_scratchpads() -> TestApp {
+    spawn_inner(
+        HttpConfig::default(),
+        engram_core::ops::OpsConfig::default(),
+        None,
+        false,
+    )
+    .await
+}
+
 /// A server whose operational tier has these bounds.
 pub async fn spawn_app_ops(ops_config: engram_core::ops::OpsConfig) -> TestApp {
     spawn(HttpConfig::default(), ops_config, None).await
@@ -68,6 +79,15 @@ async fn spawn(
     cfg: HttpConfig,
     ops_config: engram_core::ops::OpsConfig,
     rate_limit: Option<(Arc<dyn RateLimiter>, Quota)>,
+) -> TestApp {
+    spawn_inner(cfg, ops_config, rate_limit, true).await
+}
+
+async fn spawn_inner(
+    cfg: HttpConfig,
+    ops_config: engram_core::ops::OpsConfig,
+    rate_limit: Option<(Arc<dyn RateLimiter>, Quota)>,
+    scratchpads: bool,
 ) -> TestApp {
     engram_server::metrics::install();
     let dir = tempfile::tempdir().unwrap();
@@ -89,6 +109,13 @@ async fn spawn(
         ops_config,
         vec![Arc::new(engram_server::StoreCheck(memories))],
     );
+    let state = if scratchpads {
+        state.with_scratchpads(Arc::new(
+            engram_core::scratchpad::InMemoryScratchpads::default(),
+        ))
+    } else {
+        state
+    };
     let state = match rate_limit {
         Some((limiter, quota)) => state.with_rate_limit(limiter, quota),
         None => state,

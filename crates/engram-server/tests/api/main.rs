@@ -6,6 +6,7 @@ mod helpers;
 mod memories;
 mod ops;
 mod rate_limit;
+mod scratchpad;
 mod search;
 mod validation;
 mod working;
