@@ -373,9 +373,12 @@ pub async fn records_round_trip_every_kind(b: Arc<dyn Backend>) {
         "failed swaps change nothing"
     );
 
-    // Deletes.
+    // Deletes. A session goes with its messages and checkpoints (and their memories).
     for r in &updated {
-        w.delete(&t, r.kind, r.id).await.unwrap();
+        let with_its_session = r.parent_id == Some(session.id);
+        if !with_its_session {
+            w.delete(&t, r.kind, r.id).await.unwrap();
+        }
         assert_eq!(
             w.get(&t, r.kind, r.id).await.unwrap_err(),
             not_found(r.kind)
@@ -387,6 +390,8 @@ pub async fn records_round_trip_every_kind(b: Arc<dyn Backend>) {
     }
     let left: Vec<RecordId> = all_records(&s, &t).await.iter().map(|r| r.id).collect();
     assert_eq!(left, vec![other_agent.id]);
+    let mirror = message.memory_id.expect("a message has a memory");
+    assert_eq!(s.memories.get(&t, mirror).await.unwrap(), None);
 }
 
 pub async fn record_lists_agree_with_the_reference_and_pages_cover_everything(b: Arc<dyn Backend>) {
