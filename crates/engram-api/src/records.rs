@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-/// A record as the API shows it.
-pub fn record_to_wire(r: &Record) -> Value {
+/// A record as the API shows it: one flat object.
+pub fn record_response(r: &Record) -> RecordResponse {
     let mut o = Map::new();
     o.insert("id".into(), json!(r.id.to_string()));
     o.insert("kind".into(), json!(r.kind.as_str()));
@@ -41,7 +41,7 @@ pub fn record_to_wire(r: &Record) -> Value {
     o.insert("created_at".into(), json!(format_rfc3339(r.created_at)));
     o.insert("updated_at".into(), json!(format_rfc3339(r.updated_at)));
     o.insert("version".into(), json!(r.version));
-    Value::Object(o)
+    RecordResponse(o)
 }
 
 /// A working-tier record: `id`, `kind`, the scope fields, the kind's own fields,
@@ -268,12 +268,4 @@ pub struct PatternOutcomeRequest {
 pub struct StateValue {
     /// Any JSON value (≤ 64 KiB).
     pub value: Value,
-}
-
-/// A record as a response body.
-pub fn record_response(r: &Record) -> RecordResponse {
-    match record_to_wire(r) {
-        Value::Object(o) => RecordResponse(o),
-        _ => RecordResponse(Map::new()),
-    }
 }

@@ -90,9 +90,13 @@ impl ContextRequest {
     }
 }
 
-type BoxedCandidates<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<Candidate>, CoreError>> + Send + 'a>,
->;
+/// Runs `f` and says how long it took.
+async fn timed(
+    f: impl std::future::Future<Output = Result<Vec<Candidate>, CoreError>>,
+) -> Result<(Vec<Candidate>, Duration), CoreError> {
+    let started = Instant::now();
+    f.await.map(|c| (c, started.elapsed()))
+}
 
 /// How long each phase of an assembly took (the first three run concurrently).
 #[derive(Clone, Copy, Debug, Default)]
@@ -161,12 +165,7 @@ impl ContextService {
         req: &ContextRequest,
     ) -> Result<(Assembled, ContextTimings), CoreError> {
         let wants = |t: Tier| req.tiers.contains(&t);
-        let timed = |f| async move {
-            let started = Instant::now();
-            let out: Result<Vec<Candidate>, CoreError> = f.await;
-            out.map(|c| (c, started.elapsed()))
-        };
-        let snapshot = timed(Box::pin(async {
+        let snapshot = timed(async {
             match (&req.scope.agent_id, wants(Tier::Operational)) {
                 (Some(agent), true) => match self.snapshot(tenant, agent).await {
                     Ok(snap) => Ok(operational(&snap)),
@@ -180,8 +179,8 @@ impl ContextService {
                 },
                 _ => Ok(Vec::new()),
             }
-        }) as BoxedCandidates<'_>);
-        let searched = timed(Box::pin(async {
+        });
+        let searched = timed(async {
             if wants(Tier::Working) || wants(Tier::LongTerm) || wants(Tier::Knowledge) {
                 let mut found = self.searched(tenant, req).await?;
                 found.retain(|c| wants(c.tier));
@@ -189,14 +188,14 @@ impl ContextService {
             } else {
                 Ok(Vec::new())
             }
-        }) as BoxedCandidates<'_>);
-        let records = timed(Box::pin(async {
+        });
+        let records = timed(async {
             if wants(Tier::Working) {
                 self.recent_records(tenant, req).await
             } else {
                 Ok(Vec::new())
             }
-        }) as BoxedCandidates<'_>);
+        });
         let (snapshot, searched, records) = tokio::join!(snapshot, searched, records);
         let ((mut candidates, snapshot_t), (found, search_t), (recent, records_t)) =
             (snapshot?, searched?, records?);

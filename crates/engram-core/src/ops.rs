@@ -37,6 +37,7 @@ use tracing::instrument;
 use crate::error::{CoreError, StoreError};
 use crate::ids::{truncate, TenantId};
 use crate::time::{now, to_micros, Timestamp};
+use crate::validate::name;
 
 pub const AGENT_MAX_CHARS: usize = 128;
 pub const CATEGORY_MAX_CHARS: usize = 64;
@@ -149,26 +150,6 @@ impl Default for OpsConfig {
             critical_in_snapshot: 20,
         }
     }
-}
-
-fn name(s: &str, field: &str, max_chars: usize) -> Result<(), CoreError> {
-    if s.trim().is_empty() {
-        return Err(CoreError::validation(field, "must not be empty or blank"));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(CoreError::validation(
-            field,
-            "must not contain control characters (NUL, newlines, tabs, …)",
-        ));
-    }
-    let n = s.chars().count();
-    if n > max_chars {
-        return Err(CoreError::validation(
-            field,
-            format!("is {n} characters long; the maximum is {max_chars}"),
-        ));
-    }
-    Ok(())
 }
 
 /// An agent's name: 1..=128 characters, not blank, no control characters.

@@ -21,6 +21,7 @@ use crate::error::{CoreError, StoreError};
 use crate::ids::TenantId;
 use crate::ops::validate_agent;
 use crate::time::{now, Timestamp};
+use crate::validate::name;
 
 /// The longest key, in characters.
 pub const KEY_MAX_CHARS: usize = 128;
@@ -81,26 +82,6 @@ pub trait ScratchpadStore: Send + Sync + 'static {
 
     /// Forgets one agent's scratchpad.
     async fn purge_agent(&self, tenant: &TenantId, agent: &str) -> Result<(), StoreError>;
-}
-
-fn name(s: &str, field: &str, max_chars: usize) -> Result<(), CoreError> {
-    if s.trim().is_empty() {
-        return Err(CoreError::validation(field, "must not be empty or blank"));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(CoreError::validation(
-            field,
-            "must not contain control characters (NUL, newlines, tabs, …)",
-        ));
-    }
-    let n = s.chars().count();
-    if n > max_chars {
-        return Err(CoreError::validation(
-            field,
-            format!("is {n} characters long; the maximum is {max_chars}"),
-        ));
-    }
-    Ok(())
 }
 
 /// A scratchpad key: 1..=128 characters, not blank, no control characters.

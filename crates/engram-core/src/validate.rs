@@ -46,6 +46,28 @@ fn bounded(s: &str, field: &str, max_chars: usize) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// A name (an agent, a category, a key): 1..=`max_chars` characters, not blank, no
+/// control characters.
+pub fn name(s: &str, field: &str, max_chars: usize) -> Result<(), CoreError> {
+    if s.trim().is_empty() {
+        return Err(CoreError::validation(field, "must not be empty or blank"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(CoreError::validation(
+            field,
+            "must not contain control characters (NUL, newlines, tabs, …)",
+        ));
+    }
+    let n = s.chars().count();
+    if n > max_chars {
+        return Err(CoreError::validation(
+            field,
+            format!("is {n} characters long; the maximum is {max_chars}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A memory's text: 1..=50,000 characters, not blank, no NUL.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(transparent)]

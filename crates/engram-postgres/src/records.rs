@@ -8,7 +8,6 @@ use deadpool_postgres::GenericClient;
 use engram_core::time::{from_micros, to_micros};
 use engram_core::working::{Record, RecordChange, RecordId, RecordKind, RecordPage, RecordQuery};
 use engram_core::{ChangeOp, MemoryId, MirrorWrite, RecordStore, Scope, StoreError, TenantId};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
 use crate::sql::Sql;
@@ -49,16 +48,6 @@ fn record_from_row(r: &Row) -> Result<Record, StoreError> {
         updated_at: from_micros(r.get(14)),
         version: r.get(15),
     })
-}
-
-/// A driver error, with a unique violation (the key index, or the id) as `Conflict`.
-fn write_err(e: tokio_postgres::Error) -> StoreError {
-    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        return StoreError::Conflict(
-            "a record with this id, or this kind, agent and key, exists".into(),
-        );
-    }
-    db_err(e)
 }
 
 /// The mirror memory's write, through the same functions every memory write uses.
@@ -117,7 +106,7 @@ async fn insert<C: GenericClient>(
         ],
     )
     .await
-    .map_err(write_err)?;
+    .map_err(db_err)?;
     changes::append_record(c, r, ChangeOp::Created).await?;
     if let Some(m) = mirror {
         write_mirror(c, &r.tenant, m).await?;
@@ -186,7 +175,7 @@ async fn replace<C: GenericClient>(
             ],
         )
         .await
-        .map_err(write_err)?;
+        .map_err(db_err)?;
     if n == 0 {
         return missed(c, next, expected_version).await;
     }

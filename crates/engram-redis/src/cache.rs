@@ -268,7 +268,7 @@ impl Pending {
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
             Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
@@ -276,6 +276,23 @@ fn redact(url: &str) -> String {
         },
         _ => url.to_owned(),
     }
+}
+
+/// A connection to the Redis at `url` that connects lazily, in the background, and never
+/// retries a command itself (callers bound each call by `op_timeout`), so it is made while
+/// Redis is down. Fails only on a malformed URL.
+pub(crate) fn connect(url: &str, op_timeout: Duration) -> Result<ConnectionManager, CacheError> {
+    let bad_url = |e: redis::RedisError| CacheError::InvalidUrl {
+        url: redact(url),
+        reason: e.to_string(),
+    };
+    let client = redis::Client::open(url).map_err(bad_url)?;
+    let connect_timeout = op_timeout.max(Duration::from_secs(1));
+    let manager_cfg = ConnectionManagerConfig::new()
+        .set_number_of_retries(0)
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(connect_timeout));
+    ConnectionManager::new_lazy_with_config(client, manager_cfg).map_err(bad_url)
 }
 
 pub(crate) fn count(cache: &'static str, outcome: &'static str, n: usize) {
@@ -315,17 +332,7 @@ impl RedisCache {
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| CacheError::NoRuntime)?;
         let target = redact(url);
-        let bad_url = |e: redis::RedisError| CacheError::InvalidUrl {
-            url: target.clone(),
-            reason: e.to_string(),
-        };
-        let client = redis::Client::open(url).map_err(bad_url)?;
-        let connect_timeout = cfg.op_timeout.max(Duration::from_secs(1));
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(connect_timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_cfg).map_err(bad_url)?;
+        let conn = connect(url, cfg.op_timeout)?;
         describe_metrics();
         metrics::gauge!("engram_cache_up").set(1.0);
         let inner = Arc::new(Inner {

@@ -47,12 +47,12 @@ use engram_core::ops::{
 };
 use engram_core::time::{from_micros, now, to_micros};
 use engram_core::{StoreError, TenantId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cache::CacheError;
+use crate::cache::{connect, redact, CacheError};
 use crate::keys::{escape, valid_prefix};
 
 /// What one event counts against `max_ring_bytes` beyond its stored JSON: an estimate of
@@ -428,17 +428,6 @@ pub struct RedisOps {
     target: String,
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
-
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -469,17 +458,7 @@ impl RedisOps {
         }
         tokio::runtime::Handle::try_current().map_err(|_| CacheError::NoRuntime)?;
         let target = redact(url);
-        let bad_url = |e: redis::RedisError| CacheError::InvalidUrl {
-            url: target.clone(),
-            reason: e.to_string(),
-        };
-        let client = redis::Client::open(url).map_err(bad_url)?;
-        let connect_timeout = cfg.op_timeout.max(Duration::from_secs(1));
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(connect_timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_cfg).map_err(bad_url)?;
+        let conn = connect(url, cfg.op_timeout)?;
         Ok(RedisOps {
             conn,
             keys: OpsKeys {

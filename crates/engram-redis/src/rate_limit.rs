@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use engram_core::rate_limit::{decide, Decision, Quota, RateLimiter};
 use engram_core::StoreError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 use tracing::{info, warn};
 
-use crate::cache::{CacheConfig, CacheError};
+use crate::cache::{connect, CacheConfig, CacheError};
 use crate::keys::{escape, valid_prefix};
 
 /// KEYS: the key. ARGV: the emission interval T and the tolerance τ (µs). Returns
@@ -68,17 +68,6 @@ pub struct RedisRateLimiter {
     down_until: Mutex<Option<Instant>>,
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
-
 impl RedisRateLimiter {
     /// A limiter over the Redis at `url`, with the cache's `prefix`, `op_timeout` (the
     /// longest a request waits for Redis) and `health_interval` (how long it stops trying
@@ -98,17 +87,7 @@ impl RedisRateLimiter {
                 )));
             }
         }
-        let bad_url = |e: redis::RedisError| CacheError::InvalidUrl {
-            url: redact(url),
-            reason: e.to_string(),
-        };
-        let client = redis::Client::open(url).map_err(bad_url)?;
-        let connect_timeout = cfg.op_timeout.max(Duration::from_secs(1));
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(connect_timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_cfg).map_err(bad_url)?;
+        let conn = connect(url, cfg.op_timeout)?;
         metrics::describe_counter!(
             "engram_rate_limit_unavailable_total",
             "Requests allowed without a rate-limit check because its state could not be reached (fail open)"

@@ -26,11 +26,11 @@ use async_trait::async_trait;
 use engram_core::scratchpad::{Entry, ScratchpadStore, MAX_ENTRIES_PER_AGENT};
 use engram_core::time::from_micros;
 use engram_core::{StoreError, TenantId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script};
 use serde_json::Value;
 
-use crate::cache::{CacheConfig, CacheError};
+use crate::cache::{connect, CacheConfig, CacheError};
 use crate::keys::{escape, valid_prefix};
 
 /// The longest TTL accepted (Redis rejects expiry times that overflow).
@@ -117,17 +117,6 @@ pub struct RedisScratchpads {
     max_entries: usize,
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
-
 fn parse_us(s: &str) -> Result<i64, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Other(format!("Redis returned `{s}` as a time")))
@@ -163,17 +152,7 @@ impl RedisScratchpads {
                 "op_timeout must be at least 1 ms".into(),
             ));
         }
-        let bad_url = |e: redis::RedisError| CacheError::InvalidUrl {
-            url: redact(url),
-            reason: e.to_string(),
-        };
-        let client = redis::Client::open(url).map_err(bad_url)?;
-        let connect_timeout = cfg.op_timeout.max(Duration::from_secs(1));
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(connect_timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_cfg).map_err(bad_url)?;
+        let conn = connect(url, cfg.op_timeout)?;
         Ok(RedisScratchpads {
             conn,
             prefix: cfg.prefix.clone(),

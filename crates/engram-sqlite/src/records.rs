@@ -114,23 +114,13 @@ fn write_mirror(
     }
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
-}
-
 fn insert(conn: &Connection, r: &Record, mirror: Option<&MirrorWrite>) -> Result<(), StoreError> {
     let sql = format!("INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)");
     let vals = values(r)?;
     conn.prepare_cached(&sql)
         .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict("a record with this key or id exists".into())
-            } else {
-                db_err(e)
-            }
-        })?;
+        // A unique violation (the id, or kind, agent and key) is `Conflict`, as db_err maps it.
+        .map_err(db_err)?;
     append_record_change(conn, r, ChangeOp::Created)?;
     if let Some(m) = mirror {
         write_mirror(conn, &r.tenant, m)?;
@@ -175,13 +165,7 @@ fn replace(
     vals.remove(2);
     conn.prepare_cached(sql)
         .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict("a record with this key exists".into())
-            } else {
-                db_err(e)
-            }
-        })?;
+        .map_err(db_err)?;
     append_record_change(conn, next, ChangeOp::Updated)?;
     if let Some(m) = mirror {
         write_mirror(conn, &next.tenant, m)?;

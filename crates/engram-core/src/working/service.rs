@@ -176,33 +176,9 @@ impl WorkingService {
         let key = &Label::parse(key.to_owned(), "key")?.into_inner();
         let schema = RecordKind::Event.schema();
         let body = schema.create_body(schema.parse_input(body, &[])?.body)?;
-        for _ in 0..CAS_ATTEMPTS {
-            if let Some(r) = self
-                .store
-                .get_keyed(tenant, RecordKind::Event, Some(agent), key)
-                .await?
-            {
-                return Ok(r);
-            }
-            let scope = Scope {
-                agent_id: Some(agent.to_owned()),
-                ..Scope::default()
-            };
-            let r = self.new_record(
-                tenant,
-                RecordKind::Event,
-                scope,
-                None,
-                Some(key.to_owned()),
-                body.clone(),
-            );
-            match self.store.insert_record(&r, None).await {
-                Ok(()) => return Ok(r),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(conflict())
+        // The same event kept again has the same body: the stored record is returned.
+        self.put_keyed(tenant, RecordKind::Event, agent, key, body)
+            .await
     }
 
     async fn put_keyed(
