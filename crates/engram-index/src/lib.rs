@@ -1,6 +1,7 @@
-//! In-process approximate-nearest-neighbour index for embedded mode.
+//! In-process indexes for embedded mode: approximate nearest neighbours, and BM25
+//! keywords ([`keyword`]: an in-memory inverted index, rebuilt from the store at start).
 //!
-//! This crate owns one thing: a persistent HNSW graph of vectors under `u64` keys,
+//! The vector side is a persistent HNSW graph of vectors under `u64` keys,
 //! compared by cosine similarity ([`VectorIndex`]). It stores vectors in f32, f16 or i8
 //! ([`Quantization`]), replaces and removes them, searches with a predicate applied
 //! inside the graph walk, answers exact brute-force searches over a given set of keys,
@@ -38,6 +39,7 @@ mod config;
 mod error;
 pub mod eval;
 mod index;
+pub mod keyword;
 mod persist;
 mod vector;
 

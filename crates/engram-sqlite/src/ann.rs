@@ -20,13 +20,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use engram_core::time::to_micros;
-use engram_core::{MemoryFilter, MemoryId, MemoryType, ModelInfo, Scored, Source, StoreError};
+use engram_core::{MemoryFilter, ModelInfo, Scored, StoreError};
 use engram_index::{IndexConfig, IndexError, VectorIndex};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::attrs::{fields_of, needs_sql, Fields, Interner};
 use crate::{db_err, filter_sql};
 
 /// Candidates up to which a filtered search is exact.
@@ -49,19 +49,9 @@ fn index_err(e: IndexError) -> StoreError {
     StoreError::Other(format!("vector index: {e}"))
 }
 
-/// What a filter can ask of a memory, held in memory for every memory in the graph.
+/// A memory in the graph: its filterable fields and which of its vectors are there.
 struct Attrs {
-    id: MemoryId,
-    tenant: Arc<str>,
-    user_id: Option<Arc<str>>,
-    agent_id: Option<Arc<str>>,
-    project: Option<Arc<str>>,
-    domain: Option<Arc<str>>,
-    session_id: Option<Arc<str>>,
-    memory_type: MemoryType,
-    source: Source,
-    created_at: i64,
-    tags: Box<[Arc<str>]>,
+    f: Fields,
     windows: u16,
     /// Whether the memory's context vector is in the graph.
     context: bool,
@@ -73,50 +63,6 @@ impl Attrs {
         (0..i64::from(self.windows))
             .map(move |w| key(rid, w))
             .chain(self.context.then(|| key(rid, CONTEXT_WINDOW)))
-    }
-}
-
-impl Attrs {
-    /// Whether the memory passes `f` for `tenant`; metadata conditions are not held here
-    /// (a filter with them is answered from SQLite's candidates).
-    fn matches(&self, tenant: &str, f: &MemoryFilter) -> bool {
-        fn eq(want: &Option<String>, have: &Option<Arc<str>>) -> bool {
-            match want {
-                None => true,
-                Some(w) => have.as_deref() == Some(w.as_str()),
-            }
-        }
-        &*self.tenant == tenant
-            && (f.memory_types.is_empty() || f.memory_types.contains(&self.memory_type))
-            && f.source.is_none_or(|s| s == self.source)
-            && eq(&f.user_id, &self.user_id)
-            && eq(&f.agent_id, &self.agent_id)
-            && eq(&f.project, &self.project)
-            && eq(&f.domain, &self.domain)
-            && eq(&f.session_id, &self.session_id)
-            && f.created_after
-                .is_none_or(|t| self.created_at > to_micros(t))
-            && f.created_before
-                .is_none_or(|t| self.created_at < to_micros(t))
-            && f.tags.iter().all(|t| self.tags.iter().any(|x| &**x == t))
-    }
-}
-
-/// Shares one allocation per distinct string (tenants, users, sessions, tags).
-#[derive(Default)]
-struct Interner(HashSet<Arc<str>>);
-
-impl Interner {
-    fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.0.insert(a.clone());
-        a
-    }
-    fn opt(&mut self, s: Option<String>) -> Option<Arc<str>> {
-        s.map(|s| self.get(&s))
     }
 }
 
@@ -165,32 +111,14 @@ const SELECT_ROWS: &str = "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, 
      FROM memories m JOIN memory_vectors v ON v.rid = m.rid AND v.model_key = ?1 AND v.content_hash = m.content_hash \
      WHERE m.deleted_at IS NULL";
 
-/// A memory's filterable fields from columns 1–11 of a row in `SELECT_ROWS`' order (id,
-/// tenant, user, agent, project, domain, session, type, source, created_at, tags).
 fn attrs_of(
     r: &rusqlite::Row<'_>,
     interner: &mut Interner,
     windows: u16,
     context: bool,
 ) -> Result<Attrs, StoreError> {
-    let corrupt = |what: &str| StoreError::Other(format!("corrupt {what} in memories"));
-    let id: Vec<u8> = r.get(1).map_err(db_err)?;
-    let tags: String = r.get(11).map_err(db_err)?;
-    let tags: Vec<String> = serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?;
-    let mt: String = r.get(8).map_err(db_err)?;
-    let src: String = r.get(9).map_err(db_err)?;
     Ok(Attrs {
-        id: MemoryId::from_bytes(&id).ok_or_else(|| corrupt("id"))?,
-        tenant: interner.get(&r.get::<_, String>(2).map_err(db_err)?),
-        user_id: interner.opt(r.get(3).map_err(db_err)?),
-        agent_id: interner.opt(r.get(4).map_err(db_err)?),
-        project: interner.opt(r.get(5).map_err(db_err)?),
-        domain: interner.opt(r.get(6).map_err(db_err)?),
-        session_id: interner.opt(r.get(7).map_err(db_err)?),
-        memory_type: MemoryType::parse(&mt, "memory_type").map_err(|_| corrupt("type"))?,
-        source: Source::parse(&src, "source").map_err(|_| corrupt("source"))?,
-        created_at: r.get(10).map_err(db_err)?,
-        tags: tags.iter().map(|t| interner.get(t)).collect(),
+        f: fields_of(r, interner)?,
         windows,
         context,
     })
@@ -338,7 +266,7 @@ impl Loaded {
                 self.index.remove(k).map_err(index_err)?;
             }
             let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = tenants.get_mut(&old.tenant) {
+            if let Some(n) = tenants.get_mut(&old.f.tenant) {
                 *n = n.saturating_sub(1);
             }
         }
@@ -370,7 +298,7 @@ impl Loaded {
         let mut attrs = self.attrs.write().unwrap_or_else(|p| p.into_inner());
         let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
         for r in rows {
-            *tenants.entry(r.attrs.tenant.clone()).or_default() += 1;
+            *tenants.entry(r.attrs.f.tenant.clone()).or_default() += 1;
             attrs.insert(r.rid, r.attrs);
         }
         Ok(())
@@ -529,7 +457,7 @@ impl Ann {
                     windows.clamp(1, MAX_WINDOWS) as u16,
                     context,
                 )?;
-                *tenants.entry(a.tenant.clone()).or_default() += 1;
+                *tenants.entry(a.f.tenant.clone()).or_default() += 1;
                 attrs.insert(rid, a);
             }
         }
@@ -646,7 +574,7 @@ impl Ann {
         let limit = limit as usize;
         let only_tenant = *filter == MemoryFilter::default();
         // Conditions the in-memory fields cannot answer.
-        let needs_sql = !filter.metadata.is_empty() || filter.embedding_status.is_some();
+        let needs_sql = needs_sql(filter);
         let tenant_size = loaded
             .tenants
             .read()
@@ -718,7 +646,7 @@ impl Ann {
                 let pass = |k: u64| {
                     attrs
                         .get(&rid_of(k))
-                        .is_some_and(|a| a.matches(tenant, filter))
+                        .is_some_and(|a| a.f.matches(tenant, filter))
                 };
                 if only_tenant && single_tenant {
                     loaded.index.search(vector, limit * 2, None)
@@ -778,7 +706,7 @@ impl Ann {
                     _ => return None,
                 };
                 Some(Scored {
-                    id: attrs[rid].id,
+                    id: attrs[rid].f.id,
                     score,
                 })
             })

@@ -7,8 +7,9 @@
 //! It does not know about HTTP, embeddings or search ranking.
 
 mod ann;
-mod bm25;
+mod attrs;
 mod embedding;
+mod keywords;
 mod migrate;
 mod records;
 mod rows;
@@ -116,7 +117,6 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
             .map_err(db_err)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
-    bm25::register(&conn).map_err(StoreError::Other)?;
     Ok(conn)
 }
 
@@ -166,6 +166,7 @@ struct Inner {
     readers: ReadPool,
     migration: MigrationReport,
     ann: Option<Arc<ann::Ann>>,
+    keywords: Arc<keywords::Keywords>,
     saver: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
 }
 
@@ -180,42 +181,58 @@ impl Drop for Inner {
     }
 }
 
-/// How often the vector index is saved when it changed.
+/// How often the in-process indexes catch up and the vector index is saved when it
+/// changed.
 const ANN_SAVE_EVERY: Duration = Duration::from_secs(5);
 
-/// Saves the vector index when it changed and truncates the log its save covers.
-fn save_ann(ann: &ann::Ann, conn: &Connection) -> Result<(), StoreError> {
+/// Brings both indexes up to date, saves the vector index when it changed, and truncates
+/// the change log up to what both have applied (the vector index: saved).
+fn upkeep(
+    ann: Option<&ann::Ann>,
+    keywords: &keywords::Keywords,
+    conn: &Connection,
+) -> Result<(), StoreError> {
+    keywords.catch_up(conn)?;
+    let Some(ann) = ann else {
+        // Nothing saved covers the log: keep it.
+        return Ok(());
+    };
+    ann.catch_up(conn)?;
     if let Some(seq) = ann.save()? {
-        conn.execute("DELETE FROM ann_log WHERE seq <= ?1", [seq])
-            .map_err(db_err)?;
+        let upto = keywords.applied_seq().map_or(seq, |k| k.min(seq));
+        keywords::truncate_log(conn, upto)?;
     }
     Ok(())
 }
 
 fn spawn_saver(
-    ann: Arc<ann::Ann>,
+    ann: Option<Arc<ann::Ann>>,
+    keywords: Arc<keywords::Keywords>,
     path: PathBuf,
 ) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), StoreError> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let conn = open_conn(&path, false)?;
     let handle = std::thread::Builder::new()
-        .name("engram-ann-saver".into())
+        .name("engram-index-upkeep".into())
         .spawn(move || {
-            let mut last = Instant::now();
+            // The first round builds the keyword index soon after open, rather than in
+            // the first search.
+            let mut last: Option<Instant> = None;
             while !flag.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(100));
-                if last.elapsed() < ANN_SAVE_EVERY {
+                if last.is_some_and(|l| l.elapsed() < ANN_SAVE_EVERY) {
                     continue;
                 }
-                last = Instant::now();
+                last = Some(Instant::now());
                 // Apply what changed (so vectors become searchable without waiting for a
                 // search), then save.
-                if let Err(e) = ann.catch_up(&conn).and_then(|_| save_ann(&ann, &conn)) {
-                    tracing::warn!(error = %e, "vector index upkeep failed; retrying");
+                if let Err(e) = upkeep(ann.as_deref(), &keywords, &conn) {
+                    tracing::warn!(error = %e, "index upkeep failed; retrying");
                 }
             }
-            if let Err(e) = ann.catch_up(&conn).and_then(|_| save_ann(&ann, &conn)) {
+            let Some(ann) = ann else { return };
+            if let Err(e) = upkeep(Some(&ann), &keywords, &conn) {
                 tracing::warn!(error = %e, "the vector index was not saved at close; it will catch up at the next start");
             }
         })
@@ -237,13 +254,16 @@ impl SqliteStore {
         let mut conn = open_conn(&path, false)?;
         let migration = migrate::migrate(&mut conn)?;
         let readers = cfg.readers.max(1);
+        let keywords = Arc::new(keywords::Keywords::default());
+        // Without the vector index (one-shot commands), the keyword index is built by the
+        // first keyword search, if any.
         let (ann, saver) = if cfg.vector_index {
             let ann = Arc::new(ann::Ann::new(
                 &cfg.data_dir.join("index"),
                 cfg.exact_search_max,
             ));
             ann.open(&conn)?;
-            let saver = spawn_saver(ann.clone(), path.clone())?;
+            let saver = spawn_saver(Some(ann.clone()), keywords.clone(), path.clone())?;
             (Some(ann), Some(saver))
         } else {
             (None, None)
@@ -258,6 +278,7 @@ impl SqliteStore {
                 },
                 migration,
                 ann,
+                keywords,
                 saver: Mutex::new(saver),
             }),
         })
@@ -282,6 +303,12 @@ impl SqliteStore {
     /// Memories whose vectors the in-process index holds (0 without one).
     pub fn indexed_memories(&self) -> usize {
         self.inner.ann.as_ref().map_or(0, |a| a.len())
+    }
+
+    /// Live memories the in-process keyword index holds (0 until it is built: by the
+    /// upkeep thread soon after open, or by the first keyword search).
+    pub fn keyword_indexed(&self) -> usize {
+        self.inner.keywords.len()
     }
 }
 
@@ -762,11 +789,13 @@ impl SearchIndex for SqliteStore {
         limit: u32,
         bm25: engram_core::Bm25,
     ) -> Result<Vec<Scored>, StoreError> {
-        let (tenant, query, filter) = (tenant_str(tenant), query.to_owned(), filter.clone());
+        let (tenant, filter) = (tenant_str(tenant), filter.clone());
+        let words = search::query_terms(query);
+        let keywords = self.inner.keywords.clone();
         self.inner
             .readers
             .run("keyword_search", move |conn| {
-                search::keyword(conn, &tenant, &query, &filter, limit, bm25)
+                keywords.search(conn, &tenant, &words, &filter, limit, bm25)
             })
             .await
     }

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "records",
         sql: include_str!("../migrations/0005_records.sql"),
     },
+    Migration {
+        version: 6,
+        name: "keyword_index",
+        sql: include_str!("../migrations/0006_keyword_index.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -1,6 +1,6 @@
-//! Search over SQLite: BM25 from the FTS5 index the triggers keep in step with
-//! `memories`, and exact nearest-vector search over `memory_vectors` (the reference the
-//! in-process ANN index is measured against, and what a selective filter uses).
+//! Exact nearest-vector search over `memory_vectors` (the reference the in-process ANN
+//! index is measured against, and what a selective filter uses). Keyword search is in
+//! `keywords`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -12,57 +12,6 @@ use rusqlite::Connection;
 
 use crate::rows::{row_to_memory, COLUMNS};
 use crate::{db_err, filter_sql};
-
-/// An FTS5 query matching any of the terms. Each term is a quoted string, so nothing in
-/// user input is FTS5 syntax.
-fn match_expr(terms: &[String]) -> String {
-    terms
-        .iter()
-        .map(|t| format!("\"{}\"", t.replace('"', "")))
-        .collect::<Vec<_>>()
-        .join(" OR ")
-}
-
-pub(crate) fn keyword(
-    conn: &Connection,
-    tenant: &str,
-    query: &str,
-    filter: &MemoryFilter,
-    limit: u32,
-    bm25: engram_core::Bm25,
-) -> Result<Vec<Scored>, StoreError> {
-    let terms = query_terms(query);
-    if terms.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (cond, mut args) = filter_sql(tenant, filter);
-    args.push(Value::Text(match_expr(&terms)));
-    let q = args.len();
-    args.push(Value::Real(f64::from(bm25.k1)));
-    args.push(Value::Real(f64::from(bm25.b)));
-    let (k1, b) = (q + 1, q + 2);
-    let sql = format!(
-        "SELECT m.id, engram_bm25(memories_fts, ?{k1}, ?{b}) AS score FROM memories_fts \
-         JOIN memories m ON m.rid = memories_fts.rowid \
-         WHERE memories_fts MATCH ?{q} AND {cond} ORDER BY score DESC, m.rid LIMIT {limit}"
-    );
-    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, f64>(1)?))
-        })
-        .map_err(db_err)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, score) = row.map_err(db_err)?;
-        let id = MemoryId::from_bytes(&id).ok_or_else(|| StoreError::Other("corrupt id".into()))?;
-        out.push(Scored {
-            id,
-            score: score as f32,
-        });
-    }
-    Ok(out)
-}
 
 /// Cosine similarity; 0 when either vector is all zeros.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -225,7 +174,6 @@ mod tests {
         );
         assert_eq!(query_terms("who is it"), vec!["who", "is", "it"]);
         assert!(query_terms("?!").is_empty());
-        assert_eq!(match_expr(&["a\"b".into(), "c".into()]), "\"ab\" OR \"c\"");
     }
 
     #[test]

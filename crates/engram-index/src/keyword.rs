@@ -1,0 +1,455 @@
+//! An in-memory BM25 keyword index: an inverted index from stemmed words to the
+//! documents holding them, under `u64` keys, with BM25 ranking whose `k1` and `b` are
+//! chosen per query.
+//!
+//! Words are what [`analyze`] makes of a text: runs of letters and digits, lower-cased,
+//! diacritics removed, stemmed with the Snowball English stemmer. A document is a list of
+//! fields (content, title, tags) scored as one: term frequency and length are counted over
+//! all of them. Scoring is BM25 with `idf = ln((N − n + 0.5) / (n + 0.5))` (at least
+//! 1e-6) over the live documents, as SQLite FTS5's `bm25()` computes it.
+//!
+//! Search is term-at-a-time into a per-thread accumulator: each query term's postings add
+//! their share to the documents holding them, then the documents touched are cut to the
+//! top `limit`, best first, ties broken by the smaller key; a predicate given to
+//! [`KeywordIndex::search`] is asked only of documents that would enter the top `limit`.
+//! Removing a document marks it dead and drops it from the statistics at once; its
+//! postings are swept when dead documents outnumber a quarter of the index.
+//!
+//! ```
+//! use engram_index::keyword::{Bm25Params, KeywordIndex};
+//!
+//! let mut ix = KeywordIndex::new();
+//! ix.upsert(1, &["The cats were running home", "", ""]);
+//! ix.upsert(2, &["A dog sleeps", "", "pets"]);
+//! let hits = ix.search(&["cat", "runs"], Bm25Params::default(), 10, None);
+//! assert_eq!(hits.len(), 1);
+//! assert_eq!(hits[0].0, 1);
+//! ix.remove(1);
+//! assert!(ix.search(&["cat"], Bm25Params::default(), 10, None).is_empty());
+//! ```
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+
+use rust_stemmers::{Algorithm, Stemmer};
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
+
+/// BM25's free parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bm25Params {
+    /// Term-frequency saturation.
+    pub k1: f32,
+    /// Length normalisation: 0 ignores a document's length, 1 normalises fully.
+    pub b: f32,
+}
+
+impl Default for Bm25Params {
+    fn default() -> Self {
+        Bm25Params { k1: 1.2, b: 0.75 }
+    }
+}
+
+/// Calls `emit` with each word of `text` as the index stores it: lower-cased, without
+/// diacritics, stemmed.
+pub fn analyze(text: &str, mut emit: impl FnMut(String)) {
+    let stemmer = Stemmer::create(Algorithm::English);
+    for word in text.split(|c: char| !c.is_alphanumeric()) {
+        if word.is_empty() {
+            continue;
+        }
+        let folded = if word.is_ascii() {
+            word.to_ascii_lowercase()
+        } else {
+            let bare: String = word.nfd().filter(|c| !is_combining_mark(*c)).collect();
+            bare.to_lowercase()
+        };
+        // A word that was all diacritics leaves nothing.
+        if folded.is_empty() {
+            continue;
+        }
+        emit(stemmer.stem(&folded).into_owned());
+    }
+}
+
+/// Marks a dead slot in `lens`.
+const DEAD: u32 = u32::MAX;
+/// Dead slots tolerated before a sweep, at least.
+const SWEEP_MIN: usize = 1024;
+
+#[derive(Clone, Copy)]
+struct Posting {
+    slot: u32,
+    tf: u32,
+}
+
+/// The inverted index. Not synchronised: wrap it in a lock to share it.
+#[derive(Default)]
+pub struct KeywordIndex {
+    terms: HashMap<Box<str>, u32>,
+    postings: Vec<Vec<Posting>>,
+    /// Live documents holding each term.
+    df: Vec<u32>,
+    /// Per slot: the document's length in words, or `DEAD`.
+    lens: Vec<u32>,
+    /// Per slot: the document's key.
+    keys: Vec<u64>,
+    /// Per live slot: its distinct terms and their frequencies (emptied when it dies).
+    forward: Vec<Box<[(u32, u32)]>>,
+    slots: HashMap<u64, u32>,
+    total_len: u64,
+    dead: usize,
+}
+
+/// A scored document, ordered so that the better one is greater.
+#[derive(Clone, Copy, PartialEq)]
+struct Ranked(f32, u64);
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0).then(other.1.cmp(&self.1))
+    }
+}
+
+thread_local! {
+    /// Per-thread scores by slot, and the slots touched (reset after each search).
+    static ACC: RefCell<(Vec<f32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl KeywordIndex {
+    pub fn new() -> KeywordIndex {
+        KeywordIndex::default()
+    }
+
+    /// Live documents.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn contains(&self, key: u64) -> bool {
+        self.slots.contains_key(&key)
+    }
+
+    /// Indexes the document `key` as `fields`, replacing what it held before.
+    pub fn upsert(&mut self, key: u64, fields: &[&str]) {
+        self.remove(key);
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        let mut len: u32 = 0;
+        for f in fields {
+            analyze(f, |w| {
+                len = len.saturating_add(1);
+                *counts.entry(w).or_default() += 1;
+            });
+        }
+        let slot = u32::try_from(self.lens.len()).expect("fewer than 2^32 documents");
+        let mut forward = Vec::with_capacity(counts.len());
+        for (word, tf) in counts {
+            let t = match self.terms.get(word.as_str()) {
+                Some(&t) => t,
+                None => {
+                    let t = u32::try_from(self.postings.len()).expect("fewer than 2^32 terms");
+                    self.terms.insert(word.into_boxed_str(), t);
+                    self.postings.push(Vec::new());
+                    self.df.push(0);
+                    t
+                }
+            };
+            self.postings[t as usize].push(Posting { slot, tf });
+            self.df[t as usize] += 1;
+            forward.push((t, tf));
+        }
+        self.lens.push(len);
+        self.keys.push(key);
+        self.forward.push(forward.into_boxed_slice());
+        self.slots.insert(key, slot);
+        self.total_len += u64::from(len);
+    }
+
+    /// Drops the document `key`; false when it was not indexed.
+    pub fn remove(&mut self, key: u64) -> bool {
+        let Some(slot) = self.slots.remove(&key) else {
+            return false;
+        };
+        let s = slot as usize;
+        for &(t, _) in self.forward[s].iter() {
+            self.df[t as usize] -= 1;
+        }
+        self.forward[s] = Box::new([]);
+        self.total_len -= u64::from(self.lens[s]);
+        self.lens[s] = DEAD;
+        self.dead += 1;
+        if self.dead >= SWEEP_MIN && self.dead * 4 > self.lens.len() {
+            self.sweep();
+        }
+        true
+    }
+
+    /// Renumbers the live documents densely and drops the postings of dead ones.
+    fn sweep(&mut self) {
+        let mut renumber = vec![DEAD; self.lens.len()];
+        let mut next: u32 = 0;
+        for (s, &len) in self.lens.iter().enumerate() {
+            if len != DEAD {
+                renumber[s] = next;
+                next += 1;
+            }
+        }
+        for list in &mut self.postings {
+            list.retain_mut(|p| {
+                let to = renumber[p.slot as usize];
+                p.slot = to;
+                to != DEAD
+            });
+        }
+        let live = |s: &usize| renumber[*s] != DEAD;
+        self.keys = (0..self.keys.len())
+            .filter(live)
+            .map(|s| self.keys[s])
+            .collect();
+        self.forward = std::mem::take(&mut self.forward)
+            .into_iter()
+            .enumerate()
+            .filter(|(s, _)| live(s))
+            .map(|(_, f)| f)
+            .collect();
+        self.lens.retain(|&l| l != DEAD);
+        for slot in self.slots.values_mut() {
+            *slot = renumber[*slot as usize];
+        }
+        self.dead = 0;
+    }
+
+    /// The best `limit` documents for `words` (raw query words, analysed here), best
+    /// first, as (key, score). A document matches when it holds any of the words. `pass`,
+    /// when given, must accept a document's key for it to be returned.
+    pub fn search(
+        &self,
+        words: &[&str],
+        params: Bm25Params,
+        limit: usize,
+        pass: Option<&dyn Fn(u64) -> bool>,
+    ) -> Vec<(u64, f32)> {
+        let live = self.slots.len();
+        if live == 0 || limit == 0 {
+            return Vec::new();
+        }
+        let mut terms: Vec<u32> = Vec::new();
+        for w in words {
+            analyze(w, |a| {
+                if let Some(&t) = self.terms.get(a.as_str()) {
+                    terms.push(t);
+                }
+            });
+        }
+        let n = live as f64;
+        let avgdl = (self.total_len as f64 / n).max(f64::MIN_POSITIVE);
+        let (k1, b) = (
+            f64::from(params.k1.max(0.0)),
+            f64::from(params.b.clamp(0.0, 1.0)),
+        );
+        // Per slot, k1 · (1 − b + b · len / avgdl) is computed from these two.
+        let (base, per_word) = ((k1 * (1.0 - b)) as f32, (k1 * b / avgdl) as f32);
+        let top = ACC.with(|acc| {
+            let (scores, touched) = &mut *acc.borrow_mut();
+            if scores.len() < self.lens.len() {
+                scores.resize(self.lens.len(), 0.0);
+            }
+            for &t in &terms {
+                let df = f64::from(self.df[t as usize]);
+                let idf = ((n - df + 0.5) / (df + 0.5)).ln().max(1e-6);
+                let lift = (idf * (k1 + 1.0)) as f32;
+                for p in &self.postings[t as usize] {
+                    let s = p.slot as usize;
+                    let len = self.lens[s];
+                    if len == DEAD {
+                        continue;
+                    }
+                    let tf = p.tf as f32;
+                    let norm = base + per_word * len as f32;
+                    if scores[s] == 0.0 {
+                        touched.push(p.slot);
+                    }
+                    scores[s] += lift * tf / (tf + norm);
+                }
+            }
+            let mut heap: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(limit + 1);
+            for &slot in touched.iter() {
+                let s = slot as usize;
+                let r = Ranked(scores[s], self.keys[s]);
+                scores[s] = 0.0;
+                if heap.len() == limit && heap.peek().is_some_and(|Reverse(min)| r <= *min) {
+                    continue;
+                }
+                if pass.is_some_and(|p| !p(r.1)) {
+                    continue;
+                }
+                heap.push(Reverse(r));
+                if heap.len() > limit {
+                    heap.pop();
+                }
+            }
+            touched.clear();
+            heap
+        });
+        let mut out: Vec<Ranked> = top.into_iter().map(|Reverse(r)| r).collect();
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        out.into_iter().map(|r| (r.1, r.0)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        analyze(text, |w| out.push(w));
+        out
+    }
+
+    #[test]
+    fn analysis_folds_case_and_diacritics_and_stems() {
+        assert_eq!(
+            words("Café RUNNING, runs; naïve-résumé 42x"),
+            ["cafe", "run", "run", "naiv", "resum", "42x"]
+        );
+        assert!(words("  ...  ").is_empty());
+    }
+
+    /// BM25 computed naively over whole documents, for comparison.
+    fn reference(docs: &[(u64, Vec<String>)], query: &[String], p: Bm25Params) -> Vec<(u64, f64)> {
+        let n = docs.len() as f64;
+        let avgdl = docs.iter().map(|d| d.1.len()).sum::<usize>() as f64 / n;
+        let (k1, b) = (f64::from(p.k1), f64::from(p.b));
+        let mut out: Vec<(u64, f64)> = docs
+            .iter()
+            .filter_map(|(key, doc)| {
+                let mut score = 0.0;
+                let mut any = false;
+                for q in query {
+                    let df = docs.iter().filter(|d| d.1.contains(q)).count() as f64;
+                    let tf = doc.iter().filter(|w| *w == q).count() as f64;
+                    if tf > 0.0 {
+                        any = true;
+                        let idf = ((n - df + 0.5) / (df + 0.5)).ln().max(1e-6);
+                        let norm = k1 * (1.0 - b + b * doc.len() as f64 / avgdl);
+                        score += idf * tf * (k1 + 1.0) / (tf + norm);
+                    }
+                }
+                any.then_some((*key, score))
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    /// A small deterministic pseudo-random generator.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    const VOCAB: [&str; 12] = [
+        "alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "paper", "light", "green",
+        "quick", "slow",
+    ];
+
+    #[test]
+    fn scores_match_naive_bm25_through_updates_removals_and_sweeps() {
+        let mut rng = Lcg(7);
+        let mut ix = KeywordIndex::new();
+        let mut docs: HashMap<u64, String> = HashMap::new();
+        for step in 0..6000u64 {
+            let key = rng.next(2500);
+            if rng.next(5) == 0 {
+                assert_eq!(ix.remove(key), docs.remove(&key).is_some());
+            } else {
+                let len = 1 + rng.next(12);
+                let text: Vec<&str> = (0..len).map(|_| VOCAB[rng.next(12) as usize]).collect();
+                let text = text.join(" ");
+                ix.upsert(key, &[&text, "", if step % 3 == 0 { "paper" } else { "" }]);
+                let full = format!("{text} {}", if step % 3 == 0 { "paper" } else { "" });
+                docs.insert(key, full);
+            }
+        }
+        assert_eq!(ix.len(), docs.len());
+        let mut corpus: Vec<(u64, Vec<String>)> =
+            docs.iter().map(|(k, t)| (*k, words(t))).collect();
+        corpus.sort_by_key(|d| d.0);
+        for (query, p) in [
+            (vec!["river", "stone"], Bm25Params::default()),
+            (vec!["paper"], Bm25Params { k1: 0.9, b: 0.2 }),
+            (
+                vec!["quick", "slow", "green", "alpha"],
+                Bm25Params { k1: 2.0, b: 1.0 },
+            ),
+        ] {
+            let q: Vec<String> = query.iter().map(|w| words(w)[0].clone()).collect();
+            let want = reference(&corpus, &q, p);
+            let got = ix.search(&query, p, 20, None);
+            assert_eq!(got.len(), 20.min(want.len()));
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (f64::from(g.1) - w.1).abs() < 1e-3 * w.1.max(1.0),
+                    "{query:?}: {g:?} vs {w:?}"
+                );
+            }
+            // Same order, up to scores equal within float error.
+            let got_keys: Vec<u64> = got.iter().map(|g| g.0).collect();
+            let want_keys: Vec<u64> = want.iter().take(got.len()).map(|w| w.0).collect();
+            if got_keys != want_keys {
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((f64::from(g.1) - w.1).abs() < 1e-4 * w.1.max(1.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_predicate_filters_inside_the_top_k() {
+        let mut ix = KeywordIndex::new();
+        for key in 0..100u64 {
+            let text = if key < 90 {
+                "river river river"
+            } else {
+                "river"
+            };
+            ix.upsert(key, &[text]);
+        }
+        // The ten keys that pass score worst; they are still found.
+        let odd = |k: u64| k >= 90;
+        let hits = ix.search(&["river"], Bm25Params::default(), 10, Some(&odd));
+        let keys: Vec<u64> = hits.iter().map(|h| h.0).collect();
+        assert_eq!(keys, (90..100).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn ties_go_to_the_smaller_key_and_unknown_words_match_nothing() {
+        let mut ix = KeywordIndex::new();
+        for key in [5u64, 3, 9] {
+            ix.upsert(key, &["same words here"]);
+        }
+        let hits = ix.search(&["words"], Bm25Params::default(), 2, None);
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), [3, 5]);
+        assert!(ix
+            .search(&["absent"], Bm25Params::default(), 2, None)
+            .is_empty());
+        assert!(ix.search(&[], Bm25Params::default(), 2, None).is_empty());
+    }
+}

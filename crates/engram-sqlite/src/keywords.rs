@@ -1,0 +1,335 @@
+//! Keyword search of embedded mode: an in-memory BM25 index (`engram_index::keyword`)
+//! over the content, title and tags of live memories, kept in step with the database.
+//!
+//! Derived state, never saved: it is built from `memories` by the first search (or the
+//! store's upkeep thread, shortly after open) and followed from then on through two
+//! feeds, both read before each search so that a write is keyword-searchable as soon as
+//! it is acknowledged: memories with a row id above the highest it has seen (inserts; one
+//! writer assigns row ids in commit order), and `ann_log`, where triggers record every
+//! memory whose text, deletion or filterable fields changed. Each memory named is re-read
+//! whole, so replaying a change twice is harmless. `ann_log` is truncated only up to what
+//! this index has applied; when another process truncated past it (`ann_log_floor` says
+//! how far the log was cut), the index is rebuilt.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
+
+use engram_core::{MemoryFilter, Scored, StoreError};
+use engram_index::keyword::{Bm25Params, KeywordIndex};
+use rusqlite::types::Value;
+use rusqlite::Connection;
+
+use crate::attrs::{fields_of, needs_sql, Fields, Interner, COLUMNS};
+use crate::{db_err, filter_sql};
+
+/// Rows read per statement while building or catching up.
+const CHUNK: usize = 5000;
+
+/// How far `ann_log` was truncated: entries up to it are gone.
+pub(crate) fn log_floor(conn: &Connection) -> Result<i64, StoreError> {
+    conn.query_row("SELECT upto FROM ann_log_floor", [], |r| r.get(0))
+        .map_err(db_err)
+}
+
+/// The newest `ann_log` entry (or the floor, when the log is empty).
+pub(crate) fn log_head(conn: &Connection) -> Result<i64, StoreError> {
+    conn.query_row(
+        "SELECT max(coalesce((SELECT max(seq) FROM ann_log), 0), (SELECT upto FROM ann_log_floor))",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(db_err)
+}
+
+/// Drops the `ann_log` entries up to `upto` and records the cut.
+pub(crate) fn truncate_log(conn: &Connection, upto: i64) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+    let done = conn
+        .execute("DELETE FROM ann_log WHERE seq <= ?1", [upto])
+        .and_then(|_| conn.execute("UPDATE ann_log_floor SET upto = max(upto, ?1)", [upto]))
+        .and_then(|_| conn.execute_batch("COMMIT"));
+    if let Err(e) = done {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(db_err(e));
+    }
+    Ok(())
+}
+
+struct State {
+    index: KeywordIndex,
+    fields: HashMap<i64, Fields>,
+    /// The highest row id read from `memories`.
+    max_rid: i64,
+    /// The last `ann_log` entry applied.
+    applied_seq: i64,
+}
+
+/// One memory's current state, as read for the index.
+struct Doc {
+    rid: i64,
+    /// Not deleted.
+    live: bool,
+    fields: Fields,
+    content: String,
+    title: String,
+    tags: String,
+}
+
+impl State {
+    fn put(&mut self, d: Doc) {
+        let tags: Vec<String> = serde_json::from_str(&d.tags).unwrap_or_default();
+        let tags = tags.join(" ");
+        self.index
+            .upsert(d.rid as u64, &[&d.content, &d.title, &tags]);
+        self.fields.insert(d.rid, d.fields);
+    }
+
+    fn remove(&mut self, rid: i64) {
+        self.index.remove(rid as u64);
+        self.fields.remove(&rid);
+    }
+}
+
+/// Reads memories, deleted ones included (`live` false): `extra` follows the `WHERE`,
+/// with `args` from `?1`.
+fn read_docs(
+    conn: &Connection,
+    interner: &mut Interner,
+    extra: &str,
+    args: &[Value],
+) -> Result<Vec<Doc>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS}, m.content, coalesce(m.title, ''), m.deleted_at IS NULL \
+         FROM memories m WHERE {extra}"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(args.iter()))
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db_err)? {
+        out.push(Doc {
+            rid: r.get(0).map_err(db_err)?,
+            fields: fields_of(r, interner)?,
+            content: r.get(12).map_err(db_err)?,
+            title: r.get(13).map_err(db_err)?,
+            tags: r.get(11).map_err(db_err)?,
+            live: r.get(14).map_err(db_err)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The keyword index and what it has applied.
+#[derive(Default)]
+pub(crate) struct Keywords {
+    state: RwLock<Option<State>>,
+    /// Held while the index is built or catches up.
+    sync: Mutex<()>,
+    interner: Mutex<Interner>,
+}
+
+impl Keywords {
+    /// The last `ann_log` entry applied, once the index is built: the log may be truncated
+    /// up to it.
+    pub fn applied_seq(&self) -> Option<i64> {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.applied_seq)
+    }
+
+    /// Live memories indexed (0 before the first build).
+    pub fn len(&self) -> usize {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |s| s.index.len())
+    }
+
+    /// Builds the index from every live memory.
+    fn build(&self, conn: &Connection) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        // Changes from here on are replayed after the build.
+        let applied_seq = log_head(conn)?;
+        let mut st = State {
+            index: KeywordIndex::new(),
+            fields: HashMap::new(),
+            max_rid: 0,
+            applied_seq,
+        };
+        let mut interner = self.interner.lock().unwrap_or_else(|p| p.into_inner());
+        *interner = Interner::default();
+        loop {
+            let docs = read_docs(
+                conn,
+                &mut interner,
+                &format!("m.rid > ?1 ORDER BY m.rid LIMIT {CHUNK}"),
+                &[Value::Integer(st.max_rid)],
+            )?;
+            let Some(last) = docs.last().map(|d| d.rid) else {
+                break;
+            };
+            st.max_rid = last;
+            for d in docs.into_iter().filter(|d| d.live) {
+                st.put(d);
+            }
+        }
+        tracing::info!(
+            memories = st.index.len(),
+            secs = started.elapsed().as_secs_f64(),
+            "keyword index ready"
+        );
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Some(st);
+        Ok(())
+    }
+
+    /// Builds the index if it is not built, then applies what changed since.
+    pub fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
+        let _sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let at = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| (s.max_rid, s.applied_seq));
+        let Some((max_rid, applied)) = at else {
+            return self.build(conn);
+        };
+        if log_floor(conn)? > applied {
+            tracing::info!("the change log was truncated past the keyword index; rebuilding it");
+            return self.build(conn);
+        }
+        // Changed memories, from the log.
+        let mut from = applied;
+        loop {
+            let entries: Vec<(i64, i64)> = conn
+                .prepare_cached(&format!(
+                    "SELECT seq, rid FROM ann_log WHERE seq > ?1 ORDER BY seq LIMIT {CHUNK}"
+                ))
+                .and_then(|mut s| {
+                    s.query_map([from], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_err)?;
+            let Some(&(last, _)) = entries.last() else {
+                break;
+            };
+            let mut rids: Vec<i64> = entries.into_iter().map(|(_, r)| r).collect();
+            rids.sort_unstable();
+            rids.dedup();
+            self.refresh(conn, &rids, last)?;
+            from = last;
+        }
+        // New memories.
+        let mut after = max_rid;
+        loop {
+            let docs = read_docs(
+                conn,
+                &mut self.interner.lock().unwrap_or_else(|p| p.into_inner()),
+                &format!("m.rid > ?1 ORDER BY m.rid LIMIT {CHUNK}"),
+                &[Value::Integer(after)],
+            )?;
+            let Some(last) = docs.last().map(|d| d.rid) else {
+                return Ok(());
+            };
+            after = last;
+            let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let Some(st) = guard.as_mut() else {
+                return Ok(());
+            };
+            st.max_rid = st.max_rid.max(last);
+            for d in docs.into_iter().filter(|d| d.live) {
+                st.put(d);
+            }
+        }
+    }
+
+    /// Brings the given memories to their current state and records `seq` as applied.
+    fn refresh(&self, conn: &Connection, rids: &[i64], seq: i64) -> Result<(), StoreError> {
+        let mut interner = self.interner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut docs = Vec::new();
+        for chunk in rids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("?{i}")).collect();
+            let args: Vec<Value> = chunk.iter().map(|r| Value::Integer(*r)).collect();
+            docs.extend(read_docs(
+                conn,
+                &mut interner,
+                &format!("m.rid IN ({})", marks.join(", ")),
+                &args,
+            )?);
+        }
+        drop(interner);
+        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let Some(st) = guard.as_mut() else {
+            return Ok(());
+        };
+        let live: HashSet<i64> = docs.iter().filter(|d| d.live).map(|d| d.rid).collect();
+        for rid in rids.iter().filter(|r| !live.contains(r)) {
+            st.remove(*rid);
+        }
+        for d in docs.into_iter().filter(|d| d.live) {
+            st.put(d);
+        }
+        st.applied_seq = st.applied_seq.max(seq);
+        Ok(())
+    }
+
+    /// The best `limit` live memories of `tenant` passing `filter` for the query `words`,
+    /// best first.
+    pub fn search(
+        &self,
+        conn: &Connection,
+        tenant: &str,
+        words: &[String],
+        filter: &MemoryFilter,
+        limit: u32,
+        bm25: engram_core::Bm25,
+    ) -> Result<Vec<Scored>, StoreError> {
+        self.catch_up(conn)?;
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Conditions the in-memory fields cannot answer: SQLite lists the candidates.
+        let candidates: Option<HashSet<i64>> = if needs_sql(filter) {
+            let (cond, args) = filter_sql(tenant, filter);
+            let rids = conn
+                .prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}"))
+                .and_then(|mut s| {
+                    s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+                        .collect::<Result<HashSet<i64>, _>>()
+                })
+                .map_err(db_err)?;
+            Some(rids)
+        } else {
+            None
+        };
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let Some(st) = guard.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let pass = |key: u64| {
+            let rid = key as i64;
+            st.fields
+                .get(&rid)
+                .is_some_and(|f| f.matches(tenant, filter))
+                && candidates.as_ref().is_none_or(|c| c.contains(&rid))
+        };
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let params = Bm25Params {
+            k1: bm25.k1,
+            b: bm25.b,
+        };
+        let hits = st.index.search(&words, params, limit as usize, Some(&pass));
+        Ok(hits
+            .into_iter()
+            .filter_map(|(key, score)| {
+                st.fields
+                    .get(&(key as i64))
+                    .map(|f| Scored { id: f.id, score })
+            })
+            .collect())
+    }
+}
