@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use engram_core::working::RecordId;
 use engram_core::{MemoryId, TenantId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
@@ -45,6 +46,8 @@ pub struct CacheConfig {
     pub recent_ttl: Duration,
     /// Vectors by (model, content hash).
     pub embedding_ttl: Duration,
+    /// Conversation buffers: the first page of a session's messages.
+    pub buffer_ttl: Duration,
     /// The longest a request waits for Redis before treating it as down.
     pub op_timeout: Duration,
     /// How often the background task pings Redis (and retries after an outage).
@@ -62,6 +65,7 @@ impl Default for CacheConfig {
             list_ttl: Duration::from_secs(120),
             recent_ttl: Duration::from_secs(60),
             embedding_ttl: Duration::from_secs(3600),
+            buffer_ttl: Duration::from_secs(300),
             op_timeout: Duration::from_millis(100),
             health_interval: Duration::from_secs(1),
             max_pending: 10_000,
@@ -98,6 +102,8 @@ pub(crate) enum Invalidation {
         tenant: TenantId,
         user: Option<String>,
     },
+    /// Every cached conversation buffer of some sessions.
+    Sessions(Vec<(TenantId, RecordId)>),
     /// Everything under the prefix but the global keys.
     Flush,
 }
@@ -320,6 +326,7 @@ impl RedisCache {
             ("list_ttl", cfg.list_ttl),
             ("recent_ttl", cfg.recent_ttl),
             ("embedding_ttl", cfg.embedding_ttl),
+            ("buffer_ttl", cfg.buffer_ttl),
             ("op_timeout", cfg.op_timeout),
             ("health_interval", cfg.health_interval),
         ];
@@ -391,7 +398,10 @@ impl RedisCache {
     /// Generations live as long as the longest entry they guard.
     fn gen_ttl(&self) -> u64 {
         let c = &self.inner.cfg;
-        ms(c.memory_ttl.max(c.list_ttl).max(c.recent_ttl))
+        ms(c.memory_ttl
+            .max(c.list_ttl)
+            .max(c.recent_ttl)
+            .max(c.buffer_ttl))
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -471,7 +481,8 @@ impl RedisCache {
         }
     }
 
-    /// Like [`fill`](Self::fill) for one list page, which also joins its user's index.
+    /// Like [`fill`](Self::fill) for one list page, which also joins its index (its
+    /// user's, or its session's); the index lives as long as the longest list entry.
     pub(crate) async fn fill_list(
         &self,
         epoch: &str,
@@ -492,7 +503,10 @@ impl RedisCache {
             .arg(gen)
             .arg(value)
             .arg(ms(ttl))
-            .arg(ms(cfg.list_ttl.max(cfg.recent_ttl)));
+            .arg(ms(ttl
+                .max(cfg.list_ttl)
+                .max(cfg.recent_ttl)
+                .max(cfg.buffer_ttl)));
         let mut conn = self.inner.conn.clone();
         if let Err(e) = self.run(inv.invoke_async::<i64>(&mut conn)).await {
             self.mark_down(&e);
@@ -598,6 +612,19 @@ impl RedisCache {
                 let mut conn = self.inner.conn.clone();
                 self.run(s.invoke_async::<i64>(&mut conn)).await.map(|_| ())
             }
+            Invalidation::Sessions(sessions) => {
+                if sessions.is_empty() {
+                    return Ok(());
+                }
+                let mut s = INVALIDATE.prepare_invoke();
+                for (t, id) in sessions {
+                    s.key(keys.session_gen(t, *id))
+                        .key(keys.session_index(t, *id));
+                }
+                s.arg(0).arg(self.gen_ttl());
+                let mut conn = self.inner.conn.clone();
+                self.run(s.invoke_async::<i64>(&mut conn)).await.map(|_| ())
+            }
             Invalidation::Purge { tenant, user } => {
                 self.bump_epoch().await?;
                 match user {
@@ -606,6 +633,10 @@ impl RedisCache {
                         self.scan_delete(&keys.pattern_tenant_memories(tenant), None)
                             .await?;
                         self.scan_delete(&keys.pattern_user(tenant, u), None)
+                            .await?;
+                        // Buffers are kept by session, not by user: every one of the
+                        // tenant's goes (purges are rare; they refill from the store).
+                        self.scan_delete(&keys.pattern_tenant_sessions(tenant), None)
                             .await?
                     }
                 }

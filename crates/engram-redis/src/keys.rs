@@ -10,6 +10,9 @@
 //! | `{p}:{t}:memories:user:{u}:recent:{per_page}` | the first page, newest first, of a list filtered by nothing but user `u` | `recent_ttl` (60 s) |
 //! | `{p}:{t}:memories:user:{u}:keys` | the set of `u`'s cached list and recent keys | the longer of list and recent, refreshed on each fill |
 //! | `{p}:{t}:memories:user:{u}:gen` | `u`'s list generation | the longest entry TTL |
+//! | `{p}:{t}:working:session:{s}:buffer:{asc\|desc}:{n}` | a conversation buffer: the first page (`n` messages, oldest or newest first) of session `s`'s messages | `buffer_ttl` (300 s) |
+//! | `{p}:{t}:working:session:{s}:keys` | the set of `s`'s buffer keys | the longest entry TTL, refreshed on each fill |
+//! | `{p}:{t}:working:session:{s}:gen` | `s`'s buffer generation | the longest entry TTL |
 //! | `{p}::epoch` | the global epoch | 24 h |
 //! | `{p}::emb:{model key}:{content hash}` | vectors (one per window) of content, little-endian f32 | `embedding_ttl` (1 h) |
 //!
@@ -22,6 +25,7 @@
 
 use std::fmt::Write as _;
 
+use engram_core::working::RecordId;
 use engram_core::{ListQuery, MemoryFilter, MemoryId, Position, SortBy, SortOrder, TenantId};
 use sha2::{Digest, Sha256};
 
@@ -129,12 +133,44 @@ impl Keys {
         Some((format!("{base}:list:{}", query_hash(q)?), ListKind::List))
     }
 
-    /// Every key of the prefix (global keys included; the caller skips those).
+    fn session_base(&self, tenant: &TenantId, session: RecordId) -> String {
+        format!("{}:{tenant}:working:session:{session}", self.prefix)
+    }
+
+    pub(crate) fn session_gen(&self, tenant: &TenantId, session: RecordId) -> String {
+        format!("{}:gen", self.session_base(tenant, session))
+    }
+
+    pub(crate) fn session_index(&self, tenant: &TenantId, session: RecordId) -> String {
+        format!("{}:keys", self.session_base(tenant, session))
+    }
+
+    /// The conversation buffer of a session's first `limit` messages in one order.
+    pub(crate) fn session_buffer(
+        &self,
+        tenant: &TenantId,
+        session: RecordId,
+        oldest_first: bool,
+        limit: u32,
+    ) -> String {
+        let order = if oldest_first { "asc" } else { "desc" };
+        format!(
+            "{}:buffer:{order}:{limit}",
+            self.session_base(tenant, session)
+        )
+    }
+
+    /// Every conversation buffer key (and index, generation) of a tenant.
+    pub(crate) fn pattern_tenant_sessions(&self, tenant: &TenantId) -> String {
+        format!("{}:{tenant}:working:session:*", self.prefix)
+    }
+
     /// Every cached embedding, of every model.
     pub(crate) fn pattern_embeddings(&self) -> String {
         format!("{}::emb:*", self.prefix)
     }
 
+    /// Every key of the prefix (global keys included; the caller skips those).
     pub(crate) fn pattern_all(&self) -> String {
         format!("{}:*", self.prefix)
     }

@@ -1,7 +1,15 @@
-//! `CachedRecordStore`: the working tier's `RecordStore`, passed through, with the cache
-//! kept right for the mirror memories its writes make.
+//! `CachedRecordStore`: the working tier's `RecordStore`, with conversation buffers in
+//! Redis and the cache kept right for the mirror memories its writes make.
 //!
-//! Records themselves are not cached: every read goes to the store. But a decision,
+//! **Conversation buffers.** The first page of a session's messages (nothing but the
+//! session as filter, oldest or newest first, any page size) is cached under the session
+//! (`{p}:{t}:working:session:{s}:buffer:…`, `buffer_ttl`), filled on a miss under the
+//! session's generation as list pages are (a fill never lands over a newer write). Any
+//! write to a message of the session, and the session's own update or delete, bumps the
+//! generation and drops the session's buffers after the store answers. Other record
+//! reads go to the store.
+//!
+//! **Mirror memories.** A decision,
 //! pattern or message has a *mirror memory*, written in the record's own transaction, and
 //! that memory may be cached (its entry, its user's lists) by [`CachedMemoryStore`]. So
 //! after the store answers, a write with a mirror invalidates exactly what the same
@@ -23,7 +31,7 @@ use async_trait::async_trait;
 use engram_core::working::{Record, RecordChange, RecordId, RecordKind, RecordPage, RecordQuery};
 use engram_core::{Memory, MemoryStore, MirrorWrite, RecordStore, StoreError, TenantId};
 
-use crate::cache::RedisCache;
+use crate::cache::{count, Invalidation, RedisCache, Slot};
 use crate::memory::{invalidate_written, replaced_users};
 
 /// A `RecordStore` that invalidates the cached state of the mirror memories its writes
@@ -86,14 +94,26 @@ impl CachedRecordStore {
         }))
     }
 
-    /// After the store answered: invalidates what the mirror write made stale, as the
-    /// same write through `CachedMemoryStore` would.
+    /// After the store answered: drops the buffers of the session `record` belongs to (or
+    /// is), and invalidates what the mirror write made stale, as the same write through
+    /// `CachedMemoryStore` would.
     async fn finish(
         &self,
-        tenant: &TenantId,
+        record: &Record,
         mirror: Option<MirrorInFlight>,
         result: &Result<(), StoreError>,
     ) {
+        let tenant = &record.tenant;
+        let session = match record.kind {
+            RecordKind::Message => record.parent_id,
+            RecordKind::Session => Some(record.id),
+            _ => None,
+        };
+        if let Some(s) = session {
+            self.cache
+                .invalidate(Invalidation::Sessions(vec![(tenant.clone(), s)]))
+                .await;
+        }
         let Some(m) = mirror else {
             return;
         };
@@ -108,6 +128,29 @@ impl CachedRecordStore {
     }
 }
 
+/// The `cache` label of the conversation buffers' metrics.
+const BUFFER: &str = "buffer";
+
+/// The session whose messages `q` lists, when it asks for a conversation buffer: the
+/// first page of a session's messages with no other condition.
+fn buffered_session(q: &RecordQuery) -> Option<RecordId> {
+    let plain = q.kind == Some(RecordKind::Message)
+        && q.user_id.is_none()
+        && q.agent_id.is_none()
+        && q.project.is_none()
+        && q.domain.is_none()
+        && q.session_id.is_none()
+        && q.statuses.is_empty()
+        && q.key.is_none()
+        && q.updated_before.is_none()
+        && q.after.is_none();
+    if plain {
+        q.parent_id
+    } else {
+        None
+    }
+}
+
 #[async_trait]
 impl RecordStore for CachedRecordStore {
     async fn insert_record(
@@ -118,7 +161,7 @@ impl RecordStore for CachedRecordStore {
         let tenant = &record.tenant;
         let in_flight = self.begin(tenant, mirror.as_ref()).await?;
         let result = self.inner.insert_record(record, mirror).await;
-        self.finish(tenant, in_flight, &result).await;
+        self.finish(record, in_flight, &result).await;
         result
     }
 
@@ -145,7 +188,41 @@ impl RecordStore for CachedRecordStore {
         tenant: &TenantId,
         query: &RecordQuery,
     ) -> Result<RecordPage, StoreError> {
-        self.inner.list_records(tenant, query).await
+        let Some(session) = buffered_session(query) else {
+            return self.inner.list_records(tenant, query).await;
+        };
+        let keys = self.cache.keys();
+        let gen_key = keys.session_gen(tenant, session);
+        let key = keys.session_buffer(tenant, session, query.oldest_first, query.limit);
+        let entries = [(gen_key.clone(), key.clone())];
+        let Some(mut lookup) = self.cache.lookup(BUFFER, &entries).await else {
+            return self.inner.list_records(tenant, query).await;
+        };
+        let gen = match lookup.slots.pop() {
+            Some(Slot::Hit(bytes)) => {
+                let cached = serde_json::from_slice::<RecordPage>(&bytes)
+                    .ok()
+                    .filter(|p| p.items.iter().all(|r| r.tenant == *tenant));
+                if let Some(page) = cached {
+                    count(BUFFER, "hit", 1);
+                    return Ok(page);
+                }
+                None
+            }
+            Some(Slot::Miss { gen }) => Some(gen),
+            None => None,
+        };
+        count(BUFFER, "miss", 1);
+        let page = self.inner.list_records(tenant, query).await?;
+        if let (Some(epoch), Some(gen), Ok(value)) = (&lookup.epoch, gen, serde_json::to_vec(&page))
+        {
+            let index = keys.session_index(tenant, session);
+            let ttl = self.cache.config().buffer_ttl;
+            self.cache
+                .fill_list(epoch, (gen_key, key, gen, value), index, ttl)
+                .await;
+        }
+        Ok(page)
     }
 
     async fn replace_record(
@@ -160,7 +237,7 @@ impl RecordStore for CachedRecordStore {
             .inner
             .replace_record(next, expected_version, mirror)
             .await;
-        self.finish(tenant, in_flight, &result).await;
+        self.finish(next, in_flight, &result).await;
         result
     }
 
@@ -172,7 +249,7 @@ impl RecordStore for CachedRecordStore {
         let tenant = &record.tenant;
         let in_flight = self.begin(tenant, mirror.as_ref()).await?;
         let result = self.inner.delete_record(record, mirror).await;
-        self.finish(tenant, in_flight, &result).await;
+        self.finish(record, in_flight, &result).await;
         result
     }
 

@@ -1,6 +1,7 @@
-//! The working tier behind the cache: records are not cached, but the mirror memories
-//! their writes make, change and delete (in the record's transaction) must invalidate
-//! exactly what the same write through the memory port would, outages included.
+//! The working tier behind the cache: the mirror memories records' writes make, change
+//! and delete (in the record's transaction) must invalidate exactly what the same write
+//! through the memory port would, outages included; conversation buffers (a session's
+//! first page of messages) are served from Redis and dropped by every write to them.
 
 mod common;
 
@@ -272,4 +273,110 @@ async fn records_are_read_from_the_store() {
         keys.iter().all(|k| !k.contains(&d.id.to_string())),
         "no key names the record: {keys:?}"
     );
+}
+
+async fn say(
+    w: &engram_core::working::service::WorkingService,
+    session: &Record,
+    content: &str,
+) -> Record {
+    w.add_to_session(
+        &tenant("acme"),
+        session.id,
+        RecordKind::Message,
+        obj(json!({"role": "user", "content": content})),
+    )
+    .await
+    .expect("add message")
+}
+
+async fn buffer(env: &Env, session: &Record) -> Vec<String> {
+    let mut q = engram_core::working::RecordQuery::of(RecordKind::Message);
+    q.parent_id = Some(session.id);
+    q.oldest_first = true;
+    q.limit = 20;
+    env.working
+        .list(&tenant("acme"), &q)
+        .await
+        .expect("list messages")
+        .items
+        .into_iter()
+        .map(|r| r.body["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_buffers_come_from_redis_and_are_never_stale_after_a_write() {
+    let env = Env::new().await;
+    let t = tenant("acme");
+    let session = env
+        .working
+        .create(&t, RecordKind::Session, obj(json!({"title": "standup"})))
+        .await
+        .expect("session");
+    say(&env.working, &session, "m1").await;
+    let m2 = say(&env.working, &session, "m2").await;
+    assert_eq!(buffer(&env, &session).await, ["m1", "m2"]);
+
+    // The buffer is in Redis, under the session.
+    let mut conn = redis().await;
+    let key = format!(
+        "{}:acme:working:session:{}:buffer:asc:20",
+        env.prefix(),
+        session.id
+    );
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert!(exists, "{key} holds the buffer");
+
+    // A write that bypasses this cache (straight to the store) is not seen while the
+    // buffer lives: the page is served from Redis.
+    let direct = engram_core::working::service::WorkingService::new(
+        std::sync::Arc::new(env.sqlite.clone()),
+        std::sync::Arc::new(env.sqlite.clone()),
+        None,
+    );
+    say(&direct, &session, "m3").await;
+    assert_eq!(buffer(&env, &session).await, ["m1", "m2"]);
+
+    // Writes through the cache drop it: the next read is the store's.
+    say(&env.working, &session, "m4").await;
+    assert_eq!(buffer(&env, &session).await, ["m1", "m2", "m3", "m4"]);
+    env.working
+        .update(
+            &t,
+            RecordKind::Message,
+            m2.id,
+            obj(json!({"content": "m2'"})),
+        )
+        .await
+        .expect("update");
+    assert_eq!(buffer(&env, &session).await, ["m1", "m2'", "m3", "m4"]);
+    env.working
+        .delete(&t, RecordKind::Message, m2.id)
+        .await
+        .expect("delete");
+    assert_eq!(buffer(&env, &session).await, ["m1", "m3", "m4"]);
+
+    // Another replica on the same Redis sees the same, and its writes reach this one.
+    let other = env.replica(&redis_url(), env.cache.config().clone());
+    assert_eq!(buffer(&other, &session).await, ["m1", "m3", "m4"]);
+    say(&other.working, &session, "m5").await;
+    assert_eq!(buffer(&env, &session).await, ["m1", "m3", "m4", "m5"]);
+
+    // Deleting the session takes its messages, and the buffer with them.
+    env.working
+        .delete(&t, RecordKind::Session, session.id)
+        .await
+        .expect("delete session");
+    let kept: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert!(!kept, "the buffer was dropped");
+    assert!(buffer(&env, &session).await.is_empty());
 }

@@ -271,6 +271,8 @@ pub struct CacheConfig {
     pub memory_ttl_secs: u64,
     /// Seconds a cached list page (filtered by user) lives.
     pub list_ttl_secs: u64,
+    /// Seconds a conversation buffer (the first page of a session's messages) lives.
+    pub buffer_ttl_secs: u64,
     /// Longest a request waits for Redis before treating it as down, in milliseconds.
     pub timeout_ms: u64,
 }
@@ -282,6 +284,7 @@ impl Default for CacheConfig {
             prefix: "engram".into(),
             memory_ttl_secs: 300,
             list_ttl_secs: 120,
+            buffer_ttl_secs: 300,
             timeout_ms: 100,
         }
     }
@@ -293,6 +296,7 @@ impl CacheConfig {
             prefix: self.prefix.clone(),
             memory_ttl: std::time::Duration::from_secs(self.memory_ttl_secs),
             list_ttl: std::time::Duration::from_secs(self.list_ttl_secs),
+            buffer_ttl: std::time::Duration::from_secs(self.buffer_ttl_secs),
             op_timeout: std::time::Duration::from_millis(self.timeout_ms.max(1)),
             ..Default::default()
         }
@@ -369,6 +373,8 @@ pool_size = 16
 prefix = "engram"
 memory_ttl_secs = 300
 list_ttl_secs = 120
+# Conversation buffers: the first page of a session's messages.
+buffer_ttl_secs = 300
 # Longest a request waits for Redis before treating it as down (then the store answers).
 timeout_ms = 100
 

@@ -208,7 +208,7 @@ impl RecordQuery {
 }
 
 /// A page of records, and whether more follow.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecordPage {
     pub items: Vec<Record>,
     pub has_more: bool,
