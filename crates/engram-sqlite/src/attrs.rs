@@ -25,6 +25,11 @@ pub(crate) struct Fields {
 }
 
 impl Fields {
+    /// The memory's tags.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.tags.iter().map(|t| &**t)
+    }
+
     /// Whether the memory passes `f` for `tenant`. Metadata and embedding-status
     /// conditions are not held here: see [`needs_sql`].
     pub fn matches(&self, tenant: &str, f: &MemoryFilter) -> bool {

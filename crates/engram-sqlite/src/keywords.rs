@@ -72,13 +72,12 @@ struct Doc {
     fields: Fields,
     content: String,
     title: String,
-    tags: String,
 }
 
 impl State {
     fn put(&mut self, d: Doc) {
-        let tags: Vec<String> = serde_json::from_str(&d.tags).unwrap_or_default();
-        let tags = tags.join(" ");
+        // The tags as `fields_of` parsed them, one word list.
+        let tags = d.fields.tags().collect::<Vec<_>>().join(" ");
         self.index
             .upsert(d.rid as u64, &[&d.content, &d.title, &tags]);
         self.fields.insert(d.rid, d.fields);
@@ -113,7 +112,6 @@ fn read_docs(
             fields: fields_of(r, interner)?,
             content: r.get(12).map_err(db_err)?,
             title: r.get(13).map_err(db_err)?,
-            tags: r.get(11).map_err(db_err)?,
             live: r.get(14).map_err(db_err)?,
         });
     }

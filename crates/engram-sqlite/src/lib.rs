@@ -188,15 +188,11 @@ const ANN_SAVE_EVERY: Duration = Duration::from_secs(5);
 /// Brings both indexes up to date, saves the vector index when it changed, and truncates
 /// the change log up to what both have applied (the vector index: saved).
 fn upkeep(
-    ann: Option<&ann::Ann>,
+    ann: &ann::Ann,
     keywords: &keywords::Keywords,
     conn: &Connection,
 ) -> Result<(), StoreError> {
     keywords.catch_up(conn)?;
-    let Some(ann) = ann else {
-        // Nothing saved covers the log: keep it.
-        return Ok(());
-    };
     ann.catch_up(conn)?;
     if let Some(seq) = ann.save()? {
         let upto = keywords.applied_seq().map_or(seq, |k| k.min(seq));
@@ -206,7 +202,7 @@ fn upkeep(
 }
 
 fn spawn_saver(
-    ann: Option<Arc<ann::Ann>>,
+    ann: Arc<ann::Ann>,
     keywords: Arc<keywords::Keywords>,
     path: PathBuf,
 ) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), StoreError> {
@@ -227,12 +223,11 @@ fn spawn_saver(
                 last = Some(Instant::now());
                 // Apply what changed (so vectors become searchable without waiting for a
                 // search), then save.
-                if let Err(e) = upkeep(ann.as_deref(), &keywords, &conn) {
+                if let Err(e) = upkeep(&ann, &keywords, &conn) {
                     tracing::warn!(error = %e, "index upkeep failed; retrying");
                 }
             }
-            let Some(ann) = ann else { return };
-            if let Err(e) = upkeep(Some(&ann), &keywords, &conn) {
+            if let Err(e) = upkeep(&ann, &keywords, &conn) {
                 tracing::warn!(error = %e, "the vector index was not saved at close; it will catch up at the next start");
             }
         })
@@ -263,7 +258,7 @@ impl SqliteStore {
                 cfg.exact_search_max,
             ));
             ann.open(&conn)?;
-            let saver = spawn_saver(Some(ann.clone()), keywords.clone(), path.clone())?;
+            let saver = spawn_saver(ann.clone(), keywords.clone(), path.clone())?;
             (Some(ann), Some(saver))
         } else {
             (None, None)
