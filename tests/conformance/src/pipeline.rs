@@ -403,18 +403,16 @@ pub async fn reembed_switches_models_without_a_gap(b: Arc<dyn Backend>) {
                 .id,
         );
         // Until the switch the old model stays active and its worker keeps the new
-        // memories searchable; whichever model is active, every memory has its vectors.
+        // memories searchable; every memory has its vectors.
         drain(&p_old).await;
-        let active = s.embeddings.active_model().await.unwrap();
-        assert!(
-            active == Some(old.model()) || active == Some(new.model()),
-            "{active:?}"
-        );
-        let active = active.unwrap();
+        if s.embeddings.active_model().await.unwrap() != Some(old.model()) {
+            // Switched, perhaps before this write: checked below.
+            break;
+        }
         for id in &ids {
             assert!(!s
                 .embeddings
-                .memory_vectors(&t, *id, &active)
+                .memory_vectors(&t, *id, &old.model())
                 .await
                 .unwrap()
                 .is_empty());
@@ -423,15 +421,22 @@ pub async fn reembed_switches_models_without_a_gap(b: Arc<dyn Backend>) {
     }
     let report = job.await.unwrap().unwrap();
     assert!(!report.was_active);
-    assert!(report.embedded >= ids.len());
-    // Switched: every live memory has the new model's vectors, completed by it.
     assert_eq!(
         s.embeddings.active_model().await.unwrap(),
         Some(new.model())
     );
-    for id in &ids {
+    // Switched: every memory that existed at the switch has the new model's vectors,
+    // completed by it. Only the last write can have come after the switch (the loop
+    // stops writing once it sees the new model); the new model's worker takes it below.
+    let mut late = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
         let m = svc.get(&t, *id).await.unwrap();
-        assert_eq!(m.embedding_status, EmbeddingStatus::Completed);
+        // The switch completes every memory it finds; the old worker cannot complete one.
+        if m.embedding_status != EmbeddingStatus::Completed {
+            assert_eq!(i, ids.len() - 1, "{m:?}");
+            late.push(*id);
+            continue;
+        }
         assert_eq!(
             s.embeddings
                 .memory_vectors(&t, *id, &new.model())
@@ -440,6 +445,7 @@ pub async fn reembed_switches_models_without_a_gap(b: Arc<dyn Backend>) {
             vec![vector_of_rev(&m.content, 1)]
         );
     }
+    assert!(report.embedded + late.len() >= ids.len());
     // The old model's worker can no longer land results; the new one carries on.
     svc.remember(&t, NewMemory::note("after the switch").unwrap(), None)
         .await
@@ -450,14 +456,25 @@ pub async fn reembed_switches_models_without_a_gap(b: Arc<dyn Backend>) {
             .is_err()
     );
     let r = p_old.run_batch().await.unwrap();
-    assert_eq!((r.claimed, r.completed), (1, 0));
-    assert_eq!(count(&svc, &t, EmbeddingStatus::Processing).await, 1);
+    assert!(r.claimed >= 1 && r.completed == 0, "{r:?}");
+    assert!(count(&svc, &t, EmbeddingStatus::Processing).await >= 1);
     let p_new = EmbeddingPipeline::new(s.embeddings.clone(), new.clone(), fast())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(p_new.sweep().await.unwrap().expired_leases, 1);
+    assert!(p_new.sweep().await.unwrap().expired_leases >= 1);
     drain(&p_new).await;
+    for id in &late {
+        let m = svc.get(&t, *id).await.unwrap();
+        assert_eq!(m.embedding_status, EmbeddingStatus::Completed);
+        assert_eq!(
+            s.embeddings
+                .memory_vectors(&t, *id, &new.model())
+                .await
+                .unwrap(),
+            vec![vector_of_rev(&m.content, 1)]
+        );
+    }
     // Every memory written (fewer than 36 when the rebuild finished first), and the one
     // after the switch.
     assert_eq!(
