@@ -18,6 +18,7 @@ mod records;
 mod rows;
 mod search;
 mod sql;
+mod tls;
 
 use std::time::Duration;
 
@@ -31,7 +32,6 @@ use engram_core::{
     ListResult, Memory, MemoryId, MemoryStore, SortBy, SortOrder, StoreError, TenantId, Timestamp,
 };
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 pub use migrate::{MigrationReport, MIGRATIONS};
 use rows::{memory_from_row, COLUMNS};
@@ -41,6 +41,8 @@ use sql::{filter_sql, Sql};
 #[derive(Clone)]
 pub struct PgConfig {
     /// `postgres://user@host:port/db` (libpq-style URLs and key=value strings both work).
+    /// libpq's `sslmode` (`disable`, `prefer` (the default), `require`, `verify-ca`,
+    /// `verify-full`) and `sslrootcert` (a PEM file, or `system`) in it choose TLS.
     pub url: String,
     /// A schema of its own (created if missing) instead of `public`: tests give each
     /// store a fresh one, so they run in parallel on one database.
@@ -66,8 +68,9 @@ impl std::fmt::Debug for PgConfig {
     }
 }
 
-/// The URL without its password.
+/// The URL (or key=value string) without its password.
 pub fn redact_url(url: &str) -> String {
+    let url = &tls::hide_password_params(url);
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -243,12 +246,16 @@ fn valid_schema(s: &str) -> bool {
 impl PgStore {
     /// Connects, creates the schema if one is named, and applies pending migrations.
     pub async fn connect(cfg: &PgConfig) -> Result<PgStore, StoreError> {
-        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| {
+        let bad_url = |e: String| {
             StoreError::Invalid(format!(
                 "cannot parse the Postgres URL {}: {e}",
                 redact_url(&cfg.url)
             ))
-        })?;
+        };
+        // `sslmode` and `sslrootcert` are read here; tokio-postgres parses the rest.
+        let (url, tls) = tls::split(&cfg.url).map_err(bad_url)?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| bad_url(format!("{e}")))?;
+        pg.ssl_mode(tls.pg_mode());
         pg.connect_timeout(cfg.connect_timeout);
         pg.application_name("engram");
         if let Some(schema) = &cfg.schema {
@@ -260,9 +267,10 @@ impl PgStore {
             // The schema first; `public` after it for the `vector` type.
             pg.options(format!("-c search_path={schema},public"));
         }
+        let connector = tls.connector()?;
         let mgr = Manager::from_config(
             pg,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -277,10 +285,19 @@ impl PgStore {
         let schema = cfg.schema.clone().unwrap_or_else(|| "public".into());
         let lock_base = lock_base(&schema);
         let mut client = pool.get().await.map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot connect to Postgres at {}: {e}; is it running, and does the URL name an existing database?",
-                redact_url(&cfg.url)
-            ))
+            let url = redact_url(&cfg.url);
+            // tokio-postgres shows only the outermost error ("error connecting to server"):
+            // the causes say what went wrong.
+            let (tls_problem, detail) = match &e {
+                deadpool_postgres::PoolError::Backend(e) => (tls.explain(e), tls::error_chain(e)),
+                other => (None, other.to_string()),
+            };
+            StoreError::Unavailable(match tls_problem {
+                Some(problem) => format!("cannot connect to Postgres at {url}: {problem}"),
+                None => format!(
+                    "cannot connect to Postgres at {url}: {detail}; is it running, and does the URL name an existing database?"
+                ),
+            })
         })?;
         if let Some(schema) = &cfg.schema {
             client
@@ -324,6 +341,20 @@ impl PgStore {
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_err)
+    }
+
+    /// Whether this store's connections to Postgres are encrypted, as the server sees one
+    /// of them (`pg_stat_ssl`).
+    pub async fn connection_is_encrypted(&self) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.get(0))
     }
 
     /// An advisory-lock key for `what`, unique to this store's schema.
@@ -901,6 +932,18 @@ mod tests {
         assert_eq!(
             redact_url("postgres://127.0.0.1/x"),
             "postgres://127.0.0.1/x"
+        );
+        assert_eq!(
+            redact_url("postgres://u@db/x?sslmode=require&password=s3cret"),
+            "postgres://u@db/x?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("host=db password='s3 cret' sslmode=verify-full"),
+            "host=db password=*** sslmode=verify-full"
+        );
+        assert_eq!(
+            redact_url("host=db password='s3cret"),
+            "host=db password=***"
         );
     }
 
