@@ -95,7 +95,8 @@ pub struct KeywordIndex {
     lens: Vec<u32>,
     /// Per slot: the document's key.
     keys: Vec<u64>,
-    /// Per live slot: its distinct terms and their frequencies (emptied when it dies).
+    /// Per live slot: its distinct terms, in term order, and their frequencies (emptied
+    /// when it dies).
     forward: Vec<Box<[(u32, u32)]>>,
     slots: HashMap<u64, u32>,
     total_len: u64,
@@ -168,6 +169,7 @@ impl KeywordIndex {
             self.df[t as usize] += 1;
             forward.push((t, tf));
         }
+        forward.sort_unstable_by_key(|&(t, _)| t);
         self.lens.push(len);
         self.keys.push(key);
         self.forward.push(forward.into_boxed_slice());
@@ -229,6 +231,32 @@ impl KeywordIndex {
         self.dead = 0;
     }
 
+    /// The query's terms (a word repeated counts twice, as in FTS5) with their BM25
+    /// weights, and the length normalisation of `params`.
+    fn prepare(&self, words: &[&str], params: Bm25Params) -> Prepared {
+        let mut terms: Vec<(u32, f32)> = Vec::new();
+        let n = self.slots.len() as f64;
+        let (k1, b) = (
+            f64::from(params.k1.max(0.0)),
+            f64::from(params.b.clamp(0.0, 1.0)),
+        );
+        for w in words {
+            analyze(w, |a| {
+                if let Some(&t) = self.terms.get(a.as_str()) {
+                    let df = f64::from(self.df[t as usize]);
+                    let idf = ((n - df + 0.5) / (df + 0.5)).ln().max(1e-6);
+                    terms.push((t, (idf * (k1 + 1.0)) as f32));
+                }
+            });
+        }
+        let avgdl = (self.total_len as f64 / n.max(1.0)).max(f64::MIN_POSITIVE);
+        Prepared {
+            terms,
+            base: (k1 * (1.0 - b)) as f32,
+            per_word: (k1 * b / avgdl) as f32,
+        }
+    }
+
     /// The best `limit` documents for `words` (raw query words, analysed here), best
     /// first, as (key, score). A document matches when it holds any of the words. `pass`,
     /// when given, must accept a document's key for it to be returned.
@@ -239,35 +267,16 @@ impl KeywordIndex {
         limit: usize,
         pass: Option<&dyn Fn(u64) -> bool>,
     ) -> Vec<(u64, f32)> {
-        let live = self.slots.len();
-        if live == 0 || limit == 0 {
+        if self.slots.is_empty() || limit == 0 {
             return Vec::new();
         }
-        let mut terms: Vec<u32> = Vec::new();
-        for w in words {
-            analyze(w, |a| {
-                if let Some(&t) = self.terms.get(a.as_str()) {
-                    terms.push(t);
-                }
-            });
-        }
-        let n = live as f64;
-        let avgdl = (self.total_len as f64 / n).max(f64::MIN_POSITIVE);
-        let (k1, b) = (
-            f64::from(params.k1.max(0.0)),
-            f64::from(params.b.clamp(0.0, 1.0)),
-        );
-        // Per slot, k1 · (1 − b + b · len / avgdl) is computed from these two.
-        let (base, per_word) = ((k1 * (1.0 - b)) as f32, (k1 * b / avgdl) as f32);
+        let q = self.prepare(words, params);
         let top = ACC.with(|acc| {
             let (scores, touched) = &mut *acc.borrow_mut();
             if scores.len() < self.lens.len() {
                 scores.resize(self.lens.len(), 0.0);
             }
-            for &t in &terms {
-                let df = f64::from(self.df[t as usize]);
-                let idf = ((n - df + 0.5) / (df + 0.5)).ln().max(1e-6);
-                let lift = (idf * (k1 + 1.0)) as f32;
+            for &(t, lift) in &q.terms {
                 for p in &self.postings[t as usize] {
                     let s = p.slot as usize;
                     let len = self.lens[s];
@@ -275,33 +284,119 @@ impl KeywordIndex {
                         continue;
                     }
                     let tf = p.tf as f32;
-                    let norm = base + per_word * len as f32;
+                    let norm = q.base + q.per_word * len as f32;
                     if scores[s] == 0.0 {
                         touched.push(p.slot);
                     }
                     scores[s] += lift * tf / (tf + norm);
                 }
             }
-            let mut heap: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(limit + 1);
+            let mut top = TopK::new(limit);
             for &slot in touched.iter() {
                 let s = slot as usize;
-                let r = Ranked(scores[s], self.keys[s]);
+                top.offer(Ranked(scores[s], self.keys[s]), pass);
                 scores[s] = 0.0;
-                if heap.len() == limit && heap.peek().is_some_and(|Reverse(min)| r <= *min) {
-                    continue;
-                }
-                if pass.is_some_and(|p| !p(r.1)) {
-                    continue;
-                }
-                heap.push(Reverse(r));
-                if heap.len() > limit {
-                    heap.pop();
-                }
             }
             touched.clear();
-            heap
+            top
         });
-        let mut out: Vec<Ranked> = top.into_iter().map(|Reverse(r)| r).collect();
+        top.into_sorted()
+    }
+
+    /// Like [`KeywordIndex::search`], over the documents of `keys` only (keys not indexed
+    /// are ignored). Each candidate is scored from its own term list, so the work grows
+    /// with the candidates, not with the postings of the query's words: the way to search
+    /// within a selective filter. When the candidates are more work than the postings,
+    /// it runs as `search` with membership in `keys` as the predicate.
+    pub fn search_within(
+        &self,
+        words: &[&str],
+        params: Bm25Params,
+        limit: usize,
+        keys: &[u64],
+    ) -> Vec<(u64, f32)> {
+        if self.slots.is_empty() || limit == 0 || keys.is_empty() {
+            return Vec::new();
+        }
+        let q = self.prepare(words, params);
+        if q.terms.is_empty() {
+            return Vec::new();
+        }
+        let postings: usize = q
+            .terms
+            .iter()
+            .map(|&(t, _)| self.postings[t as usize].len())
+            .sum();
+        // A candidate costs a hash lookup and a binary search per query term.
+        if keys.len().saturating_mul(q.terms.len() + 1) > postings.saturating_mul(2) {
+            let set: std::collections::HashSet<u64> = keys.iter().copied().collect();
+            return self.search(words, params, limit, Some(&|k| set.contains(&k)));
+        }
+        let mut top = TopK::new(limit);
+        for key in keys {
+            let Some(&slot) = self.slots.get(key) else {
+                continue;
+            };
+            let s = slot as usize;
+            let forward = &self.forward[s];
+            let norm = q.base + q.per_word * self.lens[s] as f32;
+            let mut score = 0.0f32;
+            let mut any = false;
+            for &(t, lift) in &q.terms {
+                if let Ok(i) = forward.binary_search_by_key(&t, |&(ft, _)| ft) {
+                    let tf = forward[i].1 as f32;
+                    score += lift * tf / (tf + norm);
+                    any = true;
+                }
+            }
+            if any {
+                top.offer(Ranked(score, *key), None);
+            }
+        }
+        top.into_sorted()
+    }
+}
+
+/// A query ready to score: its terms with `idf · (k1 + 1)`, and per document
+/// `k1 · (1 − b + b · len / avgdl)` = `base + per_word · len`.
+struct Prepared {
+    terms: Vec<(u32, f32)>,
+    base: f32,
+    per_word: f32,
+}
+
+/// The best `limit` documents offered.
+struct TopK {
+    limit: usize,
+    heap: BinaryHeap<Reverse<Ranked>>,
+}
+
+impl TopK {
+    fn new(limit: usize) -> TopK {
+        TopK {
+            limit,
+            heap: BinaryHeap::with_capacity(limit + 1),
+        }
+    }
+
+    /// Keeps `r` if it is among the best so far and `pass` (asked only then) accepts it.
+    fn offer(&mut self, r: Ranked, pass: Option<&dyn Fn(u64) -> bool>) {
+        let full = self.heap.len() == self.limit;
+        if full && self.heap.peek().is_some_and(|Reverse(min)| r <= *min) {
+            return;
+        }
+        if pass.is_some_and(|p| !p(r.1)) {
+            return;
+        }
+        self.heap.push(Reverse(r));
+        if self.heap.len() > self.limit {
+            self.heap.pop();
+        }
+    }
+
+    /// Best first.
+    fn into_sorted(self) -> Vec<(u64, f32)> {
+        let mut out: Vec<Ranked> = self.heap.into_iter().map(|Reverse(r)| r).collect();
         out.sort_unstable_by(|a, b| b.cmp(a));
         out.into_iter().map(|r| (r.1, r.0)).collect()
     }
@@ -419,6 +514,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn searching_within_keys_equals_searching_with_a_predicate() {
+        let mut rng = Lcg(11);
+        let mut ix = KeywordIndex::new();
+        for key in 0..3000u64 {
+            let len = 1 + rng.next(10);
+            let text: Vec<&str> = (0..len).map(|_| VOCAB[rng.next(12) as usize]).collect();
+            ix.upsert(key, &[&text.join(" ")]);
+        }
+        for key in (0..3000u64).step_by(7) {
+            ix.remove(key);
+        }
+        let p = Bm25Params { k1: 1.2, b: 0.2 };
+        // Few candidates (scored one by one), many (a predicate over the postings), keys
+        // not indexed, duplicates in the query.
+        for (every, query) in [
+            (100u64, vec!["river", "stone", "river"]),
+            (3, vec!["quick", "green"]),
+            (1, vec!["alpha"]),
+            (50, vec!["absent", "cloud"]),
+        ] {
+            let keys: Vec<u64> = (0..4000u64).filter(|k| k % every == 0).collect();
+            let member = |k: u64| k % every == 0;
+            let want = ix.search(&query, p, 15, Some(&member));
+            let got = ix.search_within(&query, p, 15, &keys);
+            assert_eq!(got.len(), want.len(), "{query:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.0, w.0, "{query:?}");
+                assert!((g.1 - w.1).abs() < 1e-5, "{g:?} vs {w:?}");
+            }
+        }
+        assert!(ix.search_within(&["river"], p, 5, &[]).is_empty());
+        assert!(ix.search_within(&["nothing"], p, 5, &[1, 2]).is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! how far the log was cut), the index is rebuilt.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use engram_core::{MemoryFilter, Scored, StoreError};
 use engram_index::keyword::{Bm25Params, KeywordIndex};
@@ -24,6 +24,11 @@ use crate::{db_err, filter_sql};
 
 /// Rows read per statement while building or catching up.
 const CHUNK: usize = 5000;
+
+/// A filter with at most this many memories is searched over its candidates, listed by
+/// SQLite's indexes and scored one by one; a wider one through the postings, with the
+/// filter checked for memories that would enter the top k.
+const WITHIN_MAX: usize = 10_000;
 
 /// How far `ann_log` was truncated: entries up to it are gone.
 pub(crate) fn log_floor(conn: &Connection) -> Result<i64, StoreError> {
@@ -58,6 +63,8 @@ pub(crate) fn truncate_log(conn: &Connection, upto: i64) -> Result<(), StoreErro
 struct State {
     index: KeywordIndex,
     fields: HashMap<i64, Fields>,
+    /// Live memories indexed per tenant.
+    tenants: HashMap<Arc<str>, usize>,
     /// The highest row id read from `memories`.
     max_rid: i64,
     /// The last `ann_log` entry applied.
@@ -80,12 +87,26 @@ impl State {
         let tags = d.fields.tags().collect::<Vec<_>>().join(" ");
         self.index
             .upsert(d.rid as u64, &[&d.content, &d.title, &tags]);
-        self.fields.insert(d.rid, d.fields);
+        *self.tenants.entry(d.fields.tenant.clone()).or_default() += 1;
+        if let Some(old) = self.fields.insert(d.rid, d.fields) {
+            self.forget_tenant(&old.tenant);
+        }
     }
 
     fn remove(&mut self, rid: i64) {
         self.index.remove(rid as u64);
-        self.fields.remove(&rid);
+        if let Some(old) = self.fields.remove(&rid) {
+            self.forget_tenant(&old.tenant);
+        }
+    }
+
+    fn forget_tenant(&mut self, tenant: &Arc<str>) {
+        if let Some(n) = self.tenants.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.tenants.remove(tenant);
+            }
+        }
     }
 }
 
@@ -155,6 +176,7 @@ impl Keywords {
         let mut st = State {
             index: KeywordIndex::new(),
             fields: HashMap::new(),
+            tenants: HashMap::new(),
             max_rid: 0,
             applied_seq,
         };
@@ -290,37 +312,67 @@ impl Keywords {
         if words.is_empty() {
             return Ok(Vec::new());
         }
-        // Conditions the in-memory fields cannot answer: SQLite lists the candidates.
-        let candidates: Option<HashSet<i64>> = if needs_sql(filter) {
+        let tenant_size = {
+            let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let Some(st) = guard.as_ref() else {
+                return Ok(Vec::new());
+            };
+            st.tenants.get(tenant).copied().unwrap_or(0)
+        };
+        if tenant_size == 0 {
+            return Ok(Vec::new());
+        }
+        let only_tenant = *filter == MemoryFilter::default();
+        let list = |limit: Option<usize>| -> Result<Vec<i64>, StoreError> {
             let (cond, args) = filter_sql(tenant, filter);
-            let rids = conn
-                .prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}"))
+            let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
+            conn.prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}{limit}"))
                 .and_then(|mut s| {
                     s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
-                        .collect::<Result<HashSet<i64>, _>>()
+                        .collect::<Result<Vec<i64>, _>>()
                 })
-                .map_err(db_err)?;
-            Some(rids)
-        } else {
+                .map_err(db_err)
+        };
+        // A selective filter: SQLite's indexes list the candidates, scored one by one.
+        let within = if only_tenant && tenant_size > WITHIN_MAX {
             None
+        } else {
+            Some(list(Some(WITHIN_MAX + 1))?).filter(|rids| rids.len() <= WITHIN_MAX)
+        };
+        // Otherwise conditions the in-memory fields cannot answer: every candidate.
+        let candidates: Option<HashSet<i64>> = match within {
+            None if needs_sql(filter) => Some(list(None)?.into_iter().collect()),
+            _ => None,
         };
         let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
         let Some(st) = guard.as_ref() else {
             return Ok(Vec::new());
-        };
-        let pass = |key: u64| {
-            let rid = key as i64;
-            st.fields
-                .get(&rid)
-                .is_some_and(|f| f.matches(tenant, filter))
-                && candidates.as_ref().is_none_or(|c| c.contains(&rid))
         };
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
         let params = Bm25Params {
             k1: bm25.k1,
             b: bm25.b,
         };
-        let hits = st.index.search(&words, params, limit as usize, Some(&pass));
+        let hits = match within {
+            Some(rids) => {
+                let keys: Vec<u64> = rids.into_iter().map(|r| r as u64).collect();
+                st.index
+                    .search_within(&words, params, limit as usize, &keys)
+            }
+            None if only_tenant && tenant_size == st.fields.len() => {
+                st.index.search(&words, params, limit as usize, None)
+            }
+            None => {
+                let pass = |key: u64| {
+                    let rid = key as i64;
+                    st.fields
+                        .get(&rid)
+                        .is_some_and(|f| f.matches(tenant, filter))
+                        && candidates.as_ref().is_none_or(|c| c.contains(&rid))
+                };
+                st.index.search(&words, params, limit as usize, Some(&pass))
+            }
+        };
         Ok(hits
             .into_iter()
             .filter_map(|(key, score)| {
