@@ -385,12 +385,12 @@ impl SearchService {
                 .keyword(tenant, &req.query, &req.filter, depth, cfg.bm25)
                 .await?
         };
-        // The keyword candidates are loaded first: they tell which speakers the query
-        // names, whose names are left out of the text embedded.
+        // For hybrid search the keyword candidates are loaded first: they tell which
+        // speakers the query names, whose names are left out of the text embedded.
         let mut loaded: HashMap<MemoryId, Memory> = HashMap::new();
-        self.load(tenant, req, &mut loaded, keyword.iter().map(|s| s.id))
-            .await?;
         let vector_text = if mode == SearchMode::Hybrid && cfg.strip_speakers {
+            self.load(tenant, req, &mut loaded, keyword.iter().map(|s| s.id))
+                .await?;
             let named =
                 rerank::named_speakers(&req.query, loaded.values(), &cfg.rerank.speaker_key);
             rerank::strip_names(&req.query, &named)
@@ -430,11 +430,36 @@ impl SearchService {
         let kw: HashMap<_, _> = keyword.iter().map(|s| (s.id, s.score)).collect();
         let vs: HashMap<_, _> = nearest.iter().map(|s| (s.id, s.score)).collect();
 
-        // Load more than k: the re-ranker needs the candidates' fields, and a memory may
-        // have been deleted or changed since the index saw it.
+        // A memory may have been deleted or changed since the index saw it: each is loaded
+        // and checked. Hybrid search loads every candidate, whose fields the re-ranker
+        // needs; the others load in rank order until k are found.
         let pool: Vec<Scored> = ranked.into_iter().take(depth as usize).collect();
-        self.load(tenant, req, &mut loaded, pool.iter().map(|s| s.id))
-            .await?;
+        if mode == SearchMode::Hybrid {
+            self.load(tenant, req, &mut loaded, pool.iter().map(|s| s.id))
+                .await?;
+        } else {
+            let k = req.k as usize;
+            let mut next = 0;
+            while next < pool.len() {
+                let found = pool[..next]
+                    .iter()
+                    .filter(|s| loaded.contains_key(&s.id))
+                    .count();
+                if found >= k {
+                    break;
+                }
+                // The shortfall and a margin for memories gone since the index saw them.
+                let end = (next + (k - found) + (k - found).div_ceil(4)).min(pool.len());
+                self.load(
+                    tenant,
+                    req,
+                    &mut loaded,
+                    pool[next..end].iter().map(|s| s.id),
+                )
+                .await?;
+                next = end;
+            }
+        }
         let pool: Vec<Scored> = pool
             .into_iter()
             .filter(|s| loaded.contains_key(&s.id))

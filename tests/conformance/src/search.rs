@@ -158,6 +158,112 @@ pub async fn search_never_returns_deleted_or_foreign_memories(b: Arc<dyn Backend
     }
 }
 
+/// An index that lags: it still ranks `stale` (memories deleted since) above everything.
+struct Lagging {
+    inner: Arc<dyn engram_core::SearchIndex>,
+    stale: Vec<MemoryId>,
+}
+
+impl Lagging {
+    fn first(&self, mut hits: Vec<engram_core::Scored>) -> Vec<engram_core::Scored> {
+        let top = hits.first().map_or(1.0, |h| h.score) + 1.0;
+        let mut out: Vec<engram_core::Scored> = self
+            .stale
+            .iter()
+            .map(|id| engram_core::Scored {
+                id: *id,
+                score: top,
+            })
+            .collect();
+        out.append(&mut hits);
+        out
+    }
+}
+
+#[async_trait::async_trait]
+impl engram_core::SearchIndex for Lagging {
+    async fn keyword(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        filter: &MemoryFilter,
+        limit: u32,
+        bm25: engram_core::Bm25,
+    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
+        let hits = self
+            .inner
+            .keyword(tenant, query, filter, limit, bm25)
+            .await?;
+        Ok(self.first(hits))
+    }
+
+    async fn nearest(
+        &self,
+        tenant: &TenantId,
+        model: &engram_core::ModelInfo,
+        vector: &[f32],
+        filter: &MemoryFilter,
+        limit: u32,
+        context_weight: f32,
+    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
+        let hits = self
+            .inner
+            .nearest(tenant, model, vector, filter, limit, context_weight)
+            .await?;
+        Ok(self.first(hits))
+    }
+}
+
+/// Keyword and semantic search load only the hits they return; when the index still ranks
+/// deleted memories first, they load further down the ranking until k live ones are found,
+/// in rank order.
+pub async fn a_lagging_index_loses_no_live_hit(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let mut live = Vec::new();
+    for i in 0..30 {
+        let (m, _) = svc
+            .remember(&t, note(&format!("harbour crane {i}")), None)
+            .await
+            .unwrap();
+        live.push(m.id);
+    }
+    let mut stale = Vec::new();
+    for i in 0..12 {
+        let (m, _) = svc
+            .remember(&t, note(&format!("harbour crane gone {i}")), None)
+            .await
+            .unwrap();
+        svc.forget(&t, m.id).await.unwrap();
+        stale.push(m.id);
+    }
+    let embedder = Arc::new(HashEmbedder::default());
+    embed_all(&s, embedder.clone()).await;
+    let slot = EmbedderSlot::default();
+    slot.set(embedder.clone());
+    let lagging = SearchService::new(
+        s.memories.clone(),
+        Arc::new(Lagging {
+            inner: s.search.clone(),
+            stale,
+        }),
+        s.embeddings.clone(),
+        slot,
+        SearchConfig::default(),
+    );
+    let honest = search_service(&s, Some(embedder));
+    for mode in [SearchMode::Keyword, SearchMode::Semantic] {
+        for k in [1, 5, 10, 30] {
+            let r = req("harbour crane", MemoryFilter::default(), k, mode);
+            let got = ids(&lagging, &t, &r).await;
+            assert_eq!(got.len(), k as usize, "{mode:?} k={k}");
+            assert!(got.iter().all(|id| live.contains(id)), "{mode:?}");
+            assert_eq!(got, ids(&honest, &t, &r).await, "{mode:?} k={k}");
+        }
+    }
+}
+
 pub async fn updates_and_purges_reach_the_indexes(b: Arc<dyn Backend>) {
     let s = b.fresh().await;
     let svc = MemoryService::new(s.memories.clone());
