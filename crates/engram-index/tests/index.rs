@@ -432,48 +432,57 @@ fn filtered_search_finds_the_true_filtered_top_10() {
 #[test]
 fn exact_search_is_exact() {
     let fx = fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let index = VectorIndex::open(
-        &index_path(&dir),
-        IndexConfig::new(fx.base.dim).with_quantization(Quantization::F32),
-    )
-    .unwrap();
-    let items: Vec<(u64, &[f32])> = (0..fx.base.len())
-        .map(|i| (i as u64, fx.base.row(i)))
-        .collect();
-    index.add_batch(&items).unwrap();
-    let some: Vec<u64> = (0..fx.base.len() as u64).step_by(7).collect();
-    let in_some = |k: u64| k % 7 == 0;
-    for i in 0..fx.queries.len() {
-        let query = fx.queries.row(i);
-        let all = eval::exact_top_k(&fx.base, query, 10, &|_| true);
-        assert_eq!(keys(&index.exact_search_all(query, 10).unwrap()), all);
-        let mut with_dupes_and_unknowns = some.clone();
-        with_dupes_and_unknowns.extend([7, 14, 1_000_000]);
-        let hits = index
-            .exact_search(query, &with_dupes_and_unknowns, 10)
-            .unwrap();
-        assert_eq!(
-            keys(&hits),
-            eval::exact_top_k(&fx.base, query, 10, &in_some)
-        );
-        // Similarities are the cosine of the original vectors.
-        let q_norm = query.iter().map(|x| x * x).sum::<f32>().sqrt();
-        for h in &hits {
-            let v = fx.base.row(h.key as usize);
-            let v_norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            let cos = query.iter().zip(v).map(|(a, b)| a * b).sum::<f32>() / (q_norm * v_norm);
-            assert!((h.similarity - cos).abs() < 1e-5);
+    // f32 exactly; f16 (read as stored and widened outside the engine) to its precision.
+    for (q, tolerance) in [(Quantization::F32, 1e-5), (Quantization::F16, 2e-3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::open(
+            &index_path(&dir),
+            IndexConfig::new(fx.base.dim).with_quantization(q),
+        )
+        .unwrap();
+        let items: Vec<(u64, &[f32])> = (0..fx.base.len())
+            .map(|i| (i as u64, fx.base.row(i)))
+            .collect();
+        index.add_batch(&items).unwrap();
+        let some: Vec<u64> = (0..fx.base.len() as u64).step_by(7).collect();
+        let in_some = |k: u64| k % 7 == 0;
+        let (mut truth, mut found) = (Vec::new(), Vec::new());
+        for i in 0..fx.queries.len() {
+            let query = fx.queries.row(i);
+            if q == Quantization::F32 {
+                let all = eval::exact_top_k(&fx.base, query, 10, &|_| true);
+                assert_eq!(keys(&index.exact_search_all(query, 10).unwrap()), all);
+            }
+            let mut with_dupes_and_unknowns = some.clone();
+            with_dupes_and_unknowns.extend([7, 14, 1_000_000]);
+            let hits = index
+                .exact_search(query, &with_dupes_and_unknowns, 10)
+                .unwrap();
+            truth.push(eval::exact_top_k(&fx.base, query, 10, &in_some));
+            found.push(keys(&hits));
+            if q == Quantization::F32 {
+                assert_eq!(found[i], truth[i]);
+            }
+            // Similarities are the cosine of the original vectors.
+            let q_norm = query.iter().map(|x| x * x).sum::<f32>().sqrt();
+            for h in &hits {
+                let v = fx.base.row(h.key as usize);
+                let v_norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let cos = query.iter().zip(v).map(|(a, b)| a * b).sum::<f32>() / (q_norm * v_norm);
+                assert!((h.similarity - cos).abs() < tolerance, "{q:?}");
+            }
         }
+        let recall = eval::recall(&truth, &found);
+        assert!(recall >= 0.99, "{q:?}: {recall}");
+        assert!(index
+            .exact_search(fx.queries.row(0), &some, 0)
+            .unwrap()
+            .is_empty());
+        assert!(index
+            .exact_search(fx.queries.row(0), &[], 10)
+            .unwrap()
+            .is_empty());
     }
-    assert!(index
-        .exact_search(fx.queries.row(0), &some, 0)
-        .unwrap()
-        .is_empty());
-    assert!(index
-        .exact_search(fx.queries.row(0), &[], 10)
-        .unwrap()
-        .is_empty());
 }
 
 /// Recall@10 of the default configuration on real all-MiniLM-L6-v2 embeddings.

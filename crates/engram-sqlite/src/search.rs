@@ -151,7 +151,7 @@ pub(crate) fn get_many(
         let sql = get_many_sql(chunk.len());
         let mut args: Vec<Value> = vec![Value::Text(tenant.to_owned())];
         args.extend(chunk.iter().map(|id| Value::Blob(id.as_bytes().to_vec())));
-        let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+        let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(args.iter()), row_to_memory)
             .map_err(db_err)?;
