@@ -56,6 +56,10 @@ pub struct SearchArgs {
     /// measuring process's JSON.
     #[arg(long, value_name = "DIR")]
     pub measure: Option<PathBuf>,
+    /// With `--measure`: latency only, no recall (its exact searches would dominate a
+    /// profile of the run, e.g. under `perf record`).
+    #[arg(long, requires = "measure")]
+    pub no_recall: bool,
 }
 
 const TOP: usize = 10;
@@ -261,7 +265,7 @@ pub(super) fn bench_config(
 
 pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.measure {
-        let m = measure(dir).await?;
+        let m = measure(dir, !args.no_recall).await?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());
     }
@@ -440,7 +444,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// The child: open the store as `engram serve` does and run the plan.
-async fn measure(dir: &Path) -> anyhow::Result<Measured> {
+async fn measure(dir: &Path, recall: bool) -> anyhow::Result<Measured> {
     let plan: Plan = serde_json::from_slice(&std::fs::read(dir.join("bench-plan.json"))?)?;
     let mut cfg = bench_config(
         dir,
@@ -496,7 +500,9 @@ async fn measure(dir: &Path) -> anyhow::Result<Measured> {
                 } else {
                     &q.exact
                 };
-                let Some(exact) = exact else { continue };
+                let Some(exact) = exact.as_ref().filter(|_| recall) else {
+                    continue;
+                };
                 let want: HashSet<usize> = match mode {
                     SearchMode::Semantic => exact.iter().copied().collect(),
                     SearchMode::Hybrid => rows_of(&exact_svc.search(&tenant, &req).await?)
