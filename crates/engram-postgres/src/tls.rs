@@ -343,17 +343,13 @@ impl TlsParams {
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
             // libpq: with a root certificate, `prefer` and `require` check the chain as
-            // `verify-ca` does.
-            (_, Some(roots)) => builder
+            // `verify-ca` does; without one they check nothing.
+            (_, roots) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                    roots: Arc::new(roots),
+                .with_custom_certificate_verifier(Arc::new(NoHostCheck {
+                    roots: roots.map(Arc::new),
                     provider,
                 }))
-                .with_no_client_auth(),
-            (_, None) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoCertCheck(provider)))
                 .with_no_client_auth(),
         };
         // As libpq 17+ does; needed for `sslnegotiation=direct`, harmless otherwise.
@@ -477,64 +473,17 @@ fn system_roots() -> Result<RootCertStore, StoreError> {
     Ok(roots)
 }
 
-/// `prefer` and `require` without a root certificate: encrypt, check nothing about the
-/// certificate (as libpq), but still that the server holds its key.
+/// `verify-ca` (and libpq's `prefer`/`require` with a root certificate): the certificate
+/// chains to a trusted CA; its host names are not checked. Without roots (`prefer` and
+/// `require` without a root certificate) nothing about the certificate is checked, as in
+/// libpq, but the server must still prove it holds the certificate's key.
 #[derive(Debug)]
-struct NoCertCheck(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoCertCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the certificate chains to a trusted CA; its host names are not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct NoHostCheck {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NoHostCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -543,14 +492,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 

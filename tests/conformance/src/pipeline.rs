@@ -357,6 +357,19 @@ pub async fn deleting_removes_derived_vectors(b: Arc<dyn Backend>) {
         .is_empty());
 }
 
+/// The memory's vectors of `embedder`'s model.
+async fn vectors_of(
+    s: &Stores,
+    t: &TenantId,
+    m: &engram_core::Memory,
+    embedder: &HashEmbedder,
+) -> Vec<Vec<f32>> {
+    s.embeddings
+        .memory_vectors(t, m.id, &embedder.model())
+        .await
+        .unwrap()
+}
+
 pub async fn reembed_switches_models_without_a_gap(b: Arc<dyn Backend>) {
     let s = b.fresh().await;
     let svc = MemoryService::new(s.memories.clone());
@@ -438,10 +451,7 @@ pub async fn reembed_switches_models_without_a_gap(b: Arc<dyn Backend>) {
             continue;
         }
         assert_eq!(
-            s.embeddings
-                .memory_vectors(&t, *id, &new.model())
-                .await
-                .unwrap(),
+            vectors_of(&s, &t, &m, &new).await,
             vec![vector_of_rev(&m.content, 1)]
         );
     }
@@ -468,10 +478,7 @@ pub async fn reembed_switches_models_without_a_gap(b: Arc<dyn Backend>) {
         let m = svc.get(&t, *id).await.unwrap();
         assert_eq!(m.embedding_status, EmbeddingStatus::Completed);
         assert_eq!(
-            s.embeddings
-                .memory_vectors(&t, *id, &new.model())
-                .await
-                .unwrap(),
+            vectors_of(&s, &t, &m, &new).await,
             vec![vector_of_rev(&m.content, 1)]
         );
     }
