@@ -513,6 +513,47 @@ impl RedisCache {
         }
     }
 
+    /// One cached page (a list page, a conversation buffer) under a generation and an
+    /// index: served from Redis when it is there and `valid` accepts it, otherwise
+    /// `load`ed from the store and filled unless a write moved the generation meanwhile.
+    pub(crate) async fn page<T, Fut>(
+        &self,
+        metric: &'static str,
+        (gen_key, data_key, index_key): (String, String, String),
+        ttl: Duration,
+        valid: impl Fn(&T) -> bool,
+        load: impl FnOnce() -> Fut,
+    ) -> Result<T, engram_core::StoreError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        Fut: Future<Output = Result<T, engram_core::StoreError>>,
+    {
+        let entries = [(gen_key.clone(), data_key.clone())];
+        let Some(mut lookup) = self.lookup(metric, &entries).await else {
+            return load().await;
+        };
+        let gen = match lookup.slots.pop() {
+            Some(Slot::Hit(bytes)) => {
+                let cached = serde_json::from_slice::<T>(&bytes).ok().filter(&valid);
+                if let Some(page) = cached {
+                    count(metric, "hit", 1);
+                    return Ok(page);
+                }
+                None
+            }
+            Some(Slot::Miss { gen }) => Some(gen),
+            None => None,
+        };
+        count(metric, "miss", 1);
+        let page = load().await?;
+        if let (Some(epoch), Some(gen), Ok(value)) = (&lookup.epoch, gen, serde_json::to_vec(&page))
+        {
+            self.fill_list(epoch, (gen_key, data_key, gen, value), index_key, ttl)
+                .await;
+        }
+        Ok(page)
+    }
+
     /// Plain values by key (the embedding cache), or `None` if the cache is not usable.
     pub(crate) async fn mget(
         &self,

@@ -38,18 +38,10 @@ pub struct CachedMemoryStore {
     cache: RedisCache,
 }
 
-/// A cached list page (read side).
-#[derive(Deserialize)]
+/// A cached list page.
+#[derive(Serialize, Deserialize)]
 struct CachedList {
     items: Vec<Memory>,
-    total: u64,
-    has_more: bool,
-}
-
-/// A cached list page (write side, borrowed from the result).
-#[derive(Serialize)]
-struct CachedListRef<'a> {
-    items: &'a [Memory],
     total: u64,
     has_more: bool,
 }
@@ -226,50 +218,33 @@ impl MemoryStore for CachedMemoryStore {
         let Some((key, kind)) = keys.list(tenant, user, query) else {
             return self.inner.list(tenant, query).await;
         };
-        let gen_key = keys.user_gen(tenant, user);
-        let entries = [(gen_key.clone(), key.clone())];
-        let Some(mut lookup) = self.cache.lookup(kind.metric(), &entries).await else {
-            return self.inner.list(tenant, query).await;
+        let cfg = self.cache.config();
+        let ttl = match kind {
+            ListKind::List => cfg.list_ttl,
+            ListKind::Recent => cfg.recent_ttl,
         };
-        let gen = match lookup.slots.pop() {
-            Some(Slot::Hit(bytes)) => {
-                let cached = serde_json::from_slice::<CachedList>(&bytes)
-                    .ok()
-                    .filter(|c| c.items.iter().all(|m| m.tenant == *tenant));
-                if let Some(c) = cached {
-                    count(kind.metric(), "hit", 1);
-                    return Ok(ListResult {
-                        items: c.items,
-                        total: c.total,
-                        has_more: c.has_more,
-                    });
-                }
-                None
-            }
-            Some(Slot::Miss { gen }) => Some(gen),
-            None => None,
-        };
-        count(kind.metric(), "miss", 1);
-        let result = self.inner.list(tenant, query).await?;
-        if let (Some(epoch), Some(gen)) = (&lookup.epoch, gen) {
-            let value = serde_json::to_vec(&CachedListRef {
-                items: &result.items,
-                total: result.total,
-                has_more: result.has_more,
-            });
-            if let Ok(value) = value {
-                let cfg = self.cache.config();
-                let ttl = match kind {
-                    ListKind::List => cfg.list_ttl,
-                    ListKind::Recent => cfg.recent_ttl,
-                };
-                let index = keys.user_index(tenant, user);
-                self.cache
-                    .fill_list(epoch, (gen_key, key, gen, value), index, ttl)
-                    .await;
-            }
-        }
-        Ok(result)
+        let slot = (
+            keys.user_gen(tenant, user),
+            key,
+            keys.user_index(tenant, user),
+        );
+        let own = |c: &CachedList| c.items.iter().all(|m| m.tenant == *tenant);
+        let page = self
+            .cache
+            .page(kind.metric(), slot, ttl, own, || async {
+                let r = self.inner.list(tenant, query).await?;
+                Ok(CachedList {
+                    items: r.items,
+                    total: r.total,
+                    has_more: r.has_more,
+                })
+            })
+            .await?;
+        Ok(ListResult {
+            items: page.items,
+            total: page.total,
+            has_more: page.has_more,
+        })
     }
 
     async fn replace(

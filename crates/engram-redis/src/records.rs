@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use engram_core::working::{Record, RecordChange, RecordId, RecordKind, RecordPage, RecordQuery};
 use engram_core::{Memory, MemoryStore, MirrorWrite, RecordStore, StoreError, TenantId};
 
-use crate::cache::{count, Invalidation, RedisCache, Slot};
+use crate::cache::{Invalidation, RedisCache};
 use crate::memory::{invalidate_written, replaced_users};
 
 /// A `RecordStore` that invalidates the cached state of the mirror memories its writes
@@ -192,37 +192,18 @@ impl RecordStore for CachedRecordStore {
             return self.inner.list_records(tenant, query).await;
         };
         let keys = self.cache.keys();
-        let gen_key = keys.session_gen(tenant, session);
-        let key = keys.session_buffer(tenant, session, query.oldest_first, query.limit);
-        let entries = [(gen_key.clone(), key.clone())];
-        let Some(mut lookup) = self.cache.lookup(BUFFER, &entries).await else {
-            return self.inner.list_records(tenant, query).await;
-        };
-        let gen = match lookup.slots.pop() {
-            Some(Slot::Hit(bytes)) => {
-                let cached = serde_json::from_slice::<RecordPage>(&bytes)
-                    .ok()
-                    .filter(|p| p.items.iter().all(|r| r.tenant == *tenant));
-                if let Some(page) = cached {
-                    count(BUFFER, "hit", 1);
-                    return Ok(page);
-                }
-                None
-            }
-            Some(Slot::Miss { gen }) => Some(gen),
-            None => None,
-        };
-        count(BUFFER, "miss", 1);
-        let page = self.inner.list_records(tenant, query).await?;
-        if let (Some(epoch), Some(gen), Ok(value)) = (&lookup.epoch, gen, serde_json::to_vec(&page))
-        {
-            let index = keys.session_index(tenant, session);
-            let ttl = self.cache.config().buffer_ttl;
-            self.cache
-                .fill_list(epoch, (gen_key, key, gen, value), index, ttl)
-                .await;
-        }
-        Ok(page)
+        let slot = (
+            keys.session_gen(tenant, session),
+            keys.session_buffer(tenant, session, query.oldest_first, query.limit),
+            keys.session_index(tenant, session),
+        );
+        let ttl = self.cache.config().buffer_ttl;
+        let own = |p: &RecordPage| p.items.iter().all(|r| r.tenant == *tenant);
+        self.cache
+            .page(BUFFER, slot, ttl, own, || {
+                self.inner.list_records(tenant, query)
+            })
+            .await
     }
 
     async fn replace_record(
