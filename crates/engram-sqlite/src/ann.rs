@@ -26,8 +26,8 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::attrs::{fields_of, needs_sql, Fields, Interner};
-use crate::{db_err, filter_sql};
+use crate::attrs::{fields_of, filter_rids, needs_sql, Fields, Interner};
+use crate::db_err;
 
 /// Candidates up to which a filtered search is exact.
 pub const EXACT_MAX: usize = 10_000;
@@ -590,18 +590,7 @@ impl Ann {
         let candidates: Option<Vec<i64>> = if only_tenant && tenant_size > exact_max {
             None
         } else {
-            let (cond, args) = filter_sql(tenant, filter);
-            let sql = format!(
-                "SELECT m.rid FROM memories m WHERE {cond} LIMIT {}",
-                exact_max + 1
-            );
-            let rids: Vec<i64> = conn
-                .prepare_cached(&sql)
-                .and_then(|mut s| {
-                    s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
-                        .collect::<Result<Vec<i64>, _>>()
-                })
-                .map_err(db_err)?;
+            let rids = filter_rids(conn, tenant, filter, Some(exact_max + 1))?;
             (rids.len() <= exact_max).then_some(rids)
         };
         let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());
@@ -627,14 +616,9 @@ impl Ann {
             }
             None if needs_sql => {
                 // Not held in memory: every candidate from SQLite, then the graph.
-                let (cond, args) = filter_sql(tenant, filter);
-                let rids: HashSet<i64> = conn
-                    .prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}"))
-                    .and_then(|mut s| {
-                        s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
-                            .collect::<Result<HashSet<i64>, _>>()
-                    })
-                    .map_err(db_err)?;
+                let rids: HashSet<i64> = filter_rids(conn, tenant, filter, None)?
+                    .into_iter()
+                    .collect();
                 let pass = |k: u64| rids.contains(&rid_of(k));
                 loaded
                     .index

@@ -61,6 +61,24 @@ pub(crate) fn needs_sql(f: &MemoryFilter) -> bool {
     !f.metadata.is_empty() || f.embedding_status.is_some()
 }
 
+/// The row ids of `tenant`'s live memories that pass `f`, listed through SQLite's indexes;
+/// at most `limit` of them when one is given.
+pub(crate) fn filter_rids(
+    conn: &rusqlite::Connection,
+    tenant: &str,
+    f: &MemoryFilter,
+    limit: Option<usize>,
+) -> Result<Vec<i64>, StoreError> {
+    let (cond, args) = crate::filter_sql(tenant, f);
+    let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
+    conn.prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}{limit}"))
+        .and_then(|mut s| {
+            s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+                .collect::<Result<Vec<i64>, _>>()
+        })
+        .map_err(db_err)
+}
+
 /// Shares one allocation per distinct string (tenants, users, sessions, tags).
 #[derive(Default)]
 pub(crate) struct Interner(HashSet<Arc<str>>);

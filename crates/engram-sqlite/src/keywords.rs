@@ -19,8 +19,8 @@ use engram_index::keyword::{Bm25Params, KeywordIndex};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-use crate::attrs::{fields_of, needs_sql, Fields, Interner, COLUMNS};
-use crate::{db_err, filter_sql};
+use crate::attrs::{fields_of, filter_rids, needs_sql, Fields, Interner, COLUMNS};
+use crate::db_err;
 
 /// Rows read per statement while building or catching up.
 const CHUNK: usize = 5000;
@@ -323,16 +323,7 @@ impl Keywords {
             return Ok(Vec::new());
         }
         let only_tenant = *filter == MemoryFilter::default();
-        let list = |limit: Option<usize>| -> Result<Vec<i64>, StoreError> {
-            let (cond, args) = filter_sql(tenant, filter);
-            let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
-            conn.prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}{limit}"))
-                .and_then(|mut s| {
-                    s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
-                        .collect::<Result<Vec<i64>, _>>()
-                })
-                .map_err(db_err)
-        };
+        let list = |limit| filter_rids(conn, tenant, filter, limit);
         // A selective filter: SQLite's indexes list the candidates, scored one by one.
         let within = if only_tenant && tenant_size > WITHIN_MAX {
             None
