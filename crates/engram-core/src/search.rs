@@ -439,24 +439,14 @@ impl SearchService {
                 .await?;
         } else {
             let k = req.k as usize;
-            let mut next = 0;
-            while next < pool.len() {
-                let found = pool[..next]
-                    .iter()
-                    .filter(|s| loaded.contains_key(&s.id))
-                    .count();
-                if found >= k {
-                    break;
-                }
+            let (mut found, mut next) = (0, 0);
+            while found < k && next < pool.len() {
                 // The shortfall and a margin for memories gone since the index saw them.
                 let end = (next + (k - found) + (k - found).div_ceil(4)).min(pool.len());
-                self.load(
-                    tenant,
-                    req,
-                    &mut loaded,
-                    pool[next..end].iter().map(|s| s.id),
-                )
-                .await?;
+                let batch = &pool[next..end];
+                self.load(tenant, req, &mut loaded, batch.iter().map(|s| s.id))
+                    .await?;
+                found += batch.iter().filter(|s| loaded.contains_key(&s.id)).count();
                 next = end;
             }
         }
