@@ -72,6 +72,9 @@ pub struct SearchConfig {
     /// Penalty per memory of the same session already in the top `diversity_depth`.
     pub diversity: f32,
     pub diversity_depth: usize,
+    /// Fused candidates re-ranked: `rerank_depth_factor` × k, at least `rerank_min_depth`.
+    pub rerank_depth_factor: u32,
+    pub rerank_min_depth: u32,
 }
 
 impl Default for SearchConfig {
@@ -93,6 +96,8 @@ impl Default for SearchConfig {
             question_penalty: core.rerank.question_penalty,
             diversity: core.rerank.diversity,
             diversity_depth: core.rerank.diversity_depth,
+            rerank_depth_factor: core.rerank.depth_factor,
+            rerank_min_depth: core.rerank.min_depth,
         }
     }
 }
@@ -128,6 +133,8 @@ impl SearchConfig {
         core.rerank.question_penalty = self.question_penalty;
         core.rerank.diversity = self.diversity;
         core.rerank.diversity_depth = self.diversity_depth;
+        core.rerank.depth_factor = self.rerank_depth_factor.max(1);
+        core.rerank.min_depth = self.rerank_min_depth;
         core
     }
 }
@@ -476,6 +483,10 @@ question_penalty = 1.0
 # Penalty per memory of the same session already in the first diversity_depth hits.
 diversity = 0.25
 diversity_depth = 10
+# Fused candidates re-ranked (and each retriever's list length, with `candidates` the
+# floor): rerank_depth_factor × k, at least rerank_min_depth.
+rerank_depth_factor = 5
+rerank_min_depth = 100
 
 [ops]
 # The operational tier: per agent, a ring of recent events (in process, never on disk).

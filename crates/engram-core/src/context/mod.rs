@@ -18,10 +18,10 @@
 //!    after it may still fit.
 //! 4. Only if nothing fits, the best candidate is cut at a token boundary to fit and marked
 //!    `truncated`.
-//! 5. Render grouped by tier under a heading, each tier's chunks by relevance, and count the
-//!    whole text once. BPE merges across line boundaries could make the whole differ from the
-//!    sum of its lines (with these line shapes it practically never does); while it is over
-//!    budget, the last chunk selected is dropped and the text counted again.
+//! 5. Render grouped by tier under a heading, each tier's chunks by relevance. The text's
+//!    count is the sum of its headings' and lines' counts: every line ends with a newline
+//!    and begins with `[` or `#`, where both tokenizers always start a new piece
+//!    (the `tokens` module gives the argument; a property test checks it).
 //!
 //! Quotas cap the sum of a tier's chunk lines; headings count against `max_tokens` only.
 
@@ -227,17 +227,24 @@ pub fn assemble(candidates: Vec<Candidate>, budget: &Budget) -> Assembled {
                 .find_map(|(c, dups)| truncated(c, dups, budget)),
         );
     }
-    loop {
-        let rendered = render(&chunks);
-        if let Some(total_tokens) = count_capped(bpe, &rendered, budget.max_tokens) {
-            chunks.sort_by_key(|c| c.tier); // stable: each tier keeps its relevance order
-            return Assembled {
-                chunks,
-                total_tokens,
-                rendered,
-            };
-        }
-        chunks.pop();
+    // Every line ends with a newline and begins with `[` (its citation) or `#` (a
+    // heading), so no regex piece of either tokenizer spans two lines (see the `tokens` module):
+    // the text's count is the sum of its lines' counts, each taken when it was selected.
+    chunks.sort_by_key(|c| c.tier); // stable: each tier keeps its relevance order
+    let rendered = render(&chunks);
+    let mut present = [false; 4];
+    for c in &chunks {
+        present[c.tier as usize] = true;
+    }
+    let total_tokens = chunks.iter().map(|c| c.tokens).sum::<u32>()
+        + (0..4)
+            .filter(|&t| present[t])
+            .map(|t| headings[t])
+            .sum::<u32>();
+    Assembled {
+        chunks,
+        total_tokens,
+        rendered,
     }
 }
 

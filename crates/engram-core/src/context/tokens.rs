@@ -8,6 +8,15 @@
 //! letter piece takes a trailing space; the piece before ends at the letter) and the regexes
 //! have no look-behind, so `count(a ++ b) == count(a) + count(b)` when `a` ends with a letter
 //! and `b` starts with " " and a letter. Texts are counted in segments cut there.
+//!
+//! Why a context's lines can be counted apart (`count(a ++ b) == count(a) + count(b)` when
+//! `a` ends with a newline and `b` starts with `[` or `#`): in both regexes, the only
+//! alternatives that can match a newline are runs of whitespace and
+//! ` ?[^\s\p{L}\p{N}]+[\r\n]*` (o200k: `[\r\n/]*`), and each ends at the last newline of
+//! its run: none continues into a `[` or a `#`. The whitespace-with-newline alternative
+//! (`\s*[\r\n]+`) comes before the one with a look-ahead (`\s+(?!\S)`), so what follows
+//! `a` cannot change how `a` is cut either. So the pieces of `a ++ b` are those of `a`
+//! then those of `b`, and BPE never merges across pieces.
 
 use tiktoken_rs::CoreBPE;
 
@@ -135,6 +144,23 @@ mod tests {
             if exact > 0 {
                 prop_assert_eq!(count_capped(bpe, &text, exact - 1), None);
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn lines_count_apart(
+            kind in kinds(),
+            a in text(),
+            a_end in prop_oneof![Just("\n"), Just(" \n"), Just("!\n"), Just("\r\n"), Just("\n\n"), Just("/\n")],
+            b_start in prop_oneof![Just("["), Just("#"), Just("## "), Just("[1] "), Just("[[")],
+            b in text(),
+        ) {
+            let bpe = kind.bpe();
+            let (a, b) = (a + a_end, b_start.to_owned() + &b);
+            prop_assert_eq!(count(bpe, &(a.clone() + &b)), count(bpe, &a) + count(bpe, &b));
         }
     }
 
