@@ -62,7 +62,7 @@ impl Default for RerankConfig {
 impl RerankConfig {
     /// How many fused candidates the re-ranker looks at for a top-`k` search.
     pub fn depth(&self, k: u32) -> u32 {
-        (k * self.depth_factor).max(self.min_depth)
+        k.saturating_mul(self.depth_factor).max(self.min_depth)
     }
 }
 

@@ -375,7 +375,7 @@ impl TopK {
     fn new(limit: usize) -> TopK {
         TopK {
             limit,
-            heap: BinaryHeap::with_capacity(limit + 1),
+            heap: BinaryHeap::with_capacity(limit.saturating_add(1).min(4096)),
         }
     }
 

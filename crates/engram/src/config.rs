@@ -102,10 +102,15 @@ impl Default for SearchConfig {
     }
 }
 
+/// Bounds on how many candidates a search may gather per retriever: a mistyped setting
+/// must not turn every search into a scan of the whole store or a huge allocation.
+const MAX_CANDIDATES: u32 = 10_000;
+const MAX_DEPTH_FACTOR: u32 = 100;
+
 impl SearchConfig {
     pub fn to_core(&self) -> engram_core::SearchConfig {
         let mut core = engram_core::SearchConfig {
-            candidates: self.candidates.max(1),
+            candidates: self.candidates.clamp(1, MAX_CANDIDATES),
             vector_weight: self.vector_weight,
             keyword_weight: self.keyword_weight,
             context_weight: self.context_weight,
@@ -133,8 +138,8 @@ impl SearchConfig {
         core.rerank.question_penalty = self.question_penalty;
         core.rerank.diversity = self.diversity;
         core.rerank.diversity_depth = self.diversity_depth;
-        core.rerank.depth_factor = self.rerank_depth_factor.max(1);
-        core.rerank.min_depth = self.rerank_min_depth;
+        core.rerank.depth_factor = self.rerank_depth_factor.clamp(1, MAX_DEPTH_FACTOR);
+        core.rerank.min_depth = self.rerank_min_depth.min(MAX_CANDIDATES);
         core
     }
 }
@@ -543,6 +548,31 @@ mod tests {
     fn the_printed_default_is_the_default() {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn search_depths_are_bounded() {
+        let wild = SearchConfig {
+            candidates: u32::MAX,
+            rerank_depth_factor: u32::MAX,
+            rerank_min_depth: u32::MAX,
+            ..SearchConfig::default()
+        };
+        let core = wild.to_core();
+        assert_eq!(core.candidates, MAX_CANDIDATES);
+        assert_eq!(core.rerank.min_depth, MAX_CANDIDATES);
+        assert_eq!(core.rerank.depth(100), 100 * MAX_DEPTH_FACTOR);
+        let zero = SearchConfig {
+            candidates: 0,
+            rerank_depth_factor: 0,
+            ..SearchConfig::default()
+        }
+        .to_core();
+        assert_eq!((zero.candidates, zero.rerank.depth(10)), (1, 100));
+        assert_eq!(
+            SearchConfig::default().to_core(),
+            engram_core::SearchConfig::default()
+        );
     }
 
     #[test]
