@@ -46,6 +46,20 @@ fn index_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("vectors.usearch")
 }
 
+/// A new index in `dir` holding every base vector of the fixture, keyed by row.
+fn fixture_index(fx: &Fixture, dir: &tempfile::TempDir, q: Quantization) -> VectorIndex {
+    let index = VectorIndex::open(
+        &index_path(dir),
+        IndexConfig::new(fx.base.dim).with_quantization(q),
+    )
+    .unwrap();
+    let items: Vec<(u64, &[f32])> = (0..fx.base.len())
+        .map(|i| (i as u64, fx.base.row(i)))
+        .collect();
+    index.add_batch(&items).unwrap();
+    index
+}
+
 #[test]
 fn add_search_replace_remove() {
     for q in ALL {
@@ -383,15 +397,7 @@ fn filtered_search_finds_the_true_filtered_top_10() {
     let fx = fixture();
     for q in ALL {
         let dir = tempfile::tempdir().unwrap();
-        let index = VectorIndex::open(
-            &index_path(&dir),
-            IndexConfig::new(fx.base.dim).with_quantization(q),
-        )
-        .unwrap();
-        let items: Vec<(u64, &[f32])> = (0..fx.base.len())
-            .map(|i| (i as u64, fx.base.row(i)))
-            .collect();
-        index.add_batch(&items).unwrap();
+        let index = fixture_index(&fx, &dir, q);
         // The graph comes from parallel inserts and differs from run to run; at the
         // default ef a 2% filter's recall varied from 0.937 to 1.0; at ef 1024 from 0.989
         // to 1.0. This checks that the predicate is applied inside the walk (a top-k cut
@@ -435,15 +441,7 @@ fn exact_search_is_exact() {
     // f32 exactly; f16 (read as stored and widened outside the engine) to its precision.
     for (q, tolerance) in [(Quantization::F32, 1e-5), (Quantization::F16, 2e-3)] {
         let dir = tempfile::tempdir().unwrap();
-        let index = VectorIndex::open(
-            &index_path(&dir),
-            IndexConfig::new(fx.base.dim).with_quantization(q),
-        )
-        .unwrap();
-        let items: Vec<(u64, &[f32])> = (0..fx.base.len())
-            .map(|i| (i as u64, fx.base.row(i)))
-            .collect();
-        index.add_batch(&items).unwrap();
+        let index = fixture_index(&fx, &dir, q);
         let some: Vec<u64> = (0..fx.base.len() as u64).step_by(7).collect();
         let in_some = |k: u64| k % 7 == 0;
         let (mut truth, mut found) = (Vec::new(), Vec::new());
@@ -493,12 +491,7 @@ fn recall_at_10_on_real_embeddings() {
     let truth = eval::ground_truth(&fx.base, &fx.queries, 10, &|_| true);
     for q in ALL {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = IndexConfig::new(fx.base.dim).with_quantization(q);
-        let index = VectorIndex::open(&index_path(&dir), cfg).unwrap();
-        let items: Vec<(u64, &[f32])> = (0..fx.base.len())
-            .map(|i| (i as u64, fx.base.row(i)))
-            .collect();
-        index.add_batch(&items).unwrap();
+        let index = fixture_index(&fx, &dir, q);
         let found: Vec<Vec<u64>> = (0..fx.queries.len())
             .map(|i| keys(&index.search(fx.queries.row(i), 10, None).unwrap()))
             .collect();

@@ -232,15 +232,12 @@ pub fn assemble(candidates: Vec<Candidate>, budget: &Budget) -> Assembled {
     // the text's count is the sum of its lines' counts, each taken when it was selected.
     chunks.sort_by_key(|c| c.tier); // stable: each tier keeps its relevance order
     let rendered = render(&chunks);
-    let mut present = [false; 4];
-    for c in &chunks {
-        present[c.tier as usize] = true;
-    }
-    let total_tokens = chunks.iter().map(|c| c.tokens).sum::<u32>()
-        + (0..4)
-            .filter(|&t| present[t])
-            .map(|t| headings[t])
-            .sum::<u32>();
+    // One heading per tier group (the chunks are sorted by tier), plus every line.
+    let total_tokens = chunks
+        .chunk_by(|a, b| a.tier == b.tier)
+        .map(|group| headings[group[0].tier as usize])
+        .chain(chunks.iter().map(|c| c.tokens))
+        .sum();
     Assembled {
         chunks,
         total_tokens,
