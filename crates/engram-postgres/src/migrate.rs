@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "records",
         sql: include_str!("../migrations/0002_records.sql"),
     },
+    Migration {
+        version: 3,
+        name: "records_assigned",
+        sql: include_str!("../migrations/0003_records_assigned.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -239,6 +239,13 @@ fn list_sql(tenant: &str, q: &RecordQuery) -> (String, Sql) {
             s.bind(q.statuses.clone())
         ));
     }
+    if let Some(a) = &q.assigned_agent {
+        // The same expression as the index `records_assigned`.
+        cond.push_str(&format!(
+            " AND (body->>'assigned_agent') = {}",
+            s.bind(a.clone())
+        ));
+    }
     if let Some(t) = q.updated_before {
         cond.push_str(&format!(" AND updated_at < {}", s.bind(to_micros(t))));
     }

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "keyword_index",
         sql: include_str!("../migrations/0006_keyword_index.sql"),
     },
+    Migration {
+        version: 7,
+        name: "records_assigned",
+        sql: include_str!("../migrations/0007_records_assigned.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

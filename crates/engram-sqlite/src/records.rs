@@ -246,6 +246,15 @@ fn list(conn: &Connection, tenant: &str, q: &RecordQuery) -> Result<RecordPage, 
         }
         cond.push(')');
     }
+    if let Some(a) = &q.assigned_agent {
+        // The same expression as the index `records_assigned`.
+        push(
+            &mut cond,
+            &mut args,
+            " AND json_extract(body, '$.assigned_agent') = ?",
+            Value::Text(a.clone()),
+        );
+    }
     if let Some(t) = q.updated_before {
         push(
             &mut cond,

@@ -432,6 +432,9 @@ pub async fn record_lists_agree_with_the_reference_and_pages_cover_everything(b:
         if i % 3 != 2 {
             m.insert("goal_id".into(), json!(goals[i % 2].id.to_string()));
         }
+        if i % 4 == 1 {
+            m.insert("assigned_agent".into(), json!(format!("a{}", i % 3)));
+        }
         w.create(&t, RecordKind::Task, obj(input)).await.unwrap();
     }
     let session = w
@@ -536,6 +539,12 @@ pub async fn record_lists_agree_with_the_reference_and_pages_cover_everything(b:
                 q.project = Some("p1".into());
             }),
             q(&|q| q.user_id = Some("nobody".into())),
+            q(&|q| q.assigned_agent = Some("a1".into())),
+            q(&|q| {
+                q.kind = Some(RecordKind::Task);
+                q.assigned_agent = Some("a2".into());
+                q.statuses = vec!["open".into(), "in_progress".into(), "blocked".into()];
+            }),
         ]
     };
     for base in queries {

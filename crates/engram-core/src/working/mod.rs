@@ -169,6 +169,8 @@ pub struct RecordQuery {
     /// The status is one of these (any, when empty).
     pub statuses: Vec<String>,
     pub key: Option<String>,
+    /// The body's `assigned_agent` (a task's) is this.
+    pub assigned_agent: Option<String>,
     /// Last changed strictly before this instant.
     pub updated_before: Option<Timestamp>,
     /// Oldest first (messages, the migration) or newest first (the default).
@@ -203,6 +205,8 @@ impl RecordQuery {
             && (self.statuses.is_empty()
                 || r.status.as_ref().is_some_and(|s| self.statuses.contains(s)))
             && eq(&self.key, &r.key)
+            && (self.assigned_agent.is_none()
+                || self.assigned_agent.as_deref() == r.text("assigned_agent"))
             && self.updated_before.is_none_or(|t| r.updated_at < t)
     }
 }

@@ -946,12 +946,11 @@ impl WorkingService {
         q.limit = limit;
         q.agent_id = Some(agent.to_owned());
         let mut tasks = self.store.list_records(tenant, &q).await?.items;
-        // Assigned but scoped elsewhere: scan the newest active tasks.
+        // Assigned to it, whatever their scope.
         q.agent_id = None;
-        q.limit = 500;
-        let assigned = self.store.list_records(tenant, &q).await?.items;
-        for t in assigned {
-            if t.text("assigned_agent") == Some(agent) && !tasks.iter().any(|x| x.id == t.id) {
+        q.assigned_agent = Some(agent.to_owned());
+        for t in self.store.list_records(tenant, &q).await?.items {
+            if !tasks.iter().any(|x| x.id == t.id) {
                 tasks.push(t);
             }
         }

@@ -569,6 +569,34 @@ async fn context_cites_everything_an_agent_logged() {
     assert_eq!(snap.body["metrics"]["queue_depth"]["value"], 17);
     assert_eq!(snap.body["active_tasks"][0]["id"], task["id"]);
     assert_eq!(snap.body["recent_critical"][0]["category"], "deploy");
+    // A task scoped to another agent but assigned to this one is active for it; a
+    // finished one is not, nor is another agent's own.
+    created(
+        &app,
+        "/api/v1/tasks",
+        json!({"title": "Plan the sprint", "agent_id": "planner", "status": "open"}),
+    )
+    .await;
+    let assigned = created(
+        &app,
+        "/api/v1/tasks",
+        json!({"title": "Review the runner upgrade", "agent_id": "planner", "assigned_agent": agent, "status": "open"}),
+    )
+    .await;
+    created(
+        &app,
+        "/api/v1/tasks",
+        json!({"title": "Old chore", "agent_id": "planner", "assigned_agent": agent, "status": "done"}),
+    )
+    .await;
+    let snap = app.get(&format!("/api/v1/agents/{agent}/snapshot")).await;
+    let active: Vec<&serde_json::Value> = snap.body["active_tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["id"])
+        .collect();
+    assert_eq!(active, [&assigned["id"], &task["id"]], "{}", snap.body);
 
     let ctx = app
         .post("/api/v1/context", json!({"task": "fix the release pipeline", "scope": {"agent_id": agent}, "max_tokens": 2000}))
