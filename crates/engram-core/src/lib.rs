@@ -41,7 +41,7 @@ pub use ports::{
     InsertOutcome, KeyStore, MemoryStore, MirrorWrite, RecordStore, SearchIndex, SessionTurn,
     SweepReport,
 };
-pub use rerank::RerankConfig;
+pub use rerank::{RerankConfig, RerankFields};
 pub use search::{
     Bm25, EmbedderSlot, HitScores, Scored, SearchConfig, SearchHit, SearchMode, SearchRequest,
     SearchResult, SearchService,

@@ -2,6 +2,8 @@
 //! is SQLite-shaped: a Postgres backend implements the same traits unchanged, and
 //! `tests/conformance` holds every backend to the same behaviour.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 
 use crate::change::{ChangeOp, ChangeRecord};
@@ -10,6 +12,7 @@ use crate::filter::{ListQuery, ListResult, MemoryFilter};
 use crate::ids::{MemoryId, TenantId};
 use crate::keys::ApiKeyRecord;
 use crate::memory::Memory;
+use crate::rerank::RerankFields;
 use crate::search::Scored;
 use crate::time::Timestamp;
 
@@ -133,6 +136,20 @@ pub trait SearchIndex: Send + Sync + 'static {
         limit: u32,
         context_weight: f32,
     ) -> Result<Vec<Scored>, StoreError>;
+
+    /// What the re-ranker reads of those of `ids` the index holds as live memories of
+    /// `tenant`, the speaker read from the metadata key `speaker_key`. An id left out is
+    /// loaded from the store instead, so an index that holds none of this returns an empty
+    /// map (the default). The fields may lag a write by as much as the index does: they
+    /// only order candidates, and every hit returned is loaded and checked.
+    async fn rerank_fields(
+        &self,
+        _tenant: &TenantId,
+        _ids: &[MemoryId],
+        _speaker_key: &str,
+    ) -> Result<HashMap<MemoryId, RerankFields>, StoreError> {
+        Ok(HashMap::new())
+    }
 }
 
 /// API keys, stored hashed.

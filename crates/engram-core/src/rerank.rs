@@ -9,12 +9,68 @@
 //! one is worth on LoCoMo.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::Datelike;
 
 use crate::ids::MemoryId;
 use crate::memory::Memory;
 use crate::search::{sort_desc, Scored};
+use crate::time::Timestamp;
+
+/// What the re-ranker reads of a memory. A search index may hold these for every memory
+/// it indexes, so that a search loads only the hits it returns, not every candidate.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RerankFields {
+    pub session: Option<Arc<str>>,
+    /// The string under the speaker key in the memory's metadata.
+    pub speaker: Option<Arc<str>>,
+    pub valid_from: Option<Timestamp>,
+    /// Runs of letters and digits in the content.
+    pub words: u32,
+    /// The content ends in a question mark (trailing white space aside).
+    pub question: bool,
+}
+
+impl RerankFields {
+    /// The fields of a memory whose content is `content`.
+    pub fn new(
+        session: Option<Arc<str>>,
+        speaker: Option<Arc<str>>,
+        valid_from: Option<Timestamp>,
+        content: &str,
+    ) -> Self {
+        RerankFields {
+            session,
+            speaker,
+            valid_from,
+            words: word_count(content),
+            question: content.trim_end().ends_with('?'),
+        }
+    }
+
+    /// A loaded memory's fields, its speaker under `speaker_key`.
+    pub fn of(m: &Memory, speaker_key: &str) -> Self {
+        RerankFields::new(
+            m.scope.session_id.as_deref().map(Arc::from),
+            m.metadata
+                .get(speaker_key)
+                .and_then(|v| v.as_str())
+                .map(Arc::from),
+            m.valid_from,
+            &m.content,
+        )
+    }
+}
+
+/// How many runs of letters and digits `s` holds.
+pub fn word_count(s: &str) -> u32 {
+    let n = s
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RerankConfig {
@@ -121,22 +177,17 @@ fn z_scores(xs: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// The speakers (values of `speaker_key` in the memories' metadata) a word of which the
-/// query contains, sorted.
-pub fn named_speakers<'a>(
-    query: &str,
-    memories: impl Iterator<Item = &'a Memory>,
-    speaker_key: &str,
-) -> Vec<String> {
+/// The speakers among `speakers` a word of whose name the query contains, sorted and
+/// deduplicated.
+pub fn named_speakers<'a>(query: &str, speakers: impl Iterator<Item = &'a str>) -> Vec<String> {
     let query_words = words(query);
-    let mut speakers: Vec<String> = memories
-        .filter_map(|m| m.metadata.get(speaker_key).and_then(|v| v.as_str()))
+    let mut named: Vec<String> = speakers
         .filter(|name| words(name).iter().any(|w| query_words.contains(w)))
         .map(str::to_owned)
         .collect();
-    speakers.sort();
-    speakers.dedup();
-    speakers
+    named.sort();
+    named.dedup();
+    named
 }
 
 /// The query without the words of `names` (a possessive "'s" goes with its name); the
@@ -166,58 +217,54 @@ pub fn strip_names(query: &str, names: &[String]) -> String {
     }
 }
 
-/// Re-ranks `pool` (best first, every id in `loaded`) for `query`.
+/// Re-ranks `pool` (best first) for `query`; candidates without fields are dropped.
 pub fn rerank(
     query: &str,
     pool: Vec<Scored>,
-    loaded: &HashMap<MemoryId, Memory>,
+    fields: &HashMap<MemoryId, RerankFields>,
     cfg: &RerankConfig,
 ) -> Vec<Scored> {
-    let pool: Vec<(Scored, &Memory)> = pool
+    let pool: Vec<(Scored, &RerankFields)> = pool
         .into_iter()
-        .filter_map(|s| loaded.get(&s.id).map(|m| (s, m)))
+        .filter_map(|s| fields.get(&s.id).map(|f| (s, f)))
         .collect();
     if pool.is_empty() {
         return Vec::new();
     }
-    let session = |m: &Memory| m.scope.session_id.clone();
-    let speaker = |m: &Memory| {
-        m.metadata
-            .get(&cfg.speaker_key)
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
 
     // Best fused score per session.
-    let mut best: HashMap<String, f32> = HashMap::new();
-    for (s, m) in &pool {
-        if let Some(x) = session(m) {
+    let mut best: HashMap<&str, f32> = HashMap::new();
+    for (s, f) in &pool {
+        if let Some(x) = f.session.as_deref() {
             let e = best.entry(x).or_insert(f32::NEG_INFINITY);
             *e = e.max(s.score);
         }
     }
-    let named = named_speakers(query, pool.iter().map(|(_, m)| *m), &cfg.speaker_key);
+    let named = named_speakers(query, pool.iter().filter_map(|(_, f)| f.speaker.as_deref()));
     // Length prior, in z units over the candidates.
     let lengths: Vec<f32> = pool
         .iter()
-        .map(|(_, m)| (1.0 + words(&m.content).len() as f32).ln())
+        .map(|(_, f)| (1.0 + f.words as f32).ln())
         .collect();
     let length_z = z_scores(&lengths);
     let (months, years) = named_dates(query);
 
-    let mut scored: Vec<(Scored, Option<String>)> = pool
+    let mut scored: Vec<(Scored, Option<Arc<str>>)> = pool
         .iter()
         .zip(length_z)
         .map(|((s, m), len_z)| {
-            let sess = session(m);
+            let sess = m.session.clone();
             let mut f = s.score + cfg.length_weight * len_z;
-            if let Some(b) = sess.as_ref().and_then(|x| best.get(x)) {
+            if let Some(b) = sess.as_deref().and_then(|x| best.get(x)) {
                 f += cfg.session_weight * b;
             }
-            if m.content.trim_end().ends_with('?') {
+            if m.question {
                 f -= cfg.question_penalty;
             }
-            if speaker(m).is_some_and(|sp| named.contains(&sp)) {
+            if m.speaker
+                .as_deref()
+                .is_some_and(|sp| named.iter().any(|n| n == sp))
+            {
                 f += cfg.speaker_weight;
             }
             if !(months.is_empty() && years.is_empty()) {
@@ -240,10 +287,10 @@ pub fn rerank(
     // The head, picked one at a time with a penalty per memory of the same session
     // already picked; the rest follow in score order.
     let mut head = Vec::new();
-    let mut per_session: HashMap<String, f32> = HashMap::new();
+    let mut per_session: HashMap<Arc<str>, f32> = HashMap::new();
     let mut rest = scored;
     for _ in 0..cfg.diversity_depth.min(rest.len()) {
-        let adjusted = |(s, sess): &(Scored, Option<String>)| {
+        let adjusted = |(s, sess): &(Scored, Option<Arc<str>>)| {
             s.score
                 - cfg.diversity
                     * sess
@@ -286,7 +333,10 @@ mod tests {
     }
 
     fn run(query: &str, items: &[(&Memory, f32)], cfg: &RerankConfig) -> Vec<MemoryId> {
-        let loaded: HashMap<_, _> = items.iter().map(|(m, _)| (m.id, (*m).clone())).collect();
+        let fields: HashMap<_, _> = items
+            .iter()
+            .map(|(m, _)| (m.id, RerankFields::of(m, "speaker")))
+            .collect();
         let pool = items
             .iter()
             .map(|(m, s)| Scored {
@@ -294,7 +344,7 @@ mod tests {
                 score: *s,
             })
             .collect();
-        rerank(query, pool, &loaded, cfg)
+        rerank(query, pool, &fields, cfg)
             .iter()
             .map(|s| s.id)
             .collect()
@@ -350,10 +400,13 @@ mod tests {
     fn named_speakers_are_left_out_of_the_embedded_query() {
         let a = memory("I went hiking", "s1", "Melanie Smith");
         let b = memory("me too", "s1", "Caroline");
+        let speakers: Vec<RerankFields> = [&a, &b]
+            .iter()
+            .map(|m| RerankFields::of(m, "speaker"))
+            .collect();
         let named = named_speakers(
             "What did Melanie's kids like?",
-            [&a, &b].into_iter(),
-            "speaker",
+            speakers.iter().filter_map(|f| f.speaker.as_deref()),
         );
         assert_eq!(named, vec!["Melanie Smith".to_owned()]);
         assert_eq!(

@@ -19,7 +19,7 @@ use crate::filter::MemoryFilter;
 use crate::ids::{MemoryId, TenantId};
 use crate::memory::Memory;
 use crate::ports::{EmbeddingStore, MemoryStore, SearchIndex};
-use crate::rerank::{self, RerankConfig};
+use crate::rerank::{self, RerankConfig, RerankFields};
 use crate::time::now;
 
 pub const K_DEFAULT: u32 = 10;
@@ -367,6 +367,58 @@ impl SearchService {
         Ok(())
     }
 
+    /// Loads `ranked`'s memories in rank order until `k` are found that still exist and
+    /// pass the filter (a memory may have changed or gone since the index saw it).
+    async fn load_ranked(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+        loaded: &mut HashMap<MemoryId, Memory>,
+        ranked: &[Scored],
+    ) -> Result<(), CoreError> {
+        let k = req.k as usize;
+        let (mut found, mut next) = (0, 0);
+        while found < k && next < ranked.len() {
+            // The shortfall and a margin for memories gone since the index saw them.
+            let end = (next + (k - found) + (k - found).div_ceil(4)).min(ranked.len());
+            let batch = &ranked[next..end];
+            self.load(tenant, req, loaded, batch.iter().map(|s| s.id))
+                .await?;
+            found += batch.iter().filter(|s| loaded.contains_key(&s.id)).count();
+            next = end;
+        }
+        Ok(())
+    }
+
+    /// Adds what the re-ranker reads of `ids` to `fields`: from the index where it holds
+    /// them, else from the memories, which are loaded (and kept in `loaded`). A memory
+    /// loaded that no longer passes the filter gets no fields, so it is not ranked.
+    async fn rerank_fields(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+        fields: &mut HashMap<MemoryId, RerankFields>,
+        loaded: &mut HashMap<MemoryId, Memory>,
+        ids: impl Iterator<Item = MemoryId>,
+    ) -> Result<(), CoreError> {
+        let key = &self.config.rerank.speaker_key;
+        let mut want: Vec<MemoryId> = ids.filter(|id| !fields.contains_key(id)).collect();
+        want.sort_unstable();
+        want.dedup();
+        if want.is_empty() {
+            return Ok(());
+        }
+        fields.extend(self.index.rerank_fields(tenant, &want, key).await?);
+        want.retain(|id| !fields.contains_key(id));
+        self.load(tenant, req, loaded, want.iter().copied()).await?;
+        for id in want {
+            if let Some(m) = loaded.get(&id) {
+                fields.insert(id, RerankFields::of(m, key));
+            }
+        }
+        Ok(())
+    }
+
     #[instrument(skip_all, fields(tenant = %tenant, mode = req.mode.as_str(), k = req.k))]
     pub async fn search(
         &self,
@@ -385,15 +437,16 @@ impl SearchService {
                 .keyword(tenant, &req.query, &req.filter, depth, cfg.bm25)
                 .await?
         };
-        // For hybrid search the keyword candidates are loaded first: they tell which
+        // For hybrid search the keyword candidates' fields are read first: they tell which
         // speakers the query names, whose names are left out of the text embedded.
         let mut loaded: HashMap<MemoryId, Memory> = HashMap::new();
+        let mut fields: HashMap<MemoryId, RerankFields> = HashMap::new();
         let vector_text = if mode == SearchMode::Hybrid && cfg.strip_speakers {
-            self.load(tenant, req, &mut loaded, keyword.iter().map(|s| s.id))
+            let ids = keyword.iter().map(|s| s.id);
+            self.rerank_fields(tenant, req, &mut fields, &mut loaded, ids)
                 .await?;
-            let named =
-                rerank::named_speakers(&req.query, loaded.values(), &cfg.rerank.speaker_key);
-            rerank::strip_names(&req.query, &named)
+            let speakers = fields.values().filter_map(|f| f.speaker.as_deref());
+            rerank::strip_names(&req.query, &rerank::named_speakers(&req.query, speakers))
         } else {
             req.query.clone()
         };
@@ -430,37 +483,18 @@ impl SearchService {
         let kw: HashMap<_, _> = keyword.iter().map(|s| (s.id, s.score)).collect();
         let vs: HashMap<_, _> = nearest.iter().map(|s| (s.id, s.score)).collect();
 
-        // A memory may have been deleted or changed since the index saw it: each is loaded
-        // and checked. Hybrid search loads every candidate, whose fields the re-ranker
-        // needs; the others load in rank order until k are found.
-        let pool: Vec<Scored> = ranked.into_iter().take(depth as usize).collect();
+        let mut pool: Vec<Scored> = ranked.into_iter().take(depth as usize).collect();
         if mode == SearchMode::Hybrid {
-            self.load(tenant, req, &mut loaded, pool.iter().map(|s| s.id))
+            // The re-ranker reads every candidate's fields (held by the index, or loaded).
+            let ids = pool.iter().map(|s| s.id);
+            self.rerank_fields(tenant, req, &mut fields, &mut loaded, ids)
                 .await?;
-        } else {
-            let k = req.k as usize;
-            let (mut found, mut next) = (0, 0);
-            while found < k && next < pool.len() {
-                // The shortfall and a margin for memories gone since the index saw them.
-                let end = (next + (k - found) + (k - found).div_ceil(4)).min(pool.len());
-                let batch = &pool[next..end];
-                self.load(tenant, req, &mut loaded, batch.iter().map(|s| s.id))
-                    .await?;
-                found += batch.iter().filter(|s| loaded.contains_key(&s.id)).count();
-                next = end;
-            }
+            pool = rerank::rerank(&req.query, pool, &fields, &cfg.rerank);
         }
-        let pool: Vec<Scored> = pool
-            .into_iter()
-            .filter(|s| loaded.contains_key(&s.id))
-            .collect();
-        let reranked = if mode == SearchMode::Hybrid {
-            rerank::rerank(&req.query, pool, &loaded, &cfg.rerank)
-        } else {
-            pool
-        };
+        // Only the hits are loaded, each checked against the filter once more.
+        self.load_ranked(tenant, req, &mut loaded, &pool).await?;
         let mut hits = Vec::with_capacity(req.k as usize);
-        for s in reranked {
+        for s in pool {
             if hits.len() == req.k as usize {
                 break;
             }

@@ -25,6 +25,10 @@ pub(crate) struct Fields {
 }
 
 impl Fields {
+    pub fn session_id(&self) -> Option<&Arc<str>> {
+        self.session_id.as_ref()
+    }
+
     /// The memory's tags.
     pub fn tags(&self) -> impl Iterator<Item = &str> {
         self.tags.iter().map(|t| &**t)

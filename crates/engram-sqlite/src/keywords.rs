@@ -14,7 +14,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use engram_core::{MemoryFilter, Scored, StoreError};
+use engram_core::time::from_micros;
+use engram_core::{MemoryFilter, MemoryId, RerankFields, Scored, StoreError};
 use engram_index::keyword::{Bm25Params, KeywordIndex};
 use rusqlite::types::Value;
 use rusqlite::Connection;
@@ -63,6 +64,10 @@ pub(crate) fn truncate_log(conn: &Connection, upto: i64) -> Result<(), StoreErro
 struct State {
     index: KeywordIndex,
     fields: HashMap<i64, Fields>,
+    /// What the re-ranker reads of each memory, by row id.
+    rerank: HashMap<i64, RerankFields>,
+    /// Row ids by memory id.
+    rids: HashMap<MemoryId, i64>,
     /// Live memories indexed per tenant.
     tenants: HashMap<Arc<str>, usize>,
     /// The highest row id read from `memories`.
@@ -79,15 +84,25 @@ struct Doc {
     fields: Fields,
     content: String,
     title: String,
+    speaker: Option<String>,
+    valid_from: Option<i64>,
 }
 
 impl State {
-    fn put(&mut self, d: Doc) {
+    fn put(&mut self, d: Doc, interner: &mut Interner) {
         // The tags as `fields_of` parsed them, one word list.
         let tags = d.fields.tags().collect::<Vec<_>>().join(" ");
         self.index
             .upsert(d.rid as u64, &[&d.content, &d.title, &tags]);
         *self.tenants.entry(d.fields.tenant.clone()).or_default() += 1;
+        let rerank = RerankFields::new(
+            d.fields.session_id().cloned(),
+            d.speaker.map(|s| interner.get(&s)),
+            d.valid_from.map(from_micros),
+            &d.content,
+        );
+        self.rerank.insert(d.rid, rerank);
+        self.rids.insert(d.fields.id, d.rid);
         if let Some(old) = self.fields.insert(d.rid, d.fields) {
             self.forget_tenant(&old.tenant);
         }
@@ -95,7 +110,9 @@ impl State {
 
     fn remove(&mut self, rid: i64) {
         self.index.remove(rid as u64);
+        self.rerank.remove(&rid);
         if let Some(old) = self.fields.remove(&rid) {
+            self.rids.remove(&old.id);
             self.forget_tenant(&old.tenant);
         }
     }
@@ -110,17 +127,32 @@ impl State {
     }
 }
 
+/// The SQL expression reading the string under `key` in a memory's metadata (NULL when
+/// the key cannot be written as a JSON path literal).
+fn speaker_sql(key: &str) -> String {
+    if key.is_empty()
+        || key
+            .chars()
+            .any(|c| matches!(c, '"' | '\'' | '\\') || c.is_control())
+    {
+        return "NULL".into();
+    }
+    format!("json_extract(m.metadata, '$.\"{key}\"')")
+}
+
 /// Reads memories, deleted ones included (`live` false): `extra` follows the `WHERE`,
 /// with `args` from `?1`.
 fn read_docs(
     conn: &Connection,
     interner: &mut Interner,
+    speaker_key: &str,
     extra: &str,
     args: &[Value],
 ) -> Result<Vec<Doc>, StoreError> {
     let sql = format!(
-        "SELECT {COLUMNS}, m.content, coalesce(m.title, ''), m.deleted_at IS NULL \
-         FROM memories m WHERE {extra}"
+        "SELECT {COLUMNS}, m.content, coalesce(m.title, ''), m.deleted_at IS NULL, {}, \
+         m.valid_from FROM memories m WHERE {extra}",
+        speaker_sql(speaker_key)
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
     let mut rows = stmt
@@ -134,21 +166,58 @@ fn read_docs(
             content: r.get(12).map_err(db_err)?,
             title: r.get(13).map_err(db_err)?,
             live: r.get(14).map_err(db_err)?,
+            // A speaker that is not a string (a number, an object) is none.
+            speaker: match r.get(15).map_err(db_err)? {
+                Value::Text(t) => Some(t),
+                _ => None,
+            },
+            valid_from: r.get(16).map_err(db_err)?,
         });
     }
     Ok(out)
 }
 
 /// The keyword index and what it has applied.
-#[derive(Default)]
 pub(crate) struct Keywords {
     state: RwLock<Option<State>>,
     /// Held while the index is built or catches up.
     sync: Mutex<()>,
     interner: Mutex<Interner>,
+    /// The metadata key whose string the re-ranker reads as a memory's speaker.
+    speaker_key: String,
 }
 
 impl Keywords {
+    pub fn new(speaker_key: &str) -> Self {
+        Keywords {
+            state: RwLock::default(),
+            sync: Mutex::default(),
+            interner: Mutex::default(),
+            speaker_key: speaker_key.to_owned(),
+        }
+    }
+
+    /// What the re-ranker reads of those of `ids` held as live memories of `tenant`,
+    /// the speaker under `speaker_key` (none when that is not the key the index holds).
+    pub fn rerank_fields(
+        &self,
+        tenant: &str,
+        ids: &[MemoryId],
+        speaker_key: &str,
+    ) -> HashMap<MemoryId, RerankFields> {
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let Some(st) = guard.as_ref().filter(|_| speaker_key == self.speaker_key) else {
+            return HashMap::new();
+        };
+        ids.iter()
+            .filter_map(|id| {
+                let rid = st.rids.get(id)?;
+                st.fields.get(rid).filter(|f| &*f.tenant == tenant)?;
+                Some((*id, st.rerank.get(rid)?.clone()))
+            })
+            .collect()
+    }
+
     /// The last `ann_log` entry applied, once the index is built: the log may be truncated
     /// up to it.
     pub fn applied_seq(&self) -> Option<i64> {
@@ -176,6 +245,8 @@ impl Keywords {
         let mut st = State {
             index: KeywordIndex::new(),
             fields: HashMap::new(),
+            rerank: HashMap::new(),
+            rids: HashMap::new(),
             tenants: HashMap::new(),
             max_rid: 0,
             applied_seq,
@@ -186,6 +257,7 @@ impl Keywords {
             let docs = read_docs(
                 conn,
                 &mut interner,
+                &self.speaker_key,
                 &format!("m.rid > ?1 ORDER BY m.rid LIMIT {CHUNK}"),
                 &[Value::Integer(st.max_rid)],
             )?;
@@ -194,7 +266,7 @@ impl Keywords {
             };
             st.max_rid = last;
             for d in docs.into_iter().filter(|d| d.live) {
-                st.put(d);
+                st.put(d, &mut interner);
             }
         }
         tracing::info!(
@@ -246,9 +318,11 @@ impl Keywords {
         // New memories.
         let mut after = max_rid;
         loop {
+            let mut interner = self.interner.lock().unwrap_or_else(|p| p.into_inner());
             let docs = read_docs(
                 conn,
-                &mut self.interner.lock().unwrap_or_else(|p| p.into_inner()),
+                &mut interner,
+                &self.speaker_key,
                 &format!("m.rid > ?1 ORDER BY m.rid LIMIT {CHUNK}"),
                 &[Value::Integer(after)],
             )?;
@@ -262,7 +336,7 @@ impl Keywords {
             };
             st.max_rid = st.max_rid.max(last);
             for d in docs.into_iter().filter(|d| d.live) {
-                st.put(d);
+                st.put(d, &mut interner);
             }
         }
     }
@@ -277,11 +351,11 @@ impl Keywords {
             docs.extend(read_docs(
                 conn,
                 &mut interner,
+                &self.speaker_key,
                 &format!("m.rid IN ({})", marks.join(", ")),
                 &args,
             )?);
         }
-        drop(interner);
         let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         let Some(st) = guard.as_mut() else {
             return Ok(());
@@ -291,7 +365,7 @@ impl Keywords {
             st.remove(*rid);
         }
         for d in docs.into_iter().filter(|d| d.live) {
-            st.put(d);
+            st.put(d, &mut interner);
         }
         st.applied_seq = st.applied_seq.max(seq);
         Ok(())

@@ -16,6 +16,7 @@ mod rows;
 pub mod search;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,8 +28,8 @@ use engram_core::filter::Position;
 use engram_core::time::to_micros;
 use engram_core::{
     ApiKeyRecord, ChangeOp, ChangeRecord, InsertMemory, InsertOutcome, KeyStore, ListQuery,
-    ListResult, Memory, MemoryFilter, MemoryId, MemoryStore, ModelInfo, Scored, SearchIndex,
-    SortBy, SortOrder, StoreError, TenantId, Timestamp,
+    ListResult, Memory, MemoryFilter, MemoryId, MemoryStore, ModelInfo, RerankFields, Scored,
+    SearchIndex, SortBy, SortOrder, StoreError, TenantId, Timestamp,
 };
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -53,6 +54,9 @@ pub struct SqliteConfig {
     /// Filtered semantic searches with at most this many candidates (as SQLite counts
     /// them) are answered exactly over the candidates instead of through the graph.
     pub exact_search_max: usize,
+    /// The metadata key naming who said a memory, which the keyword index holds for the
+    /// re-ranker (the search configuration's `speaker_key`).
+    pub speaker_key: String,
 }
 
 impl SqliteConfig {
@@ -62,6 +66,7 @@ impl SqliteConfig {
             readers: 4,
             vector_index: true,
             exact_search_max: ann::EXACT_MAX,
+            speaker_key: engram_core::RerankConfig::default().speaker_key,
         }
     }
 }
@@ -249,7 +254,7 @@ impl SqliteStore {
         let mut conn = open_conn(&path, false)?;
         let migration = migrate::migrate(&mut conn)?;
         let readers = cfg.readers.max(1);
-        let keywords = Arc::new(keywords::Keywords::default());
+        let keywords = Arc::new(keywords::Keywords::new(&cfg.speaker_key));
         // Without the vector index (one-shot commands), the keyword index is built by the
         // first keyword search, if any.
         let (ann, saver) = if cfg.vector_index {
@@ -793,6 +798,19 @@ impl SearchIndex for SqliteStore {
                 keywords.search(conn, &tenant, &words, &filter, limit, bm25)
             })
             .await
+    }
+
+    async fn rerank_fields(
+        &self,
+        tenant: &TenantId,
+        ids: &[MemoryId],
+        speaker_key: &str,
+    ) -> Result<HashMap<MemoryId, RerankFields>, StoreError> {
+        // In memory: no connection needed.
+        Ok(self
+            .inner
+            .keywords
+            .rerank_fields(tenant.as_str(), ids, speaker_key))
     }
 
     async fn nearest(

@@ -112,3 +112,76 @@ async fn a_log_truncated_past_the_index_makes_it_rebuild() {
     assert!(keyword(&store, &t, "alpha").await.is_empty());
     assert_eq!(keyword(&store, &t, "charlie").await, [m.id]);
 }
+
+/// The keyword index holds what the re-ranker reads of every live memory (so hybrid search
+/// loads only its hits) and follows updates and deletes; for a speaker key other than
+/// the one it was opened with it holds nothing, and search loads the memories instead.
+#[tokio::test]
+async fn the_index_holds_rerank_fields_of_live_memories() {
+    use engram_core::validate::{Label, Metadata};
+    use engram_core::RerankFields;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&SqliteConfig {
+        vector_index: false,
+        speaker_key: "who".into(),
+        ..SqliteConfig::new(dir.path())
+    })
+    .unwrap();
+    let svc = MemoryService::new(std::sync::Arc::new(store.clone()));
+    let t = TenantId::parse("acme").unwrap();
+    let mut n = NewMemory::note("Shall we move the standup to Tuesday?").unwrap();
+    n.session_id = Some(Label::parse("s1".into(), "session_id").unwrap());
+    n.metadata = Metadata::parse(serde_json::json!({"who": "Ann"}), "metadata").unwrap();
+    n.valid_from = Some("2023-05-08T13:56:00Z".parse().unwrap());
+    let (m, _) = svc.remember(&t, n, None).await.unwrap();
+    let (plain, _) = svc
+        .remember(&t, NewMemory::note("standup notes").unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(keyword(&store, &t, "standup").await.len(), 2);
+
+    let ids = [m.id, plain.id];
+    let held = store.rerank_fields(&t, &ids, "who").await.unwrap();
+    assert_eq!(held.len(), 2);
+    let f = &held[&m.id];
+    assert_eq!(*f, RerankFields::of(&m, "who"));
+    assert_eq!(
+        (
+            f.session.as_deref(),
+            f.speaker.as_deref(),
+            f.words,
+            f.question
+        ),
+        (Some("s1"), Some("Ann"), 7, true)
+    );
+    assert_eq!(held[&plain.id], RerankFields::of(&plain, "who"));
+    assert!(store
+        .rerank_fields(&t, &ids, "speaker")
+        .await
+        .unwrap()
+        .is_empty());
+    let other = TenantId::parse("other").unwrap();
+    assert!(store
+        .rerank_fields(&other, &ids, "who")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // An update shows after the next search brings the index up to date.
+    let patch = MemoryPatch {
+        metadata: Some(Metadata::parse(serde_json::json!({"who": "Bo"}), "metadata").unwrap()),
+        content: Some(
+            engram_core::validate::Content::parse("Standup moved.".into(), "content").unwrap(),
+        ),
+        ..MemoryPatch::default()
+    };
+    let updated = svc.update(&t, m.id, patch).await.unwrap();
+    svc.forget(&t, plain.id).await.unwrap();
+    assert_eq!(keyword(&store, &t, "standup").await, [m.id]);
+    let held = store.rerank_fields(&t, &ids, "who").await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[&m.id], RerankFields::of(&updated, "who"));
+    assert_eq!(held[&m.id].speaker.as_deref(), Some("Bo"));
+    assert!(!held[&m.id].question);
+}

@@ -99,6 +99,7 @@ impl Backends {
                 let mut sc = SqliteConfig {
                     readers: cfg.store.readers,
                     vector_index,
+                    speaker_key: cfg.search.speaker_key.clone(),
                     ..SqliteConfig::new(dir)
                 };
                 if let Some(max) = cfg.store.exact_search_max {

@@ -111,6 +111,7 @@ macro_rules! conformance_tests {
             keyword_finds_a_write_before_its_embedding,
             search_never_returns_deleted_or_foreign_memories,
             a_lagging_index_loses_no_live_hit,
+            held_rerank_fields_agree_with_the_memories,
             updates_and_purges_reach_the_indexes,
             search_filters_never_leak,
             context_vectors_follow_their_sessions,

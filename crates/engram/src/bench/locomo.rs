@@ -232,6 +232,7 @@ async fn load(
         let dir = tempfile::tempdir()?;
         let store = SqliteStore::open(&SqliteConfig {
             readers: cfg.store.readers,
+            speaker_key: cfg.search.speaker_key.clone(),
             ..SqliteConfig::new(dir.path())
         })?;
         let svc = MemoryService::new(Arc::new(store.clone()));
