@@ -158,10 +158,13 @@ pub async fn search_never_returns_deleted_or_foreign_memories(b: Arc<dyn Backend
     }
 }
 
-/// An index that lags: it still ranks `stale` (memories deleted since) above everything.
+/// An index that lags: it still ranks `stale` (memories deleted since) above everything,
+/// and holds their re-ranking fields. With `no_fields` it holds none of the re-ranker's
+/// fields (search then loads every candidate).
 struct Lagging {
     inner: Arc<dyn engram_core::SearchIndex>,
     stale: Vec<MemoryId>,
+    no_fields: bool,
 }
 
 impl Lagging {
@@ -213,7 +216,6 @@ impl engram_core::SearchIndex for Lagging {
         Ok(self.first(hits))
     }
 
-    /// Still holds the deleted memories' fields.
     async fn rerank_fields(
         &self,
         tenant: &TenantId,
@@ -223,6 +225,9 @@ impl engram_core::SearchIndex for Lagging {
         std::collections::HashMap<MemoryId, engram_core::RerankFields>,
         engram_core::StoreError,
     > {
+        if self.no_fields {
+            return Ok(Default::default());
+        }
         let mut held = self.inner.rerank_fields(tenant, ids, speaker_key).await?;
         for id in ids.iter().filter(|id| self.stale.contains(id)) {
             held.insert(*id, engram_core::RerankFields::default());
@@ -264,6 +269,7 @@ pub async fn a_lagging_index_loses_no_live_hit(b: Arc<dyn Backend>) {
         Arc::new(Lagging {
             inner: s.search.clone(),
             stale,
+            no_fields: false,
         }),
         s.embeddings.clone(),
         slot,
@@ -286,37 +292,6 @@ pub async fn a_lagging_index_loses_no_live_hit(b: Arc<dyn Backend>) {
                 assert_eq!(got, ids(&honest, &t, &r).await, "{mode:?} k={k}");
             }
         }
-    }
-}
-
-/// An index that holds none of the re-ranker's fields: search loads every candidate.
-struct Unheld(Arc<dyn engram_core::SearchIndex>);
-
-#[async_trait::async_trait]
-impl engram_core::SearchIndex for Unheld {
-    async fn keyword(
-        &self,
-        tenant: &TenantId,
-        query: &str,
-        filter: &MemoryFilter,
-        limit: u32,
-        bm25: engram_core::Bm25,
-    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
-        self.0.keyword(tenant, query, filter, limit, bm25).await
-    }
-
-    async fn nearest(
-        &self,
-        tenant: &TenantId,
-        model: &engram_core::ModelInfo,
-        vector: &[f32],
-        filter: &MemoryFilter,
-        limit: u32,
-        context_weight: f32,
-    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
-        self.0
-            .nearest(tenant, model, vector, filter, limit, context_weight)
-            .await
     }
 }
 
@@ -362,7 +337,11 @@ pub async fn held_rerank_fields_agree_with_the_memories(b: Arc<dyn Backend>) {
     slot.set(embedder);
     let unheld = SearchService::new(
         s.memories.clone(),
-        Arc::new(Unheld(s.search.clone())),
+        Arc::new(Lagging {
+            inner: s.search.clone(),
+            stale: Vec::new(),
+            no_fields: true,
+        }),
         s.embeddings.clone(),
         slot,
         SearchConfig::default(),
