@@ -51,9 +51,32 @@ pub(crate) fn quantize_i8(v: &[f32]) -> Vec<i8> {
 }
 
 /// Cosine similarity of `a` and `b`; `a_norm` is `a`'s precomputed length.
+///
+/// One pass for the dot product and `b`'s length, over independent lanes the compiler
+/// turns into SIMD (a single running sum cannot be reordered, so it would run one
+/// dependent addition at a time: ~4× slower at 384 dimensions).
 pub(crate) fn cosine(a: &[f32], a_norm: f32, b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let b_norm = norm(b);
+    const LANES: usize = 16;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut dot = [0f32; LANES];
+    let mut bb = [0f32; LANES];
+    let split = n - n % LANES;
+    for (x, y) in a[..split]
+        .chunks_exact(LANES)
+        .zip(b[..split].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            dot[i] += x[i] * y[i];
+            bb[i] += y[i] * y[i];
+        }
+    }
+    for (x, y) in a[split..].iter().zip(&b[split..]) {
+        dot[0] += x * y;
+        bb[0] += y * y;
+    }
+    let dot: f32 = dot.iter().sum();
+    let b_norm = bb.iter().sum::<f32>().sqrt();
     if b_norm == 0.0 || a_norm == 0.0 {
         return 0.0;
     }
@@ -166,6 +189,36 @@ mod tests {
         let back: Vec<f32> = q.iter().map(|&x| f32::from(x)).collect();
         assert!(cosine(&v, norm(&v), &back) > 0.9999);
         assert_eq!(quantize_i8(&[0.0, 0.0]), vec![0, 0]);
+    }
+
+    #[test]
+    fn cosine_agrees_with_an_f64_reference_at_every_length() {
+        // A deterministic pseudo-random sequence (no dependency needed for this).
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        for n in [1, 2, 15, 16, 17, 31, 33, 383, 384, 385, 1536] {
+            let a: Vec<f32> = (0..n).map(|_| next()).collect();
+            let b: Vec<f32> = (0..n).map(|_| next()).collect();
+            let dot: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            let want = dot / (f64::from(norm(&a)) * f64::from(norm(&b)));
+            let got = cosine(&a, norm(&a), &b);
+            assert!(
+                (f64::from(got) - want).abs() < 1e-5,
+                "n={n}: {got} vs {want}"
+            );
+            // Identical vectors: 1; a zero vector: 0.
+            assert!((cosine(&a, norm(&a), &a) - 1.0).abs() < 1e-5, "n={n}");
+            assert_eq!(cosine(&a, norm(&a), &vec![0.0; n]), 0.0);
+        }
     }
 
     #[test]
