@@ -137,7 +137,11 @@ fn speaker_sql(key: &str) -> String {
     {
         return "NULL".into();
     }
-    format!("json_extract(m.metadata, '$.\"{key}\"')")
+    // json_extract gives an object or array as its JSON text: only a string is a speaker.
+    let path = format!("'$.\"{key}\"'");
+    format!(
+        "CASE json_type(m.metadata, {path}) WHEN 'text' THEN json_extract(m.metadata, {path}) END"
+    )
 }
 
 /// Reads memories, deleted ones included (`live` false): `extra` follows the `WHERE`,
@@ -166,7 +170,7 @@ fn read_docs(
             content: r.get(12).map_err(db_err)?,
             title: r.get(13).map_err(db_err)?,
             live: r.get(14).map_err(db_err)?,
-            // A speaker that is not a string (a number, an object) is none.
+            // Not a string (a number, an object): no speaker.
             speaker: match r.get(15).map_err(db_err)? {
                 Value::Text(t) => Some(t),
                 _ => None,

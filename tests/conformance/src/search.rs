@@ -314,7 +314,8 @@ pub async fn held_rerank_fields_agree_with_the_memories(b: Arc<dyn Backend>) {
         let meta = match i % 4 {
             0 => serde_json::json!({"speaker": "Ann Lee", "role": "user"}),
             1 => serde_json::json!({"speaker": "Bo"}),
-            2 => serde_json::json!({"speaker": 7}),
+            2 if i % 8 == 2 => serde_json::json!({"speaker": 7}),
+            2 => serde_json::json!({"speaker": {"name": "Ann Lee"}, "role": ["user"]}),
             _ => serde_json::json!({}),
         };
         n.metadata = Metadata::parse(meta, "metadata").unwrap();
