@@ -403,8 +403,6 @@ impl SearchService {
     ) -> Result<(), CoreError> {
         let key = &self.config.rerank.speaker_key;
         let mut want: Vec<MemoryId> = ids.filter(|id| !fields.contains_key(id)).collect();
-        want.sort_unstable();
-        want.dedup();
         if want.is_empty() {
             return Ok(());
         }

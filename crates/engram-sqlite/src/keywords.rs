@@ -61,11 +61,17 @@ pub(crate) fn truncate_log(conn: &Connection, upto: i64) -> Result<(), StoreErro
     Ok(())
 }
 
+/// What the index holds of one live memory: its filterable fields and what the
+/// re-ranker reads.
+struct Held {
+    fields: Fields,
+    rerank: RerankFields,
+}
+
 struct State {
     index: KeywordIndex,
-    fields: HashMap<i64, Fields>,
-    /// What the re-ranker reads of each memory, by row id.
-    rerank: HashMap<i64, RerankFields>,
+    /// Every live memory indexed, by row id.
+    held: HashMap<i64, Held>,
     /// Row ids by memory id.
     rids: HashMap<MemoryId, i64>,
     /// Live memories indexed per tenant.
@@ -101,19 +107,21 @@ impl State {
             d.valid_from.map(from_micros),
             &d.content,
         );
-        self.rerank.insert(d.rid, rerank);
         self.rids.insert(d.fields.id, d.rid);
-        if let Some(old) = self.fields.insert(d.rid, d.fields) {
-            self.forget_tenant(&old.tenant);
+        let held = Held {
+            fields: d.fields,
+            rerank,
+        };
+        if let Some(old) = self.held.insert(d.rid, held) {
+            self.forget_tenant(&old.fields.tenant);
         }
     }
 
     fn remove(&mut self, rid: i64) {
         self.index.remove(rid as u64);
-        self.rerank.remove(&rid);
-        if let Some(old) = self.fields.remove(&rid) {
-            self.rids.remove(&old.id);
-            self.forget_tenant(&old.tenant);
+        if let Some(old) = self.held.remove(&rid) {
+            self.rids.remove(&old.fields.id);
+            self.forget_tenant(&old.fields.tenant);
         }
     }
 
@@ -215,9 +223,8 @@ impl Keywords {
         };
         ids.iter()
             .filter_map(|id| {
-                let rid = st.rids.get(id)?;
-                st.fields.get(rid).filter(|f| &*f.tenant == tenant)?;
-                Some((*id, st.rerank.get(rid)?.clone()))
+                let held = st.held.get(st.rids.get(id)?)?;
+                (&*held.fields.tenant == tenant).then(|| (*id, held.rerank.clone()))
             })
             .collect()
     }
@@ -248,8 +255,7 @@ impl Keywords {
         let applied_seq = log_head(conn)?;
         let mut st = State {
             index: KeywordIndex::new(),
-            fields: HashMap::new(),
-            rerank: HashMap::new(),
+            held: HashMap::new(),
             rids: HashMap::new(),
             tenants: HashMap::new(),
             max_rid: 0,
@@ -428,15 +434,15 @@ impl Keywords {
                 st.index
                     .search_within(&words, params, limit as usize, &keys)
             }
-            None if only_tenant && tenant_size == st.fields.len() => {
+            None if only_tenant && tenant_size == st.held.len() => {
                 st.index.search(&words, params, limit as usize, None)
             }
             None => {
                 let pass = |key: u64| {
                     let rid = key as i64;
-                    st.fields
+                    st.held
                         .get(&rid)
-                        .is_some_and(|f| f.matches(tenant, filter))
+                        .is_some_and(|h| h.fields.matches(tenant, filter))
                         && candidates.as_ref().is_none_or(|c| c.contains(&rid))
                 };
                 st.index.search(&words, params, limit as usize, Some(&pass))
@@ -445,9 +451,10 @@ impl Keywords {
         Ok(hits
             .into_iter()
             .filter_map(|(key, score)| {
-                st.fields
-                    .get(&(key as i64))
-                    .map(|f| Scored { id: f.id, score })
+                st.held.get(&(key as i64)).map(|h| Scored {
+                    id: h.fields.id,
+                    score,
+                })
             })
             .collect())
     }

@@ -25,13 +25,22 @@ fn note(content: &str) -> NewMemory {
 }
 
 fn search_service(s: &Stores, embedder: Option<Arc<HashEmbedder>>) -> SearchService {
+    search_service_over(s, s.search.clone(), embedder)
+}
+
+/// A search service over the store's memories but another index.
+fn search_service_over(
+    s: &Stores,
+    index: Arc<dyn engram_core::SearchIndex>,
+    embedder: Option<Arc<HashEmbedder>>,
+) -> SearchService {
     let slot = EmbedderSlot::default();
     if let Some(e) = embedder {
         slot.set(e);
     }
     SearchService::new(
         s.memories.clone(),
-        s.search.clone(),
+        index,
         s.embeddings.clone(),
         slot,
         SearchConfig::default(),
@@ -262,18 +271,14 @@ pub async fn a_lagging_index_loses_no_live_hit(b: Arc<dyn Backend>) {
     }
     let embedder = Arc::new(HashEmbedder::default());
     embed_all(&s, embedder.clone()).await;
-    let slot = EmbedderSlot::default();
-    slot.set(embedder.clone());
-    let lagging = SearchService::new(
-        s.memories.clone(),
+    let lagging = search_service_over(
+        &s,
         Arc::new(Lagging {
             inner: s.search.clone(),
             stale,
             no_fields: false,
         }),
-        s.embeddings.clone(),
-        slot,
-        SearchConfig::default(),
+        Some(embedder.clone()),
     );
     let honest = search_service(&s, Some(embedder));
     for mode in [
@@ -334,18 +339,14 @@ pub async fn held_rerank_fields_agree_with_the_memories(b: Arc<dyn Backend>) {
     let embedder = Arc::new(HashEmbedder::default());
     embed_all(&s, embedder.clone()).await;
     let held = search_service(&s, Some(embedder.clone()));
-    let slot = EmbedderSlot::default();
-    slot.set(embedder);
-    let unheld = SearchService::new(
-        s.memories.clone(),
+    let unheld = search_service_over(
+        &s,
         Arc::new(Lagging {
             inner: s.search.clone(),
             stale: Vec::new(),
             no_fields: true,
         }),
-        s.embeddings.clone(),
-        slot,
-        SearchConfig::default(),
+        Some(embedder),
     );
     let ranking = |r: engram_core::SearchResult| {
         r.hits
