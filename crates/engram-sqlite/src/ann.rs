@@ -495,10 +495,11 @@ impl Ann {
         }
     }
 
-    /// Applies what changed since the last call. Skipped while a save runs (searches then
-    /// see the index as of a moment ago rather than wait for the save).
+    /// Applies what changed since the last call. While a save runs, a search that finds
+    /// nothing new does not wait for it; one that finds changes waits, so a vector stored
+    /// before the search began is always searchable.
     pub fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
-        if self.saving.load(Ordering::SeqCst) {
+        if self.saving.load(Ordering::SeqCst) && self.up_to_date(conn)? {
             return Ok(());
         }
         let _sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
@@ -511,6 +512,24 @@ impl Ann {
             Some(l) => self.apply_log(conn, &l),
             None => Ok(()),
         }
+    }
+
+    /// Whether the loaded index is of the active model and has applied the whole log.
+    fn up_to_date(&self, conn: &Connection) -> Result<bool, StoreError> {
+        let want = active_model(conn)?.map(|(k, _)| k);
+        Ok(match self.current() {
+            Some(l) => {
+                want.as_ref() == Some(&l.model_key)
+                    && log_head(conn)? <= l.applied_seq.load(Ordering::SeqCst)
+            }
+            None => want.is_none(),
+        })
+    }
+
+    /// Marks a save as running (or not), as `save` does for its duration.
+    #[cfg(test)]
+    pub(crate) fn set_saving(&self, on: bool) {
+        self.saving.store(on, Ordering::SeqCst);
     }
 
     /// Saves the graph if it changed since the last save. Returns the sequence number the

@@ -936,3 +936,82 @@ impl KeyStore for SqliteStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engram_core::{EmbeddingStore, MemoryFilter, MemoryService, ModelInfo, NewMemory};
+
+    fn model() -> ModelInfo {
+        ModelInfo {
+            id: "test/axes".into(),
+            revision: "1".into(),
+            dim: 4,
+        }
+    }
+
+    /// The unit vector of axis `i % 4`, tilted by `i` so no two are equal.
+    fn vector(i: usize) -> Vec<f32> {
+        let mut v = vec![0.01 * i as f32; 4];
+        v[i % 4] = 1.0;
+        v
+    }
+
+    /// Stores memories `from..to` with their vectors; returns their ids.
+    async fn add(store: &SqliteStore, t: &TenantId, from: usize, to: usize) -> Vec<MemoryId> {
+        let svc = MemoryService::new(Arc::new(store.clone()));
+        let mut ids = Vec::new();
+        for i in from..to {
+            let m = NewMemory::note(&format!("memory {i}")).unwrap();
+            ids.push(svc.remember(t, m, None).await.unwrap().0.id);
+        }
+        let lease = engram_core::time::now() + chrono::Duration::minutes(5);
+        let jobs = store.claim_embeddings(100, lease).await.unwrap();
+        let results = jobs
+            .into_iter()
+            .map(|j| {
+                let i = from + ids.iter().position(|id| *id == j.memory_id).unwrap();
+                (j, vec![vector(i)])
+            })
+            .collect();
+        store
+            .complete_embeddings(&model(), results, engram_core::time::now())
+            .await
+            .unwrap();
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_search_while_the_index_saves_sees_vectors_stored_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig {
+            exact_search_max: 0,
+            ..SqliteConfig::new(dir.path())
+        })
+        .unwrap();
+        let t = TenantId::parse("t").unwrap();
+        store.register_model(&model()).await.unwrap();
+        let mut ids = add(&store, &t, 0, 8).await;
+        let search = |q: Vec<f32>| {
+            let store = store.clone();
+            let t = t.clone();
+            async move {
+                store
+                    .nearest(&t, &model(), &q, &MemoryFilter::default(), 20, 0.0)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(search(vector(0)).await.len(), 8);
+
+        // A save is running (the upkeep thread holds the index) while more vectors land.
+        let ann = store.inner.ann.clone().unwrap();
+        ann.set_saving(true);
+        ids.extend(add(&store, &t, 8, 12).await);
+        let hits = search(vector(11)).await;
+        ann.set_saving(false);
+        assert_eq!(hits.len(), 12, "a search during a save missed new vectors");
+        assert_eq!(hits[0].id, ids[11]);
+        store.close();
+    }
+}
