@@ -1,13 +1,17 @@
 //! Search over Postgres: full-text with `tsvector` (English stemming) ranked by
 //! `ts_rank`, and nearest vectors with pgvector: exact over a selective filter's
 //! candidates, otherwise through the model's HNSW index with iterative scans, so a filter
-//! never loses results to a top-k cut; candidates are then scored exactly.
+//! never loses results to a top-k cut; candidates are then scored exactly. The
+//! re-ranker's fields are read with one narrow query, so hybrid search loads only its hits.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
+use engram_core::rerank::RerankFields;
 use engram_core::search::query_terms;
+use engram_core::time::from_micros;
 use engram_core::{MemoryFilter, MemoryId, ModelInfo, Scored, SearchIndex, StoreError, TenantId};
 use pgvector::Vector;
 
@@ -274,6 +278,51 @@ impl SearchIndex for PgStore {
         out.truncate(limit as usize);
         crate::record("vector_search", started);
         Ok(out)
+    }
+
+    /// The re-ranker's fields read in one query of the few columns they come from, so a
+    /// hybrid search does not load every candidate in full (tags, metadata, every column).
+    async fn rerank_fields(
+        &self,
+        tenant: &TenantId,
+        ids: &[MemoryId],
+        speaker_key: &str,
+    ) -> Result<HashMap<MemoryId, RerankFields>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let started = std::time::Instant::now();
+        let ids: Vec<uuid::Uuid> = ids.iter().map(|i| i.0).collect();
+        let c = self.client().await?;
+        // The speaker only when the metadata value is a string, as `RerankFields::of`
+        // reads it from a loaded memory.
+        let st = c
+            .prepare_cached(
+                "SELECT m.id, m.session_id,
+                        CASE jsonb_typeof(m.metadata -> $3) WHEN 'string' THEN m.metadata ->> $3 END,
+                        m.valid_from, m.content
+                 FROM memories m
+                 WHERE m.id = ANY($1) AND m.tenant = $2 AND m.deleted_at IS NULL",
+            )
+            .await
+            .map_err(db_err)?;
+        let rows = c
+            .query(&st, &[&ids, &tenant.as_str(), &speaker_key])
+            .await
+            .map_err(db_err)?;
+        crate::record("rerank_fields", started);
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let fields = RerankFields::new(
+                    r.get::<_, Option<&str>>(1).map(Arc::from),
+                    r.get::<_, Option<&str>>(2).map(Arc::from),
+                    r.get::<_, Option<i64>>(3).map(from_micros),
+                    r.get::<_, &str>(4),
+                );
+                (MemoryId(r.get(0)), fields)
+            })
+            .collect())
     }
 }
 
