@@ -503,9 +503,7 @@ impl Ann {
             return Ok(());
         }
         let _sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
-        let want = active_model(conn)?.map(|(k, _)| k);
-        let have = self.current().map(|l| l.model_key.clone());
-        if want != have {
+        if self.model_changed(conn)? {
             return self.load(conn);
         }
         match self.current() {
@@ -514,15 +512,21 @@ impl Ann {
         }
     }
 
+    /// Whether the active model is not the one whose vectors the loaded index holds.
+    fn model_changed(&self, conn: &Connection) -> Result<bool, StoreError> {
+        let want = active_model(conn)?.map(|(k, _)| k);
+        let have = self.current();
+        Ok(want.as_deref() != have.as_ref().map(|l| l.model_key.as_str()))
+    }
+
     /// Whether the loaded index is of the active model and has applied the whole log.
     fn up_to_date(&self, conn: &Connection) -> Result<bool, StoreError> {
-        let want = active_model(conn)?.map(|(k, _)| k);
+        if self.model_changed(conn)? {
+            return Ok(false);
+        }
         Ok(match self.current() {
-            Some(l) => {
-                want.as_ref() == Some(&l.model_key)
-                    && log_head(conn)? <= l.applied_seq.load(Ordering::SeqCst)
-            }
-            None => want.is_none(),
+            Some(l) => log_head(conn)? <= l.applied_seq.load(Ordering::SeqCst),
+            None => true,
         })
     }
 
