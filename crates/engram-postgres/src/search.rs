@@ -220,27 +220,32 @@ impl SearchIndex for PgStore {
         let w = context_weight.clamp(0.0, 1.0);
         let tenant = tenant.as_str();
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db_err)?;
-        let exact = self
-            .few_candidates(&tx, tenant, filter, self.exact_search_max)
-            .await?;
         let probe = Probe {
             tenant,
             model,
             vector,
             filter,
         };
-        let scores = if exact {
-            self.exact_scores(&tx, &probe, None, w > 0.0).await?
+        // A selective filter's candidates are scored exactly (two statements, no
+        // transaction: the count only chooses the method); otherwise through the index,
+        // in a transaction for its settings. (Counting and scoring in one statement,
+        // gated on the count, costs more: for a broad filter Postgres plans the gated
+        // join in parallel and starts workers that do nothing.)
+        let few = self
+            .few_candidates(&client, tenant, filter, self.exact_search_max)
+            .await?;
+        let scores = if few {
+            self.exact_scores(&client, &probe, None, w > 0.0).await?
         } else {
-            // Enough candidates that mixing in the context vectors cannot push a true top
-            // `limit` memory out; iterative scans keep walking the graph until the filter
-            // has let `n` through.
+            let tx = client
+                .build_transaction()
+                .read_only(true)
+                .start()
+                .await
+                .map_err(db_err)?;
+            // Enough candidates that mixing in the context vectors cannot push a true
+            // top `limit` memory out; iterative scans keep walking the graph until the
+            // filter has let `n` through.
             let n = (limit * 4).max(40);
             let iterative = if self.iterative_scan {
                 "SET LOCAL hnsw.iterative_scan = relaxed_order;"
@@ -264,9 +269,10 @@ impl SearchIndex for PgStore {
             }
             rids.sort_unstable();
             rids.dedup();
-            self.exact_scores(&tx, &probe, Some(rids), w > 0.0).await?
+            let scores = self.exact_scores(&tx, &probe, Some(rids), w > 0.0).await?;
+            tx.commit().await.map_err(db_err)?;
+            scores
         };
-        tx.commit().await.map_err(db_err)?;
         let mut out: Vec<Scored> = scores
             .into_iter()
             .map(|(id, (turn, ctx))| Scored {
