@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "records_assigned",
         sql: include_str!("../migrations/0003_records_assigned.sql"),
     },
+    Migration {
+        version: 4,
+        name: "context_session",
+        sql: include_str!("../migrations/0004_context_session.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

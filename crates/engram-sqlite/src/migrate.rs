@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "records_assigned",
         sql: include_str!("../migrations/0007_records_assigned.sql"),
     },
+    Migration {
+        version: 8,
+        name: "context_session",
+        sql: include_str!("../migrations/0008_context_session.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

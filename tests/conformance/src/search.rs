@@ -692,6 +692,20 @@ pub async fn context_vectors_follow_their_sessions(b: Arc<dyn Backend>) {
     assert_eq!(embed_with_contexts(&s, embedder.clone()).await, 4);
     assert_mixed_scores(&search, &t, &live, &gone.content, w).await;
 
+    // A turn taken out of its session loses its context vector: its score is its own
+    // vector's again, and the session's windows close over the gap.
+    let moved = live[1].id;
+    let patch = MemoryPatch {
+        session_id: Some(None),
+        ..Default::default()
+    };
+    live[1] = svc.update(&t, moved, patch).await.unwrap();
+    assert!(live[1].scope.session_id.is_none());
+    embed_with_contexts(&s, embedder.clone()).await;
+    for q in ["turn 1 of the talk", &live[1].content.clone()] {
+        assert_mixed_scores(&search, &t, &live, q, w).await;
+    }
+
     // Purging a tenant leaves none of its sessions queued.
     let late = turn(7);
     svc.remember(&tenant("t2"), late, None).await.unwrap();
