@@ -702,7 +702,8 @@ pub async fn context_vectors_follow_their_sessions(b: Arc<dyn Backend>) {
     live[1] = svc.update(&t, moved, patch).await.unwrap();
     assert!(live[1].scope.session_id.is_none());
     embed_with_contexts(&s, embedder.clone()).await;
-    for q in ["turn 1 of the talk", &live[1].content.clone()] {
+    let own_text = live[1].content.clone();
+    for q in ["turn 1 of the talk", own_text.as_str()] {
         assert_mixed_scores(&search, &t, &live, q, w).await;
     }
 
