@@ -138,7 +138,7 @@ const MONTHS: [&str; 12] = [
 ];
 
 /// Lowercased runs of letters and digits.
-fn words(s: &str) -> Vec<String> {
+pub(crate) fn words(s: &str) -> Vec<String> {
     s.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)

@@ -6,7 +6,8 @@
 //! boosts of [`crate::rerank`], loads the memories and checks each one against the filter
 //! once more before it is returned, so a stale index can lose a hit but never leak one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -222,6 +223,65 @@ pub struct SearchService {
     config: Arc<SearchConfig>,
     /// Recent query vectors by (model, query): agents repeat themselves.
     query_cache: Arc<std::sync::Mutex<QueryCache>>,
+    speakers: Arc<SpeakerHints>,
+}
+
+/// The words of the speakers met in each tenant's hybrid searches, as salted hashes (a
+/// guess needs to recognise a name, never to tell it; an erased speaker's name is not
+/// kept here). They let hybrid search guess which names a query holds before its keyword
+/// half has found the speakers, and so embed the query while that half runs.
+#[derive(Default)]
+struct SpeakerHints {
+    salt: std::hash::RandomState,
+    tenants: RwLock<HashMap<TenantId, HashSet<u64>>>,
+}
+
+/// Tenants with hints kept; the hints are emptied when they fill.
+const HINT_TENANTS_MAX: usize = 4096;
+/// Speaker words kept per tenant; beyond it, later speakers are not learned (a guess
+/// that misses a name costs a search's vector half time, never its result).
+const HINT_WORDS_MAX: usize = 4096;
+
+impl SpeakerHints {
+    fn hash(&self, word: &str) -> u64 {
+        self.salt.hash_one(word)
+    }
+
+    /// The query without the words of speakers met before, as `rerank::strip_names`
+    /// would leave it if those speakers were among the candidates.
+    fn guess(&self, tenant: &TenantId, query: &str) -> String {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        let Some(known) = tenants.get(tenant) else {
+            return query.to_owned();
+        };
+        let named: Vec<String> = rerank::words(query)
+            .into_iter()
+            .filter(|w| known.contains(&self.hash(w)))
+            .collect();
+        rerank::strip_names(query, &named)
+    }
+
+    fn learn(&self, tenant: &TenantId, speakers: &[&str]) {
+        if speakers.is_empty() {
+            return;
+        }
+        let hashes: Vec<u64> = speakers
+            .iter()
+            .flat_map(|s| rerank::words(s))
+            .map(|w| self.hash(&w))
+            .collect();
+        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        if tenants.len() >= HINT_TENANTS_MAX && !tenants.contains_key(tenant) {
+            tenants.clear();
+        }
+        let known = tenants.entry(tenant.clone()).or_default();
+        for h in hashes {
+            if known.len() >= HINT_WORDS_MAX {
+                break;
+            }
+            known.insert(h);
+        }
+    }
 }
 
 /// Query vectors by (model key, query text).
@@ -296,6 +356,7 @@ impl SearchService {
             embedder,
             config: Arc::new(config),
             query_cache: Arc::default(),
+            speakers: Arc::default(),
         }
     }
 
@@ -417,6 +478,110 @@ impl SearchService {
         Ok(())
     }
 
+    /// The keyword retriever's candidates.
+    async fn keyword_leg(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+        depth: u32,
+    ) -> Result<Vec<Scored>, CoreError> {
+        Ok(self
+            .index
+            .keyword(tenant, &req.query, &req.filter, depth, self.config.bm25)
+            .await?)
+    }
+
+    /// The vector retriever's candidates for the query embedded as `text`, or why there
+    /// are none (no embedder, or vectors of another model).
+    async fn vector_leg(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+        text: &str,
+        depth: u32,
+    ) -> Result<Result<Vec<Scored>, String>, CoreError> {
+        let (model, vector) = match self.query_vector(text).await? {
+            Ok(v) => v,
+            Err(why) => return Ok(Err(why)),
+        };
+        let nearest = self
+            .index
+            .nearest(
+                tenant,
+                &model,
+                &vector,
+                &req.filter,
+                depth,
+                self.config.context_weight,
+            )
+            .await?;
+        Ok(Ok(nearest))
+    }
+
+    /// Both retrievers of a hybrid search, run at the same time.
+    ///
+    /// The vector half embeds the query without the names of the speakers it names, and
+    /// which speakers those are is known only from the keyword candidates' fields. So the
+    /// vector half starts at once with a guess — the query without the names of speakers
+    /// this tenant's searches have met before — and is kept when the keyword half confirms
+    /// the guess; otherwise it is dropped and run again with the right text. The result is
+    /// the same either way; only a wrong guess costs time.
+    async fn hybrid_legs(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+        depth: u32,
+        fields: &mut HashMap<MemoryId, RerankFields>,
+        loaded: &mut HashMap<MemoryId, Memory>,
+    ) -> Result<(Vec<Scored>, Result<Vec<Scored>, String>), CoreError> {
+        if !self.config.strip_speakers {
+            return tokio::try_join!(
+                self.keyword_leg(tenant, req, depth),
+                self.vector_leg(tenant, req, &req.query, depth)
+            );
+        }
+        let guess = self.speakers.guess(tenant, &req.query);
+        let speculative = self.vector_leg(tenant, req, &guess, depth);
+        tokio::pin!(speculative);
+        let keyword_half = async {
+            let keyword = self.keyword_leg(tenant, req, depth).await?;
+            // The keyword candidates' fields tell which speakers the query names.
+            let (mut fields, mut loaded) = (HashMap::new(), HashMap::new());
+            let ids = keyword.iter().map(|s| s.id);
+            self.rerank_fields(tenant, req, &mut fields, &mut loaded, ids)
+                .await?;
+            Ok::<_, CoreError>((keyword, fields, loaded))
+        };
+        tokio::pin!(keyword_half);
+        let mut early = None;
+        let (keyword, f, l) = loop {
+            tokio::select! {
+                biased;
+                done = &mut keyword_half => break done?,
+                leg = &mut speculative, if early.is_none() => early = Some(leg),
+            }
+        };
+        (*fields, *loaded) = (f, l);
+        let speakers: Vec<&str> = fields
+            .values()
+            .filter_map(|f| f.speaker.as_deref())
+            .collect();
+        self.speakers.learn(tenant, &speakers);
+        let text = rerank::strip_names(
+            &req.query,
+            &rerank::named_speakers(&req.query, speakers.into_iter()),
+        );
+        let vector_leg = if text == guess {
+            match early {
+                Some(leg) => leg?,
+                None => speculative.await?,
+            }
+        } else {
+            self.vector_leg(tenant, req, &text, depth).await?
+        };
+        Ok((keyword, vector_leg))
+    }
+
     #[instrument(skip_all, fields(tenant = %tenant, mode = req.mode.as_str(), k = req.k))]
     pub async fn search(
         &self,
@@ -428,50 +593,31 @@ impl SearchService {
         let depth = cfg.candidates.max(req.k).max(cfg.rerank.depth(req.k));
         let mut degraded = None;
         let mut mode = req.mode;
-        let keyword = if mode == SearchMode::Semantic {
-            Vec::new()
-        } else {
-            self.index
-                .keyword(tenant, &req.query, &req.filter, depth, cfg.bm25)
-                .await?
-        };
-        // For hybrid search the keyword candidates' fields are read first: they tell which
-        // speakers the query names, whose names are left out of the text embedded.
         let mut loaded: HashMap<MemoryId, Memory> = HashMap::new();
         let mut fields: HashMap<MemoryId, RerankFields> = HashMap::new();
-        let vector_text = if mode == SearchMode::Hybrid && cfg.strip_speakers {
-            let ids = keyword.iter().map(|s| s.id);
-            self.rerank_fields(tenant, req, &mut fields, &mut loaded, ids)
-                .await?;
-            let speakers = fields.values().filter_map(|f| f.speaker.as_deref());
-            rerank::strip_names(&req.query, &rerank::named_speakers(&req.query, speakers))
-        } else {
-            req.query.clone()
-        };
-        let vector = if mode == SearchMode::Keyword {
-            None
-        } else {
-            match self.query_vector(&vector_text).await? {
-                Ok(v) => Some(v),
-                Err(why) if mode == SearchMode::Semantic => {
-                    return Err(CoreError::Unavailable(format!(
-                        "semantic search is unavailable: {why}"
-                    )))
-                }
-                Err(why) => {
-                    mode = SearchMode::Keyword;
-                    degraded = Some(format!("ran as keyword search: {why}"));
-                    None
-                }
-            }
-        };
-        let nearest = match &vector {
-            Some((model, v)) => {
-                self.index
-                    .nearest(tenant, model, v, &req.filter, depth, cfg.context_weight)
+        let (keyword, vector_leg) = match mode {
+            SearchMode::Keyword => (self.keyword_leg(tenant, req, depth).await?, Ok(Vec::new())),
+            SearchMode::Semantic => (
+                Vec::new(),
+                self.vector_leg(tenant, req, &req.query, depth).await?,
+            ),
+            SearchMode::Hybrid => {
+                self.hybrid_legs(tenant, req, depth, &mut fields, &mut loaded)
                     .await?
             }
-            None => Vec::new(),
+        };
+        let nearest = match vector_leg {
+            Ok(nearest) => nearest,
+            Err(why) if mode == SearchMode::Semantic => {
+                return Err(CoreError::Unavailable(format!(
+                    "semantic search is unavailable: {why}"
+                )))
+            }
+            Err(why) => {
+                mode = SearchMode::Keyword;
+                degraded = Some(format!("ran as keyword search: {why}"));
+                Vec::new()
+            }
         };
         let ranked = match mode {
             SearchMode::Keyword => keyword.clone(),

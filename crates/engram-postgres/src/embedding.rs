@@ -83,7 +83,9 @@ async fn write_vectors<C: GenericClient>(
     c.execute(&del, &[&rid, &key]).await.map_err(db_err)?;
     let ins = c
         .prepare_cached(
-            "INSERT INTO memory_vectors (rid, model_key, win, content_hash, embedding) VALUES ($1, $2, $3, $4, $5)",
+            // With the memory's scope (migration 0005); the caller holds its row lock.
+            "INSERT INTO memory_vectors (rid, model_key, win, content_hash, embedding, tenant, user_id, memory_id)
+             SELECT $1, $2, $3, $4, $5, m.tenant, m.user_id, m.id FROM memories m WHERE m.rid = $1",
         )
         .await
         .map_err(db_err)?;
@@ -176,13 +178,12 @@ impl EmbeddingStore for PgStore {
 
     async fn active_model(&self) -> Result<Option<ModelInfo>, StoreError> {
         let c = self.client().await?;
-        let row = c
-            .query_opt(
-                "SELECT model_id, revision, dim FROM embedding_models WHERE active",
-                &[],
-            )
+        // Prepared once per connection: every semantic search asks.
+        let st = c
+            .prepare_cached("SELECT model_id, revision, dim FROM embedding_models WHERE active")
             .await
             .map_err(db_err)?;
+        let row = c.query_opt(&st, &[]).await.map_err(db_err)?;
         Ok(row.map(|r| ModelInfo {
             id: r.get(0),
             revision: r.get(1),
@@ -431,7 +432,8 @@ impl EmbeddingStore for PgStore {
             }
             let row = tx
                 .query_opt(
-                    "SELECT rid FROM memories WHERE id = $1 AND content_hash = $2 AND deleted_at IS NULL",
+                    // FOR SHARE: no change of content or user until the vectors are in.
+                    "SELECT rid FROM memories WHERE id = $1 AND content_hash = $2 AND deleted_at IS NULL FOR SHARE",
                     &[&job.memory_id.0, &job.content_hash],
                 )
                 .await

@@ -33,6 +33,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "context_session",
         sql: include_str!("../migrations/0004_context_session.sql"),
     },
+    Migration {
+        version: 5,
+        name: "vector_scope",
+        sql: include_str!("../migrations/0005_vector_scope.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "vector_scope_index",
+        sql: include_str!("../migrations/0006_vector_scope_index.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -37,6 +37,37 @@ fn tsquery(terms: &[String]) -> String {
         .join(" | ")
 }
 
+/// `Some(user)` when the filter holds nothing but, at most, a user: the scope that
+/// `memory_vectors` carries beside each vector.
+fn scope_only(f: &MemoryFilter) -> Option<Option<&str>> {
+    let MemoryFilter {
+        memory_types,
+        tags,
+        source,
+        embedding_status,
+        user_id,
+        agent_id,
+        project,
+        domain,
+        session_id,
+        created_after,
+        created_before,
+        metadata,
+    } = f;
+    let other = !memory_types.is_empty()
+        || !tags.is_empty()
+        || !metadata.is_empty()
+        || source.is_some()
+        || embedding_status.is_some()
+        || agent_id.is_some()
+        || project.is_some()
+        || domain.is_some()
+        || session_id.is_some()
+        || created_after.is_some()
+        || created_before.is_some();
+    (!other).then_some(user_id.as_deref())
+}
+
 /// Mixes a memory's best window with its context vector, as the port defines.
 fn mix(turn: f32, context: Option<f32>, w: f32) -> f32 {
     match context {
@@ -66,48 +97,68 @@ impl PgStore {
         with_context: bool,
     ) -> Result<HashMap<MemoryId, (f32, Option<f32>)>, StoreError> {
         let mut s = Sql::default();
-        let mut cond = filter_sql(&mut s, p.tenant, p.filter);
-        let q = s.bind(Vector::from(p.vector.to_vec()));
-        let k = s.bind(p.model.key());
-        if let Some(rids) = rids {
-            cond.push_str(&format!(" AND m.rid = ANY({})", s.bind(rids)));
-        }
-        let mut sql = format!(
-            "SELECT m.id, false, 1 - (v.embedding <=> {q}) FROM memories m
-             JOIN memory_vectors v ON v.rid = m.rid AND v.model_key = {k}
-                                  AND v.content_hash = m.content_hash
-             WHERE {cond}"
-        );
-        if with_context {
-            sql.push_str(&format!(
-                " UNION ALL
-                 SELECT m.id, true, 1 - (x.embedding <=> {q}) FROM memories m
-                 JOIN context_vectors x ON x.rid = m.rid AND x.model_key = {k}
-                 WHERE {cond}"
-            ));
-        }
+        // The context vector is left-joined, so each memory is read once (a memory in no
+        // session has none).
+        let context = |q: &str, k: &str, rid: &str| {
+            if with_context {
+                (
+                    format!("1 - (x.embedding <=> {q})"),
+                    format!("LEFT JOIN context_vectors x ON x.rid = {rid} AND x.model_key = {k}"),
+                )
+            } else {
+                ("NULL::float8".to_owned(), String::new())
+            }
+        };
+        let sql = match (rids, scope_only(p.filter)) {
+            // A tenant's or one user's vectors, read side by side from the covering index
+            // `memory_vectors_scope`: they are of the memories' current content and live
+            // memories only (migration 0005), so the memories need not be read at all.
+            (None, Some(user)) => {
+                let t = s.bind(p.tenant.to_owned());
+                let q = s.bind(Vector::from(p.vector.to_vec()));
+                let k = s.bind(p.model.key());
+                let user = match user {
+                    Some(u) => format!(" AND v.user_id = {}", s.bind(u.to_owned())),
+                    None => String::new(),
+                };
+                let (context_score, context_join) = context(&q, &k, "v.rid");
+                format!(
+                    "SELECT v.memory_id, 1 - (v.embedding <=> {q}), {context_score}
+                     FROM memory_vectors v {context_join}
+                     WHERE v.tenant = {t} AND v.model_key = {k}{user}"
+                )
+            }
+            (rids, _) => {
+                let mut cond = filter_sql(&mut s, p.tenant, p.filter);
+                let q = s.bind(Vector::from(p.vector.to_vec()));
+                let k = s.bind(p.model.key());
+                if let Some(rids) = rids {
+                    cond.push_str(&format!(" AND m.rid = ANY({})", s.bind(rids)));
+                }
+                let (context_score, context_join) = context(&q, &k, "m.rid");
+                format!(
+                    "SELECT m.id, 1 - (v.embedding <=> {q}), {context_score} FROM memories m
+                     JOIN memory_vectors v ON v.rid = m.rid AND v.model_key = {k}
+                                          AND v.content_hash = m.content_hash
+                     {context_join}
+                     WHERE {cond}"
+                )
+            }
+        };
         let st = c.prepare_cached(&sql).await.map_err(db_err)?;
         let rows = c.query(&st, &s.refs()).await.map_err(db_err)?;
-        let mut turns: HashMap<MemoryId, f32> = HashMap::new();
-        let mut contexts: HashMap<MemoryId, f32> = HashMap::new();
+        // One row per window of the memory's content: its best window counts.
+        let mut scores: HashMap<MemoryId, (f32, Option<f32>)> = HashMap::new();
         for r in &rows {
-            let (id, context, score) = (
-                MemoryId(r.get(0)),
-                r.get::<_, bool>(1),
-                r.get::<_, f64>(2) as f32,
-            );
-            if context {
-                contexts.insert(id, score);
-            } else {
-                let e = turns.entry(id).or_insert(f32::NEG_INFINITY);
-                *e = e.max(score);
-            }
+            let id = MemoryId(r.get(0));
+            let turn = r.get::<_, f64>(1) as f32;
+            let context = r.get::<_, Option<f64>>(2).map(|c| c as f32);
+            let e = scores.entry(id).or_insert((f32::NEG_INFINITY, context));
+            e.0 = e.0.max(turn);
         }
-        // A memory without vectors of its current content is not a semantic hit.
-        Ok(turns
-            .into_iter()
-            .map(|(id, t)| (id, (t, contexts.get(&id).copied())))
-            .collect())
+        // A memory without vectors of its current content is not a semantic hit (the inner
+        // join leaves it out).
+        Ok(scores)
     }
 
     /// Row ids of up to `n` memories passing the filter whose vectors in `table` are

@@ -619,22 +619,24 @@ impl Ann {
         let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());
         let hits = match candidates {
             Some(rids) => {
-                let keys: Vec<u64> = rids
+                let held: Vec<(i64, &Attrs)> = rids
                     .iter()
-                    .filter_map(|rid| attrs.get(rid).map(|a| a.keys(*rid)))
-                    .flatten()
+                    .filter_map(|rid| attrs.get(rid).map(|a| (*rid, a)))
                     .collect();
+                let keys: Vec<u64> = held.iter().flat_map(|(rid, a)| a.keys(*rid)).collect();
+                // Mixing in context vectors needs every key scored. Without any, the top
+                // `limit × most windows` keys are enough: a memory whose best window is
+                // not among them has at least `limit` memories scoring above it.
+                let mixes = context_weight > 0.0 && held.iter().any(|(_, a)| a.context);
+                let windows = held.iter().map(|(_, a)| usize::from(a.windows)).max();
+                let k = if mixes {
+                    keys.len()
+                } else {
+                    (limit * windows.unwrap_or(1).max(1)).min(keys.len())
+                };
                 loaded
                     .index
-                    .exact_search(
-                        vector,
-                        &keys,
-                        if context_weight > 0.0 {
-                            keys.len()
-                        } else {
-                            limit * 2
-                        },
-                    )
+                    .exact_search(vector, &keys, k)
                     .map_err(index_err)?
             }
             None if needs_sql => {

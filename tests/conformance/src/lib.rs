@@ -115,6 +115,8 @@ macro_rules! conformance_tests {
             updates_and_purges_reach_the_indexes,
             search_filters_never_leak,
             context_vectors_follow_their_sessions,
+            hybrid_search_embeds_the_query_without_the_speakers_it_names,
+            semantic_search_follows_users_contents_and_deletes,
         );
     };
     (@search $backend:expr; $($story:ident),+ $(,)?) => {

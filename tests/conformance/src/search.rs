@@ -719,6 +719,216 @@ pub async fn context_vectors_follow_their_sessions(b: Arc<dyn Backend>) {
     );
 }
 
+/// Hybrid search embeds the query without the names of the speakers it names among the
+/// keyword candidates. Its vector half starts before those are known, on a guess from
+/// speakers met earlier; whether the guess is right (a speaker met before, or nobody
+/// named) or wrong (a first meeting; a speaker met before but filtered out), every hit's
+/// vector score is the one of the right text, and the results do not depend on the guess.
+pub async fn hybrid_search_embeds_the_query_without_the_speakers_it_names(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let turns = [
+        ("Ann Lee", "u1", "Ann Lee: I planted tomatoes in the garden"),
+        ("Ann Lee", "u1", "Ann Lee: the garden fence is broken"),
+        ("Bo", "u1", "Bo: the garden needs water every morning"),
+        ("Bo", "u2", "Bo: I painted the garden shed green"),
+        ("Cy", "u2", "Cy: tomatoes grow best in full sun"),
+    ];
+    let mut contents = std::collections::HashMap::new();
+    for (speaker, user, text) in turns {
+        let mut n = note(text);
+        n.user_id = Some(Label::parse(user.into(), "user_id").unwrap());
+        n.metadata =
+            Metadata::parse(serde_json::json!({ "speaker": speaker }), "metadata").unwrap();
+        let (m, _) = svc.remember(&t, n, None).await.unwrap();
+        contents.insert(m.id, m.content.clone());
+    }
+    let embedder = Arc::new(HashEmbedder::default());
+    embed_all(&s, embedder.clone()).await;
+    let search = search_service(&s, Some(embedder));
+    let user = |u: &str| MemoryFilter {
+        user_id: Some(u.into()),
+        ..Default::default()
+    };
+    let cases = [
+        // First meeting of Ann Lee: the guess (nothing to strip) is wrong.
+        (
+            "what did Ann plant in the garden?",
+            MemoryFilter::default(),
+            "what did plant in the garden?",
+        ),
+        // Met before: the guess is right.
+        (
+            "what did Ann plant in the garden?",
+            MemoryFilter::default(),
+            "what did plant in the garden?",
+        ),
+        (
+            "Ann's fence and Bo's shed",
+            MemoryFilter::default(),
+            "fence and shed",
+        ),
+        // Nobody named.
+        (
+            "where do tomatoes grow?",
+            MemoryFilter::default(),
+            "where do tomatoes grow?",
+        ),
+        // Ann Lee was met, but none of her turns pass this filter: the name stays.
+        (
+            "what did Ann plant in the garden?",
+            user("u2"),
+            "what did Ann plant in the garden?",
+        ),
+        // The name alone: nothing would be left, so nothing is stripped.
+        ("Ann", MemoryFilter::default(), "Ann"),
+    ];
+    let mut first: std::collections::HashMap<String, Vec<(MemoryId, f32)>> =
+        std::collections::HashMap::new();
+    for (i, (query, filter, embedded)) in cases.iter().enumerate() {
+        let r = search
+            .search(&t, &req(query, filter.clone(), 10, SearchMode::Hybrid))
+            .await
+            .unwrap();
+        assert_eq!(r.mode, SearchMode::Hybrid, "case {i}");
+        assert!(r.degraded.is_none(), "case {i}");
+        assert!(!r.hits.is_empty(), "case {i}");
+        let q = vector_of(embedded);
+        for h in &r.hits {
+            assert!(filter.matches(&h.memory), "case {i}");
+            let want = cosine(&q, &vector_of(&contents[&h.memory.id]));
+            let got = h.scores.vector.expect("every memory has a vector");
+            assert!(
+                (got - want).abs() <= 0.01,
+                "case {i} ({query}): {} has vector score {got}, want {want} for {embedded:?}",
+                h.memory.content
+            );
+        }
+        let ranked: Vec<(MemoryId, f32)> = r.hits.iter().map(|h| (h.memory.id, h.score)).collect();
+        let key = format!("{query}|{:?}", filter.user_id);
+        if let Some(before) = first.get(&key) {
+            assert_eq!(&ranked, before, "case {i}: the guess changed the results");
+        }
+        first.insert(key, ranked);
+    }
+}
+
+/// Semantic search over a user's memories (or a tenant's), with and without another
+/// filter beside the user: a memory moved to another user is found under the new one
+/// only; a memory whose content changed is not a semantic hit until its new content is
+/// embedded, and then scores by the new content; a deleted memory is gone.
+pub async fn semantic_search_follows_users_contents_and_deletes(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let mut mine = std::collections::HashMap::new();
+    for (user, text) in [
+        (Some("u1"), "apple pie recipe"),
+        (Some("u1"), "banana bread"),
+        (Some("u2"), "cherry tart"),
+        (None, "date loaf"),
+    ] {
+        let mut n = note(text);
+        n.user_id = user.map(|u| Label::parse(u.into(), "user_id").unwrap());
+        let (m, _) = svc.remember(&t, n, None).await.unwrap();
+        mine.insert(text, m.id);
+    }
+    // Another tenant's memory of the same text is never a hit.
+    let other = tenant("t2");
+    let mut n = note("apple pie recipe");
+    n.user_id = Some(Label::parse("u1".into(), "user_id").unwrap());
+    svc.remember(&other, n, None).await.unwrap();
+    let embedder = Arc::new(HashEmbedder::default());
+    embed_all(&s, embedder.clone()).await;
+    let search = search_service(&s, Some(embedder.clone()));
+    // (user filter, with a second condition or not) → the hits for `query`.
+    let hits = |query: &'static str, user: Option<&'static str>, typed: bool| {
+        let search = &search;
+        let t = &t;
+        async move {
+            let filter = MemoryFilter {
+                user_id: user.map(str::to_owned),
+                memory_types: if typed {
+                    vec![MemoryType::Note]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            };
+            let r = search
+                .search(t, &req(query, filter, 10, SearchMode::Semantic))
+                .await
+                .unwrap();
+            r.hits
+                .into_iter()
+                .map(|h| (h.memory.id, h.score))
+                .collect::<Vec<_>>()
+        }
+    };
+    let top = |v: &[(MemoryId, f32)]| v.first().map(|(id, score)| (*id, (*score * 100.0).round()));
+    for typed in [false, true] {
+        let u1 = hits("apple pie recipe", Some("u1"), typed).await;
+        assert_eq!(u1.len(), 2, "typed {typed}");
+        assert_eq!(
+            top(&u1),
+            Some((mine["apple pie recipe"], 100.0)),
+            "typed {typed}"
+        );
+        let all = hits("date loaf", None, typed).await;
+        assert_eq!(all.len(), 4, "typed {typed}");
+        assert_eq!(top(&all), Some((mine["date loaf"], 100.0)), "typed {typed}");
+    }
+    // Moved to u2.
+    let id = mine["apple pie recipe"];
+    let to_u2 = MemoryPatch {
+        user_id: Some(Some(Label::parse("u2".into(), "user_id").unwrap())),
+        ..Default::default()
+    };
+    svc.update(&t, id, to_u2).await.unwrap();
+    for typed in [false, true] {
+        let u1 = hits("apple pie recipe", Some("u1"), typed).await;
+        assert!(
+            u1.iter().all(|(m, _)| *m != id),
+            "typed {typed}: still under u1"
+        );
+        assert_eq!(u1.len(), 1, "typed {typed}");
+        let u2 = hits("apple pie recipe", Some("u2"), typed).await;
+        assert_eq!(top(&u2), Some((id, 100.0)), "typed {typed}");
+    }
+    // New content: no semantic hit until embedded, then scored by the new content.
+    let patch = MemoryPatch {
+        content: Some(Content::parse("apricot jam".into(), "content").unwrap()),
+        ..Default::default()
+    };
+    svc.update(&t, id, patch).await.unwrap();
+    for typed in [false, true] {
+        let u2 = hits("apple pie recipe", Some("u2"), typed).await;
+        assert!(
+            u2.iter().all(|(m, _)| *m != id),
+            "typed {typed}: scored by old content"
+        );
+    }
+    embed_all(&s, embedder).await;
+    for typed in [false, true] {
+        let u2 = hits("apricot jam", Some("u2"), typed).await;
+        assert_eq!(top(&u2), Some((id, 100.0)), "typed {typed}");
+        assert_eq!(u2.len(), 2, "typed {typed}");
+    }
+    // Deleted.
+    let bread = mine["banana bread"];
+    svc.forget(&t, bread).await.unwrap();
+    for typed in [false, true] {
+        assert!(
+            hits("banana bread", Some("u1"), typed).await.is_empty(),
+            "typed {typed}"
+        );
+        let all = hits("banana bread", None, typed).await;
+        assert!(all.iter().all(|(m, _)| *m != bread), "typed {typed}");
+        assert_eq!(all.len(), 3, "typed {typed}");
+    }
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
