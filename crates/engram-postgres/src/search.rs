@@ -37,6 +37,23 @@ fn tsquery(terms: &[String]) -> String {
         .join(" | ")
 }
 
+/// Bounds of the partial index `memory_vectors_scope` (migration 0006): what surely fits
+/// in a B-tree entry. The query repeats them so that the planner can use the index.
+const SCOPE_MAX_DIM: usize = 384;
+const SCOPE_MAX_BYTES: usize = 200;
+const SCOPE_BOUNDS: &str = "octet_length(v.user_id) <= 200 AND octet_length(v.model_key) <= 200 \
+                            AND vector_dims(v.embedding) <= 384";
+
+/// The user when the filter holds a user and nothing else, and the user's vectors of this
+/// model are in `memory_vectors_scope`.
+fn scoped_user<'a>(f: &'a MemoryFilter, model: &ModelInfo) -> Option<&'a str> {
+    let user = scope_only(f)??;
+    (model.dim <= SCOPE_MAX_DIM
+        && user.len() <= SCOPE_MAX_BYTES
+        && model.key().len() <= SCOPE_MAX_BYTES)
+        .then_some(user)
+}
+
 /// `Some(user)` when the filter holds nothing but, at most, a user: the scope that
 /// `memory_vectors` carries beside each vector.
 fn scope_only(f: &MemoryFilter) -> Option<Option<&str>> {
@@ -109,23 +126,21 @@ impl PgStore {
                 ("NULL::float8".to_owned(), String::new())
             }
         };
-        let sql = match (rids, scope_only(p.filter)) {
-            // A tenant's or one user's vectors, read side by side from the covering index
+        let sql = match (rids, scoped_user(p.filter, p.model)) {
+            // One user's vectors, read side by side from the covering index
             // `memory_vectors_scope`: they are of the memories' current content and live
             // memories only (migration 0005), so the memories need not be read at all.
             (None, Some(user)) => {
                 let t = s.bind(p.tenant.to_owned());
                 let q = s.bind(Vector::from(p.vector.to_vec()));
                 let k = s.bind(p.model.key());
-                let user = match user {
-                    Some(u) => format!(" AND v.user_id = {}", s.bind(u.to_owned())),
-                    None => String::new(),
-                };
+                let u = s.bind(user.to_owned());
                 let (context_score, context_join) = context(&q, &k, "v.rid");
                 format!(
                     "SELECT v.memory_id, 1 - (v.embedding <=> {q}), {context_score}
                      FROM memory_vectors v {context_join}
-                     WHERE v.tenant = {t} AND v.model_key = {k}{user}"
+                     WHERE v.tenant = {t} AND v.model_key = {k} AND v.user_id = {u}
+                       AND {SCOPE_BOUNDS}"
                 )
             }
             (rids, _) => {
@@ -392,6 +407,28 @@ mod tests {
         let terms = query_terms("When is the key rotating? a|b & !c");
         assert_eq!(tsquery(&terms), "key | rotating | b | c");
         assert_eq!(tsquery(&[]), "");
+    }
+
+    #[test]
+    fn scope_bounds_are_the_index_predicate() {
+        let migration = include_str!("../migrations/0006_vector_scope_index.sql");
+        for (query, index) in [
+            (
+                format!("octet_length(v.user_id) <= {SCOPE_MAX_BYTES}"),
+                format!("octet_length(user_id) <= {SCOPE_MAX_BYTES}"),
+            ),
+            (
+                format!("octet_length(v.model_key) <= {SCOPE_MAX_BYTES}"),
+                format!("octet_length(model_key) <= {SCOPE_MAX_BYTES}"),
+            ),
+            (
+                format!("vector_dims(v.embedding) <= {SCOPE_MAX_DIM}"),
+                format!("vector_dims(embedding) <= {SCOPE_MAX_DIM}"),
+            ),
+        ] {
+            assert!(SCOPE_BOUNDS.contains(&query), "{query}");
+            assert!(migration.contains(&index), "{index}");
+        }
     }
 
     #[test]

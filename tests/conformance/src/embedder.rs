@@ -75,3 +75,42 @@ impl Embedder for HashEmbedder {
         Ok(vector_of_rev(text, self.revision))
     }
 }
+
+/// An embedder of wide vectors (1,536 dimensions, as some hosted models make): the hash
+/// vector repeated, so cosines are those of [`vector_of`].
+pub struct WideEmbedder;
+
+pub const WIDE_DIM: usize = 1536;
+
+pub fn wide_vector_of(text: &str) -> Vec<f32> {
+    let v = vector_of(text);
+    let scale = ((WIDE_DIM / DIM) as f32).sqrt();
+    (0..WIDE_DIM).map(|i| v[i % DIM] / scale).collect()
+}
+
+#[async_trait]
+impl Embedder for WideEmbedder {
+    fn model(&self) -> ModelInfo {
+        ModelInfo {
+            id: "test/wide".into(),
+            revision: "1".into(),
+            dim: WIDE_DIM,
+        }
+    }
+
+    async fn embed_documents(
+        &self,
+        texts: &[String],
+    ) -> Result<Vec<DocumentEmbedding>, EmbedError> {
+        Ok(texts
+            .iter()
+            .map(|t| DocumentEmbedding {
+                windows: vec![wide_vector_of(t)],
+            })
+            .collect())
+    }
+
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        Ok(wide_vector_of(text))
+    }
+}

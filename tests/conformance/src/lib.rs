@@ -117,6 +117,7 @@ macro_rules! conformance_tests {
             context_vectors_follow_their_sessions,
             hybrid_search_embeds_the_query_without_the_speakers_it_names,
             semantic_search_follows_users_contents_and_deletes,
+            wide_vectors_and_long_scopes_are_searchable,
         );
     };
     (@search $backend:expr; $($story:ident),+ $(,)?) => {

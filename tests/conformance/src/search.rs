@@ -929,6 +929,69 @@ pub async fn semantic_search_follows_users_contents_and_deletes(b: Arc<dyn Backe
     }
 }
 
+/// Vectors of 1,536 dimensions and a user id of 256 multi-byte characters are stored and
+/// found like any others (an index entry that could not hold them must not refuse them).
+pub async fn wide_vectors_and_long_scopes_are_searchable(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let long_user = "é".repeat(engram_core::validate::SCOPE_MAX_CHARS);
+    let mut ids = std::collections::HashMap::new();
+    for (user, text) in [
+        (long_user.as_str(), "apple pie recipe"),
+        (long_user.as_str(), "banana bread"),
+        ("u2", "cherry tart"),
+    ] {
+        let mut n = note(text);
+        n.user_id = Some(Label::parse(user.to_owned(), "user_id").unwrap());
+        let (m, _) = svc.remember(&t, n, None).await.unwrap();
+        ids.insert(text, m.id);
+    }
+    let embedder = Arc::new(crate::embedder::WideEmbedder);
+    let p = EmbeddingPipeline::new(
+        s.embeddings.clone(),
+        embedder.clone(),
+        PipelineConfig::default(),
+    )
+    .await
+    .unwrap();
+    while p.run_batch().await.unwrap().claimed > 0 {}
+    for id in ids.values() {
+        let m = s.memories.get(&t, *id).await.unwrap().unwrap();
+        assert_eq!(m.embedding_status, engram_core::EmbeddingStatus::Completed);
+    }
+    let slot = EmbedderSlot::default();
+    slot.set(embedder);
+    let search = SearchService::new(
+        s.memories.clone(),
+        s.search.clone(),
+        s.embeddings.clone(),
+        slot,
+        SearchConfig::default(),
+    );
+    for (user, query, n) in [
+        (Some(long_user.as_str()), "banana bread", 2),
+        (Some("u2"), "cherry tart", 1),
+        (None, "apple pie recipe", 3),
+    ] {
+        let filter = MemoryFilter {
+            user_id: user.map(str::to_owned),
+            ..Default::default()
+        };
+        let r = search
+            .search(&t, &req(query, filter, 10, SearchMode::Semantic))
+            .await
+            .unwrap();
+        assert_eq!(r.hits.len(), n, "{query}");
+        assert_eq!(r.hits[0].memory.id, ids[query], "{query}");
+        assert!(
+            (r.hits[0].score - 1.0).abs() < 0.01,
+            "{query}: {}",
+            r.hits[0].score
+        );
+    }
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
