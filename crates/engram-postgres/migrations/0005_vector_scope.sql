@@ -27,48 +27,21 @@ ALTER TABLE memory_vectors
 -- The covering index is built by the next migration, in its own transaction: built in
 -- this one, it would also hold every row version the backfill above replaced.
 
-CREATE OR REPLACE FUNCTION engram_memories_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Vectors follow their memory: a new content drops the old content's vectors (a delete
+-- drops them all, in engram_memories_changed), a new user is copied to them.
+CREATE FUNCTION engram_vectors_follow_memory() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF NEW.session_id IS NOT NULL AND NEW.deleted_at IS NULL THEN
-            PERFORM engram_queue_session(NEW.tenant, NEW.session_id);
-        END IF;
-        RETURN NULL;
-    ELSIF TG_OP = 'DELETE' THEN
-        IF OLD.session_id IS NOT NULL THEN
-            PERFORM engram_queue_session(OLD.tenant, OLD.session_id);
-        END IF;
-        RETURN NULL;
+    IF OLD.content_hash IS DISTINCT FROM NEW.content_hash THEN
+        DELETE FROM memory_vectors WHERE rid = NEW.rid AND content_hash <> NEW.content_hash;
     END IF;
-    IF NEW.deleted_at IS NOT NULL AND OLD.deleted_at IS NULL THEN
-        -- Deleted means deleted from the derived state too.
-        DELETE FROM memory_vectors WHERE rid = NEW.rid;
-        DELETE FROM context_vectors WHERE rid = NEW.rid;
-    ELSE
-        IF OLD.session_id IS DISTINCT FROM NEW.session_id THEN
-            -- Its window was in the old session: gone with it (the new session's, if any,
-            -- is embedded by the context worker).
-            DELETE FROM context_vectors WHERE rid = NEW.rid;
-        END IF;
-        IF OLD.content_hash IS DISTINCT FROM NEW.content_hash THEN
-            DELETE FROM memory_vectors WHERE rid = NEW.rid AND content_hash <> NEW.content_hash;
-        END IF;
-        IF OLD.user_id IS DISTINCT FROM NEW.user_id THEN
-            UPDATE memory_vectors SET user_id = NEW.user_id WHERE rid = NEW.rid;
-        END IF;
-    END IF;
-    IF OLD.content_hash IS DISTINCT FROM NEW.content_hash
-        OR OLD.session_id IS DISTINCT FROM NEW.session_id
-        OR OLD.user_id IS DISTINCT FROM NEW.user_id
-        OR OLD.valid_from IS DISTINCT FROM NEW.valid_from
-        OR OLD.deleted_at IS DISTINCT FROM NEW.deleted_at THEN
-        IF OLD.session_id IS NOT NULL THEN
-            PERFORM engram_queue_session(OLD.tenant, OLD.session_id);
-        END IF;
-        IF NEW.session_id IS NOT NULL AND NEW.session_id IS DISTINCT FROM OLD.session_id THEN
-            PERFORM engram_queue_session(NEW.tenant, NEW.session_id);
-        END IF;
+    IF OLD.user_id IS DISTINCT FROM NEW.user_id THEN
+        UPDATE memory_vectors SET user_id = NEW.user_id WHERE rid = NEW.rid;
     END IF;
     RETURN NULL;
 END;
 $$;
+
+CREATE TRIGGER memories_vectors_follow AFTER UPDATE ON memories
+    FOR EACH ROW WHEN (OLD.content_hash IS DISTINCT FROM NEW.content_hash
+        OR OLD.user_id IS DISTINCT FROM NEW.user_id)
+    EXECUTE FUNCTION engram_vectors_follow_memory();

@@ -632,7 +632,7 @@ impl Ann {
                 let k = if mixes {
                     keys.len()
                 } else {
-                    (limit * windows.unwrap_or(1).max(1)).min(keys.len())
+                    (limit * windows.unwrap_or(1)).min(keys.len())
                 };
                 loaded
                     .index

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use engram_core::validate::{Content, Label, Metadata, Tags};
 use engram_core::{
-    EmbedderSlot, EmbeddingPipeline, Memory, MemoryFilter, MemoryId, MemoryPatch, MemoryService,
-    MemoryType, NewMemory, PipelineConfig, SearchConfig, SearchMode, SearchRequest, SearchService,
-    Source, TenantId,
+    Embedder, EmbedderSlot, EmbeddingPipeline, Memory, MemoryFilter, MemoryId, MemoryPatch,
+    MemoryService, MemoryType, NewMemory, PipelineConfig, SearchConfig, SearchMode, SearchRequest,
+    SearchService, Source, TenantId,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -24,7 +24,7 @@ fn note(content: &str) -> NewMemory {
     NewMemory::note(content).unwrap()
 }
 
-fn search_service(s: &Stores, embedder: Option<Arc<HashEmbedder>>) -> SearchService {
+fn search_service(s: &Stores, embedder: Option<Arc<dyn Embedder>>) -> SearchService {
     search_service_over(s, s.search.clone(), embedder)
 }
 
@@ -32,7 +32,7 @@ fn search_service(s: &Stores, embedder: Option<Arc<HashEmbedder>>) -> SearchServ
 fn search_service_over(
     s: &Stores,
     index: Arc<dyn engram_core::SearchIndex>,
-    embedder: Option<Arc<HashEmbedder>>,
+    embedder: Option<Arc<dyn Embedder>>,
 ) -> SearchService {
     let slot = EmbedderSlot::default();
     if let Some(e) = embedder {
@@ -51,7 +51,7 @@ fn req(query: &str, filter: MemoryFilter, k: u32, mode: SearchMode) -> SearchReq
     SearchRequest::new(query, filter, Some(k), mode, None).unwrap()
 }
 
-async fn embed_all(s: &Stores, embedder: Arc<HashEmbedder>) {
+async fn embed_all(s: &Stores, embedder: Arc<impl Embedder + 'static>) {
     let p = EmbeddingPipeline::new(s.embeddings.clone(), embedder, PipelineConfig::default())
         .await
         .unwrap();
@@ -948,27 +948,12 @@ pub async fn wide_vectors_and_long_scopes_are_searchable(b: Arc<dyn Backend>) {
         ids.insert(text, m.id);
     }
     let embedder = Arc::new(crate::embedder::WideEmbedder);
-    let p = EmbeddingPipeline::new(
-        s.embeddings.clone(),
-        embedder.clone(),
-        PipelineConfig::default(),
-    )
-    .await
-    .unwrap();
-    while p.run_batch().await.unwrap().claimed > 0 {}
+    embed_all(&s, embedder.clone()).await;
     for id in ids.values() {
         let m = s.memories.get(&t, *id).await.unwrap().unwrap();
         assert_eq!(m.embedding_status, engram_core::EmbeddingStatus::Completed);
     }
-    let slot = EmbedderSlot::default();
-    slot.set(embedder);
-    let search = SearchService::new(
-        s.memories.clone(),
-        s.search.clone(),
-        s.embeddings.clone(),
-        slot,
-        SearchConfig::default(),
-    );
+    let search = search_service(&s, Some(embedder));
     for (user, query, n) in [
         (Some(long_user.as_str()), "banana bread", 2),
         (Some("u2"), "cherry tart", 1),
