@@ -9,9 +9,11 @@
 //! under `/root/.pyenv/versions/3.11.7/lib/python3.11/`, Rust comments and Markdown under
 //! `~/.cargo/registry/src/`, then — needed for a million — Python docstrings and comments
 //! of `/usr/lib/google-cloud-sdk` and `/usr/lib/python3/dist-packages`, the Javadoc of the
-//! JDK's `src.zip` (read with `unzip -p`), the Rust toolchains' HTML documentation (books
+//! JDK's `src.zip` (read with `unzip -p`), one Rust toolchain's HTML documentation (books
 //! and API docs, `share/doc/rust/html`, source listings skipped) and comments in
-//! `/usr/include` headers. Missing sources are skipped. Text is split into sentences,
+//! `/usr/include` headers, and last the directories `$ENGRAM_BENCH_CORPUS_EXTRA` names
+//! (`:`-separated; Python, Markdown, reStructuredText, text and HTML files). Missing sources
+//! are skipped. Text is split into sentences,
 //! whitespace normalised, and a sentence is kept when it has 6–60 words, starts with a
 //! capital letter, ends with `.`, `!` or `?`, is mostly alphabetic ASCII without code-like
 //! characters, looks like English (common function words) and is not
@@ -79,6 +81,8 @@ pub const USERS: usize = 100;
 pub const SEED: u64 = 0x656e_6772_616d_2d31; // "engram-1"
 /// The environment variable naming the cache directory.
 pub const DIR_ENV: &str = "ENGRAM_BENCH_CORPUS";
+/// The environment variable naming extra directories of text to gather (`:`-separated).
+pub const EXTRA_ENV: &str = "ENGRAM_BENCH_CORPUS_EXTRA";
 /// Sentences per embedding call.
 const BATCH: usize = 64;
 /// Embedding calls in flight.
@@ -346,7 +350,8 @@ pub async fn prepare(cfg: &Config, rows: usize) -> anyhow::Result<Report> {
         let extra = extend(&existing, pool, rows - existing.len());
         check!(
             existing.len() + extra.len() >= rows,
-            "this machine yields only {} unique sentences; {rows} are needed",
+            "this machine yields only {} unique sentences; {rows} are needed (name \
+             directories of more text in {EXTRA_ENV})",
             existing.len() + extra.len()
         );
         let tmp = dir.join("sentences.txt.tmp");
@@ -730,13 +735,26 @@ fn sources() -> Vec<Source> {
         files: java,
     });
 
-    // The Rust documentation shipped with the toolchain (books and API docs), as HTML.
+    // The Rust documentation shipped with one toolchain (books and API docs), as HTML: the
+    // `stable` one, else the first by name. Several toolchains hold largely the same pages,
+    // and a sentence met three times counts as boilerplate, so reading them all would drop
+    // most of their text.
     let mut rustdoc = Vec::new();
     if let Ok(rd) = fs::read_dir(home.join(".rustup/toolchains")) {
-        let mut tcs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        tcs.sort();
-        for tc in tcs {
-            walk(&tc.join("share/doc/rust/html"), &mut rustdoc);
+        let names = rd.flatten().filter_map(|e| {
+            e.path()
+                .join("share/doc/rust/html")
+                .is_dir()
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        });
+        if let Some(tc) = pick_toolchain(names) {
+            walk(
+                &home
+                    .join(".rustup/toolchains")
+                    .join(tc)
+                    .join("share/doc/rust/html"),
+                &mut rustdoc,
+            );
         }
     }
     out.push(Source {
@@ -765,7 +783,42 @@ fn sources() -> Vec<Source> {
             .map(|p| (p, Kind::CLike))
             .collect(),
     });
+
+    // Directories named by `ENGRAM_BENCH_CORPUS_EXTRA` (separated by `:`), for machines
+    // whose own text falls short of a large corpus: Python, Markdown, reStructuredText,
+    // plain text and HTML files under them.
+    let mut extra = Vec::new();
+    if let Some(dirs) = std::env::var_os(EXTRA_ENV) {
+        for d in std::env::split_paths(&dirs) {
+            walk(&d, &mut extra);
+        }
+    }
+    out.push(Source {
+        name: "extra",
+        files: extra
+            .into_iter()
+            .filter_map(|p| {
+                let kind = match p.extension()?.to_str()? {
+                    "py" => Kind::Python,
+                    "md" => Kind::Markdown,
+                    "rst" | "txt" => Kind::Text,
+                    "html" | "htm" => Kind::Html,
+                    _ => return None,
+                };
+                Some((p, kind))
+            })
+            .collect(),
+    });
     out
+}
+
+/// The toolchain whose documentation is read: the `stable` one, else the first by name.
+fn pick_toolchain(names: impl Iterator<Item = String>) -> Option<String> {
+    let mut names: Vec<String> = names.collect();
+    names.sort();
+    let stable = names.iter().position(|n| n.starts_with("stable"));
+    let i = stable.unwrap_or(0);
+    (i < names.len()).then(|| names.swap_remove(i))
 }
 
 /// Separates a zip archive from a top-level folder in a source path.
@@ -1895,6 +1948,26 @@ mod tests {
         let kept = dedup(items);
         let ids: Vec<u8> = kept.iter().map(|(i, _)| *i).collect();
         assert_eq!(ids, vec![0, 2, 8]);
+    }
+
+    #[test]
+    fn one_toolchain_is_read() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let tcs = names(&[
+            "nightly-x86_64-unknown-linux-gnu",
+            "stable-x86_64-unknown-linux-gnu",
+            "1.95.0-x86_64-unknown-linux-gnu",
+        ]);
+        assert_eq!(
+            pick_toolchain(tcs.into_iter()).as_deref(),
+            Some("stable-x86_64-unknown-linux-gnu")
+        );
+        let tcs = names(&["nightly-x86_64", "1.95.0-x86_64"]);
+        assert_eq!(
+            pick_toolchain(tcs.into_iter()).as_deref(),
+            Some("1.95.0-x86_64")
+        );
+        assert_eq!(pick_toolchain(std::iter::empty()), None);
     }
 
     #[test]
