@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "context_session",
         sql: include_str!("../migrations/0008_context_session.sql"),
     },
+    Migration {
+        version: 9,
+        name: "vector_rows",
+        sql: include_str!("../migrations/0009_vector_rows.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {
@@ -68,6 +73,14 @@ pub struct MigrationReport {
 
 /// Applies every pending migration, each in its own transaction.
 pub fn migrate(conn: &mut Connection) -> Result<MigrationReport, StoreError> {
+    apply(conn, MIGRATIONS)
+}
+
+/// Applies the pending ones of `migrations` (a prefix of [`MIGRATIONS`]).
+fn apply(
+    conn: &mut Connection,
+    migrations: &'static [Migration],
+) -> Result<MigrationReport, StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY,
@@ -76,7 +89,7 @@ pub fn migrate(conn: &mut Connection) -> Result<MigrationReport, StoreError> {
             applied_at INTEGER NOT NULL)",
     )
     .map_err(crate::db_err)?;
-    let newest_known = MIGRATIONS.last().map(|m| m.version).unwrap_or(0);
+    let newest_known = migrations.last().map(|m| m.version).unwrap_or(0);
     let newest_applied: i64 = conn
         .query_row(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -90,7 +103,7 @@ pub fn migrate(conn: &mut Connection) -> Result<MigrationReport, StoreError> {
         )));
     }
     let mut applied = Vec::new();
-    for m in MIGRATIONS {
+    for m in migrations {
         let recorded: Option<String> = conn
             .query_row(
                 "SELECT checksum FROM schema_migrations WHERE version = ?1",
@@ -124,4 +137,113 @@ pub fn migrate(conn: &mut Connection) -> Result<MigrationReport, StoreError> {
         applied,
         current: newest_known,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Migration 9 turns the vector tables into rowid tables: every row survives, the keys
+    /// stay unique, and the triggers that feed `ann_log` and follow deletions still fire.
+    #[test]
+    fn vector_tables_keep_their_rows_keys_and_triggers() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn, &MIGRATIONS[..8]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO memories (rid, id, tenant, session_id, content, memory_type, source,
+                 content_hash, embedding_status, created_at, updated_at, accessed_at, version)
+             VALUES (1, x'01', 't', 's', 'one', 'note', 'manual', 'h1', 'completed', 1, 1, 1, 1),
+                    (2, x'02', 't', 's', 'two', 'note', 'manual', 'h2', 'completed', 1, 1, 1, 1);
+             INSERT INTO memory_vectors VALUES (1, 'm', 0, 'h1', x'0000803f'),
+                 (1, 'm', 1, 'h1', x'00000040'), (2, 'm', 0, 'h2', x'00004040');
+             INSERT INTO embedding_cache VALUES ('m', 'h1', 2, x'0000803f00000040', 5);
+             INSERT INTO context_vectors VALUES (1, 'm', 'c1', x'0000803f'),
+                 (2, 'm', 'c2', x'00004040');
+             DELETE FROM ann_log;",
+        )
+        .unwrap();
+        let report = apply(&mut conn, MIGRATIONS).unwrap();
+        assert_eq!(report.applied, vec![(9, "vector_rows")]);
+
+        for table in ["memory_vectors", "embedding_cache", "context_vectors"] {
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(!sql.contains("WITHOUT ROWID"), "{table}: {sql}");
+        }
+        let vector: Vec<u8> = conn
+            .query_row(
+                "SELECT vector FROM memory_vectors WHERE rid = 1 AND model_key = 'm' AND window = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(vector, [0, 0, 0, 0x40]);
+        assert_eq!(count(&conn, "SELECT count(*) FROM memory_vectors"), 3);
+        assert_eq!(count(&conn, "SELECT windows FROM embedding_cache"), 2);
+        assert_eq!(count(&conn, "SELECT count(*) FROM context_vectors"), 2);
+        // Copying the rows fed nothing to the vector index's log.
+        assert_eq!(count(&conn, "SELECT count(*) FROM ann_log"), 0);
+
+        // Keys stay unique, and the statements that rely on them still work.
+        assert!(conn
+            .execute(
+                "INSERT INTO memory_vectors VALUES (2, 'm', 0, 'h2', x'00')",
+                []
+            )
+            .is_err());
+        conn.execute(
+            "INSERT OR IGNORE INTO embedding_cache VALUES ('m', 'h1', 1, x'00', 6)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(count(&conn, "SELECT windows FROM embedding_cache"), 2);
+        conn.execute(
+            "INSERT INTO context_vectors (rid, model_key, context_hash, vector)
+             SELECT 2, 'm', 'c3', x'00' FROM memories WHERE rid = 2
+             ON CONFLICT (rid, model_key) DO UPDATE SET context_hash = excluded.context_hash",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM context_vectors WHERE context_hash = 'c3'"
+            ),
+            1
+        );
+
+        // Triggers: the index's log hears of vector and context changes, and a purged
+        // memory's context vector goes with it.
+        conn.execute("DELETE FROM memory_vectors WHERE rid = 2", [])
+            .unwrap();
+        conn.execute(
+            "INSERT INTO memory_vectors VALUES (2, 'm', 0, 'h2', x'00004040')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM ann_log WHERE rid = 2"),
+            3
+        );
+        conn.execute("DELETE FROM memories WHERE rid = 1", [])
+            .unwrap();
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM context_vectors WHERE rid = 1"),
+            0
+        );
+        assert!(count(&conn, "SELECT count(*) FROM ann_log WHERE rid = 1") >= 1);
+        let integrity: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
+    }
 }
