@@ -740,21 +740,15 @@ fn sources() -> Vec<Source> {
     // and a sentence met three times counts as boilerplate, so reading them all would drop
     // most of their text.
     let mut rustdoc = Vec::new();
-    if let Ok(rd) = fs::read_dir(home.join(".rustup/toolchains")) {
-        let names = rd.flatten().filter_map(|e| {
-            e.path()
-                .join("share/doc/rust/html")
-                .is_dir()
-                .then(|| e.file_name().to_string_lossy().into_owned())
-        });
+    let toolchains = home.join(".rustup/toolchains");
+    let html = |name: &str| toolchains.join(name).join("share/doc/rust/html");
+    if let Ok(rd) = fs::read_dir(&toolchains) {
+        let names = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| html(n).is_dir());
         if let Some(tc) = pick_toolchain(names) {
-            walk(
-                &home
-                    .join(".rustup/toolchains")
-                    .join(tc)
-                    .join("share/doc/rust/html"),
-                &mut rustdoc,
-            );
+            walk(&html(&tc), &mut rustdoc);
         }
     }
     out.push(Source {
