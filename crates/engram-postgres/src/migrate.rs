@@ -1,6 +1,10 @@
 //! Versioned migrations, embedded in the binary. An applied migration is never edited: its
 //! checksum is recorded and checked at every start; changes go in a new file. Replicas
 //! starting together take turns through an advisory lock.
+//!
+//! Migrations 5 and 6 were edited once after a release had shipped them (a mistake). Their
+//! first texts are kept in `migrations/superseded/` and still accepted, and migration 7
+//! brings a database that took either text to the same shape.
 
 use sha2::{Digest, Sha256};
 
@@ -10,6 +14,9 @@ pub struct Migration {
     pub version: i64,
     pub name: &'static str,
     pub sql: &'static str,
+    /// Earlier texts of this migration that a released engram applied; a database that
+    /// recorded one of them is not refused (a later migration reconciles the difference).
+    pub superseded: &'static [&'static str],
 }
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -17,31 +24,47 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "init",
         sql: include_str!("../migrations/0001_init.sql"),
+        superseded: &[],
     },
     Migration {
         version: 2,
         name: "records",
         sql: include_str!("../migrations/0002_records.sql"),
+        superseded: &[],
     },
     Migration {
         version: 3,
         name: "records_assigned",
         sql: include_str!("../migrations/0003_records_assigned.sql"),
+        superseded: &[],
     },
     Migration {
         version: 4,
         name: "context_session",
         sql: include_str!("../migrations/0004_context_session.sql"),
+        superseded: &[],
     },
     Migration {
         version: 5,
         name: "vector_scope",
         sql: include_str!("../migrations/0005_vector_scope.sql"),
+        superseded: &[include_str!(
+            "../migrations/superseded/0005_vector_scope.1.sql"
+        )],
     },
     Migration {
         version: 6,
         name: "vector_scope_index",
         sql: include_str!("../migrations/0006_vector_scope_index.sql"),
+        superseded: &[include_str!(
+            "../migrations/superseded/0006_vector_scope_index.1.sql"
+        )],
+    },
+    Migration {
+        version: 7,
+        name: "vector_follow",
+        sql: include_str!("../migrations/0007_vector_follow.sql"),
+        superseded: &[],
     },
 ];
 
@@ -112,7 +135,7 @@ async fn apply(client: &mut deadpool_postgres::Object) -> Result<MigrationReport
             .map_err(db_err)?;
         if let Some(row) = recorded {
             let sum: String = row.get(0);
-            if sum != checksum(m.sql) {
+            if sum != checksum(m.sql) && !m.superseded.iter().any(|old| sum == checksum(old)) {
                 return Err(StoreError::Invalid(format!(
                     "migration {} ({}) changed after it was applied; restore the original file",
                     m.version, m.name
