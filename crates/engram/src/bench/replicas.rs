@@ -2,7 +2,9 @@
 //! Postgres (and Redis, with `--cache`). Each run gets a fresh schema; the replicas are
 //! child processes of this binary, the load is `--clients` concurrent clients spreading
 //! creates and reads of what they created over every replica. The embedding pipeline is
-//! off, so the figure is the request path's (the model would take the CPU otherwise).
+//! off, so the figure is the request path's (the model would take the CPU otherwise). A
+//! warm-up (`--warmup` creates, untimed) first opens the replicas' Postgres connections, so
+//! the figure is the steady state's, not the start-up of each replica's pool.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +34,10 @@ pub struct ReplicasArgs {
     /// Creates per run (each followed by a read of it through another replica).
     #[arg(long, default_value_t = 20_000)]
     pub creates: usize,
+    /// Creates (each read back) sent first and not timed: they open every replica's
+    /// Postgres connections and warm their caches, so the figure is the steady state's.
+    #[arg(long, default_value_t = 2_000)]
+    pub warmup: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -106,12 +112,39 @@ async fn run(base_cfg: &Config, n: usize, args: &ReplicasArgs) -> anyhow::Result
         .timeout(Duration::from_secs(60))
         .build()?;
     let (bases, key) = (Arc::new(bases), Arc::new(key.expose().to_owned()));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    drive(&http, &bases, &key, 0..args.warmup, args.clients).await?;
     let started = Instant::now();
+    drive(
+        &http,
+        &bases,
+        &key,
+        args.warmup..args.warmup + args.creates,
+        args.clients,
+    )
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(children);
+    if let Some(s) = schema {
+        backends.drop_schema(&s).await?;
+    }
+    backends.close();
+    Ok(2.0 * args.creates as f64 / elapsed)
+}
+
+/// `clients` concurrent clients send the creates numbered `range`, creates spread over the
+/// replicas, each read back through the next replica.
+async fn drive(
+    http: &reqwest::Client,
+    bases: &Arc<Vec<String>>,
+    key: &Arc<String>,
+    range: std::ops::Range<usize>,
+    clients: usize,
+) -> anyhow::Result<()> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
     let mut tasks = Vec::new();
-    for _ in 0..args.clients {
+    for _ in 0..clients {
         let (http, bases, key, next) = (http.clone(), bases.clone(), key.clone(), next.clone());
-        let total = args.creates;
+        let total = range.end;
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -145,13 +178,7 @@ async fn run(base_cfg: &Config, n: usize, args: &ReplicasArgs) -> anyhow::Result
     for t in tasks {
         t.await??;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    drop(children);
-    if let Some(s) = schema {
-        backends.drop_schema(&s).await?;
-    }
-    backends.close();
-    Ok(2.0 * args.creates as f64 / elapsed)
+    Ok(())
 }
 
 pub async fn replicas(cfg: &Config, args: ReplicasArgs) -> anyhow::Result<()> {
@@ -196,6 +223,7 @@ pub async fn replicas(cfg: &Config, args: ReplicasArgs) -> anyhow::Result<()> {
     let out = json!({
         "clients": args.clients,
         "creates": args.creates,
+        "warmup": args.warmup,
         "cache": cfg.cache.url.is_some(),
         "results": results,
     });
