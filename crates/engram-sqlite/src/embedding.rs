@@ -131,20 +131,21 @@ impl EmbeddingStore for SqliteStore {
     }
 
     async fn active_model(&self) -> Result<Option<ModelInfo>, StoreError> {
+        // Every semantic search asks: one row of a table of a few rows.
         self.inner
             .readers
-            .run("active_model", |conn| {
-                conn.query_row(
+            .run_inline("active_model", |conn| {
+                conn.prepare_cached(
                     "SELECT model_id, revision, dim FROM embedding_models WHERE active = 1",
-                    [],
-                    |r| {
-                        Ok(ModelInfo {
-                            id: r.get(0)?,
-                            revision: r.get(1)?,
-                            dim: r.get::<_, i64>(2)? as usize,
-                        })
-                    },
                 )
+                .map_err(db_err)?
+                .query_row([], |r| {
+                    Ok(ModelInfo {
+                        id: r.get(0)?,
+                        revision: r.get(1)?,
+                        dim: r.get::<_, i64>(2)? as usize,
+                    })
+                })
                 .optional()
                 .map_err(db_err)
             })

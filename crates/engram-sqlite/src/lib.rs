@@ -158,6 +158,36 @@ impl ReadPool {
             .record(started.elapsed().as_secs_f64());
         out
     }
+
+    /// Runs `f` on the calling thread, for a read of a few rows of a small table (µs of
+    /// work, its pages in the connection's cache): handing it to a blocking thread and
+    /// back would cost more than the read. In WAL mode a reader does not wait for the
+    /// writer, so this does not stall the async runtime. With no idle connection it runs as `run` does
+    /// (opening one is not a µs of work).
+    async fn run_inline<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let started = Instant::now();
+        let idle = match self.permits.try_acquire() {
+            Ok(permit) => self
+                .idle
+                .lock()
+                .expect("pool lock")
+                .pop()
+                .map(|c| (permit, c)),
+            Err(_) => None,
+        };
+        let Some((_permit, conn)) = idle else {
+            return self.run(op, f).await;
+        };
+        let out = f(&conn);
+        self.idle.lock().expect("pool lock").push(conn);
+        metrics::histogram!("engram_store_op_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        out
+    }
 }
 
 /// The embedded store. Cheap to clone.

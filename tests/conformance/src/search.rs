@@ -983,3 +983,75 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb)
 }
+
+/// A model switch reaches every search at once, even one whose query vector was made
+/// before the switch (the search service keeps query vectors): an embedder of the old
+/// model gets no vector hits and is told why, one of the new model gets them.
+pub async fn a_model_switch_reaches_searches_of_known_queries(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    for text in [
+        "The deploy key rotates every Tuesday",
+        "Lunch is at noon",
+        "Backups run nightly",
+    ] {
+        svc.remember(&t, note(text), None).await.unwrap();
+    }
+    let old = Arc::new(HashEmbedder::default());
+    embed_all(&s, old.clone()).await;
+    let search = search_service(&s, Some(old.clone()));
+    let query = "when does the deploy key rotate";
+    for mode in [SearchMode::Semantic, SearchMode::Hybrid] {
+        let r = search
+            .search(&t, &req(query, MemoryFilter::default(), 10, mode))
+            .await
+            .unwrap();
+        assert!(r.degraded.is_none(), "{mode:?}: {:?}", r.degraded);
+        assert_eq!(r.mode, mode);
+        assert!(r.hits.iter().any(|h| h.scores.vector.is_some()), "{mode:?}");
+    }
+    let new = Arc::new(HashEmbedder {
+        revision: 1,
+        ..Default::default()
+    });
+    let report = engram_core::reembed(s.embeddings.clone(), new.clone(), 4, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.embedded, 3);
+    assert_eq!(
+        s.embeddings.active_model().await.unwrap(),
+        Some(new.model())
+    );
+    // The old model's embedder, with the query's vector already made.
+    let r = search
+        .search(
+            &t,
+            &req(query, MemoryFilter::default(), 10, SearchMode::Hybrid),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.mode, SearchMode::Keyword);
+    let why = r.degraded.expect("a search of the old model is degraded");
+    assert!(why.contains("engram reembed"), "{why}");
+    assert!(r.hits.iter().all(|h| h.scores.vector.is_none()));
+    let err = search
+        .search(
+            &t,
+            &req(query, MemoryFilter::default(), 10, SearchMode::Semantic),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), engram_core::ErrorCode::Unavailable);
+    // The new model's embedder finds by vector again.
+    let fresh = search_service(&s, Some(new));
+    let r = fresh
+        .search(
+            &t,
+            &req(query, MemoryFilter::default(), 10, SearchMode::Semantic),
+        )
+        .await
+        .unwrap();
+    assert!(r.degraded.is_none());
+    assert_eq!(r.hits.len(), 3);
+}
