@@ -159,9 +159,9 @@ impl ReadPool {
         out
     }
 
-    /// Runs `f` on the calling thread, for a read of a few rows of a small table (µs of
-    /// work, its pages in the connection's cache): handing it to a blocking thread and
-    /// back would cost more than the read. In WAL mode a reader does not wait for the
+    /// Runs `f` on the calling thread, for a read of a few rows by key (µs of work, tens
+    /// of µs if a page must come from the OS): handing it to a blocking thread and back
+    /// would cost more than the read. In WAL mode a reader does not wait for the
     /// writer, so this does not stall the async runtime. With no idle connection it runs as `run` does
     /// (opening one is not a µs of work).
     async fn run_inline<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
@@ -189,6 +189,9 @@ impl ReadPool {
         out
     }
 }
+
+/// `get_many` of at most this many ids runs on the calling thread.
+const INLINE_GET_MAX: usize = 32;
 
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
@@ -657,9 +660,10 @@ impl MemoryStore for SqliteStore {
 
     async fn get(&self, tenant: &TenantId, id: MemoryId) -> Result<Option<Memory>, StoreError> {
         let tenant = tenant_str(tenant);
+        // One row by id: less work than handing it to a blocking thread and back.
         self.inner
             .readers
-            .run("get", move |conn| {
+            .run_inline("get", move |conn| {
                 get_by_id(conn, &tenant, id.as_bytes(), false)
             })
             .await
@@ -674,8 +678,17 @@ impl MemoryStore for SqliteStore {
             return Ok(Vec::new());
         }
         let (tenant, ids) = (tenant_str(tenant), ids.to_vec());
-        self.inner
-            .readers
+        let readers = &self.inner.readers;
+        // A search loads its hits with this: a few dozen rows looked up by id, less work
+        // than handing it to a blocking thread and back.
+        if ids.len() <= INLINE_GET_MAX {
+            return readers
+                .run_inline("get_many", move |conn| {
+                    search::get_many(conn, &tenant, &ids)
+                })
+                .await;
+        }
+        readers
             .run("get_many", move |conn| {
                 search::get_many(conn, &tenant, &ids)
             })
