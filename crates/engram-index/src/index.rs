@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use usearch::MetricKind;
 
 use crate::persist::{self, Meta, FORMAT_VERSION};
@@ -301,34 +300,32 @@ impl VectorIndex {
         let mut top = TopK::new(k);
         let mut seen = HashSet::with_capacity(keys.len());
         let mut buf = vec![0f32; self.cfg.dim];
-        // f16 vectors are read as stored and widened here with the CPU's conversion
-        // instructions (F16C), not one component at a time inside the engine.
+        // f16 vectors are read as stored and widened while they are multiplied (F16C and
+        // FMA where the CPU has them), not one component at a time inside the engine.
         let half = self.cfg.quantization == Quantization::F16;
-        let (mut raw, mut bits) = (vec![0i16; self.cfg.dim], vec![0u16; self.cfg.dim]);
+        let mut raw = vec![0i16; self.cfg.dim];
+        let mut bits = Vec::with_capacity(self.cfg.dim);
         for &key in keys {
             if k == 0 || !seen.insert(key) {
                 continue;
             }
-            let found = if half {
+            let similarity = if half {
                 let found = engine
                     .get::<usearch::f16>(key, usearch::f16::from_mut_i16s(&mut raw))
                     .map_err(IndexError::backend)?;
-                for (b, r) in bits.iter_mut().zip(&raw) {
-                    *b = *r as u16;
-                }
-                bits.reinterpret_cast::<half::f16>()
-                    .convert_to_f32_slice(&mut buf);
-                found
+                (found > 0).then(|| {
+                    bits.clear();
+                    bits.extend(raw.iter().map(|r| *r as u16));
+                    vector::cosine_f16(&unit, 1.0, &bits, &mut buf)
+                })
             } else {
-                engine
+                let found = engine
                     .get::<f32>(key, &mut buf)
-                    .map_err(IndexError::backend)?
+                    .map_err(IndexError::backend)?;
+                (found > 0).then(|| vector::cosine(&unit, 1.0, &buf))
             };
-            if found > 0 {
-                top.push(Hit {
-                    key,
-                    similarity: vector::cosine(&unit, 1.0, &buf),
-                });
+            if let Some(similarity) = similarity {
+                top.push(Hit { key, similarity });
             }
         }
         Ok(top.into_sorted())

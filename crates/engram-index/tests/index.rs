@@ -492,6 +492,10 @@ fn exact_search_is_exact() {
 }
 
 /// Recall@10 of the default configuration on real all-MiniLM-L6-v2 embeddings.
+///
+/// The graph is built one vector at a time, in key order, so the figure is the same on
+/// every run. A parallel build's graph depends on how the threads interleave: on a loaded
+/// machine i8 has measured 0.979 once (0.993–0.996 otherwise), f16 0.998–1.0.
 #[test]
 fn recall_at_10_on_real_embeddings() {
     let fx = fixture();
@@ -499,7 +503,14 @@ fn recall_at_10_on_real_embeddings() {
     let truth = eval::ground_truth(&fx.base, &fx.queries, 10, &|_| true);
     for q in ALL {
         let dir = tempfile::tempdir().unwrap();
-        let index = fixture_index(&fx, &dir, q);
+        let index = VectorIndex::open(
+            &index_path(&dir),
+            IndexConfig::new(fx.base.dim).with_quantization(q),
+        )
+        .unwrap();
+        for i in 0..fx.base.len() {
+            index.add(i as u64, fx.base.row(i)).unwrap();
+        }
         let found: Vec<Vec<u64>> = (0..fx.queries.len())
             .map(|i| keys(&index.search(fx.queries.row(i), 10, None).unwrap()))
             .collect();
