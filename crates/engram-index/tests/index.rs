@@ -60,6 +60,21 @@ fn fixture_index(fx: &Fixture, dir: &tempfile::TempDir, q: Quantization) -> Vect
     index
 }
 
+/// The fixture's graph built one vector at a time in key order: the same graph on every
+/// run. From parallel inserts the graph depends on how the threads interleave, and with it
+/// the recall the tests below check (see them).
+fn fixture_index_in_order(fx: &Fixture, dir: &tempfile::TempDir, q: Quantization) -> VectorIndex {
+    let index = VectorIndex::open(
+        &index_path(dir),
+        IndexConfig::new(fx.base.dim).with_quantization(q),
+    )
+    .unwrap();
+    for i in 0..fx.base.len() {
+        index.add(i as u64, fx.base.row(i)).unwrap();
+    }
+    index
+}
+
 #[test]
 fn add_search_replace_remove() {
     for q in ALL {
@@ -402,14 +417,7 @@ fn filtered_search_finds_the_true_filtered_top_10() {
         // from 0.989 to 1.0 but once fell to 0.909 (f16, the whole suite running on two
         // cores). This checks that the predicate is applied inside the walk (a top-k cut
         // followed by filtering would find almost nothing), not the walk's exactness.
-        let index = VectorIndex::open(
-            &index_path(&dir),
-            IndexConfig::new(fx.base.dim).with_quantization(q),
-        )
-        .unwrap();
-        for i in 0..fx.base.len() {
-            index.add(i as u64, fx.base.row(i)).unwrap();
-        }
+        let index = fixture_index_in_order(&fx, &dir, q);
         index.set_expansion_search(1024).unwrap();
 
         // About 2% of the keys (~40) pass: selective enough that a top-k cut followed by
@@ -493,9 +501,8 @@ fn exact_search_is_exact() {
 
 /// Recall@10 of the default configuration on real all-MiniLM-L6-v2 embeddings.
 ///
-/// The graph is built one vector at a time, in key order, so the figure is the same on
-/// every run. A parallel build's graph depends on how the threads interleave: on a loaded
-/// machine i8 has measured 0.979 once (0.993–0.996 otherwise), f16 0.998–1.0.
+/// The graph is built in key order, so the figure is the same on every run; from parallel
+/// inserts, on a loaded machine, i8 has measured 0.979 once (0.993–0.996 otherwise).
 #[test]
 fn recall_at_10_on_real_embeddings() {
     let fx = fixture();
@@ -503,14 +510,7 @@ fn recall_at_10_on_real_embeddings() {
     let truth = eval::ground_truth(&fx.base, &fx.queries, 10, &|_| true);
     for q in ALL {
         let dir = tempfile::tempdir().unwrap();
-        let index = VectorIndex::open(
-            &index_path(&dir),
-            IndexConfig::new(fx.base.dim).with_quantization(q),
-        )
-        .unwrap();
-        for i in 0..fx.base.len() {
-            index.add(i as u64, fx.base.row(i)).unwrap();
-        }
+        let index = fixture_index_in_order(&fx, &dir, q);
         let found: Vec<Vec<u64>> = (0..fx.queries.len())
             .map(|i| keys(&index.search(fx.queries.row(i), 10, None).unwrap()))
             .collect();
