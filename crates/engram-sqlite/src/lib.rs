@@ -161,9 +161,9 @@ impl ReadPool {
 
     /// Runs `f` on the calling thread, for a read of a few rows by key (µs of work, tens
     /// of µs if a page must come from the OS): handing it to a blocking thread and back
-    /// would cost more than the read. In WAL mode a reader does not wait for the
-    /// writer, so this does not stall the async runtime. With no idle connection it runs as `run` does
-    /// (opening one is not a µs of work).
+    /// would cost more than the read. In WAL mode a reader does not wait for the writer,
+    /// so this does not stall the async runtime. With no idle connection it runs as `run`
+    /// does (opening one is not a µs of work).
     async fn run_inline<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
