@@ -82,10 +82,16 @@ impl Backends {
         Self::open_inner(cfg, vector_index, None).await
     }
 
-    /// The store answering every semantic search exactly (no index): the reference
-    /// benchmarks measure recall against.
+    /// The store answering every semantic search exactly: the reference benchmarks
+    /// measure recall against. The embedded store scores every candidate against the
+    /// vectors its in-process index holds (brute force in memory: reading them all from
+    /// SQLite instead took the whole database file per search at a million memories);
+    /// Postgres scans its table.
     pub async fn open_exact(cfg: &Config) -> anyhow::Result<Backends> {
-        Self::open_inner(cfg, false, Some(usize::MAX)).await
+        let mut cfg = cfg.clone();
+        // Every candidate list is "selective" (a bound SQLite's LIMIT still takes).
+        cfg.store.exact_search_max = Some(1 << 40);
+        Self::open_inner(&cfg, true, Some(usize::MAX)).await
     }
 
     async fn open_inner(
