@@ -467,9 +467,15 @@ async fn measure(dir: &Path, recall: bool) -> anyhow::Result<Measured> {
     }));
     let svc = crate::serve::search_service(&store, slot.clone(), Default::default());
     // The same store answering semantic searches exactly, so its hybrid results are what
-    // hybrid search would return with exact vector search.
-    let exact_store = Backends::open_exact(&cfg).await?;
-    let exact_svc = crate::serve::search_service(&exact_store, slot, Default::default());
+    // hybrid search would return with exact vector search. Opened only to measure recall:
+    // it holds indexes of its own, which would count in the peak RSS.
+    let exact_store = match recall {
+        true => Some(Backends::open_exact(&cfg).await?),
+        false => None,
+    };
+    let exact_svc = exact_store
+        .as_ref()
+        .map(|s| crate::serve::search_service(s, slot, Default::default()));
     let tenant = TenantId::parse(TENANT)?;
     let rows_of = |r: &engram_core::SearchResult| -> Vec<usize> {
         r.hits
@@ -505,9 +511,12 @@ async fn measure(dir: &Path, recall: bool) -> anyhow::Result<Measured> {
                 };
                 let want: HashSet<usize> = match mode {
                     SearchMode::Semantic => exact.iter().copied().collect(),
-                    SearchMode::Hybrid => rows_of(&exact_svc.search(&tenant, &req).await?)
-                        .into_iter()
-                        .collect(),
+                    SearchMode::Hybrid => {
+                        let exact_svc = exact_svc.as_ref().context("no reference store")?;
+                        rows_of(&exact_svc.search(&tenant, &req).await?)
+                            .into_iter()
+                            .collect()
+                    }
                     SearchMode::Keyword => continue,
                 };
                 found += rows_of(&r).iter().filter(|row| want.contains(row)).count();
@@ -525,7 +534,9 @@ async fn measure(dir: &Path, recall: bool) -> anyhow::Result<Measured> {
         }
     }
     store.close();
-    exact_store.close();
+    if let Some(s) = exact_store {
+        s.close();
+    }
     Ok(Measured {
         rss_mb: peak_rss_mb(),
         open_s,
