@@ -75,8 +75,13 @@ pub(crate) fn cosine(a: &[f32], a_norm: f32, b: &[f32]) -> f32 {
         dot[0] += x * y;
         bb[0] += y * y;
     }
-    let dot: f32 = dot.iter().sum();
-    let b_norm = bb.iter().sum::<f32>().sqrt();
+    cosine_of(dot.iter().sum(), a_norm, bb.iter().sum())
+}
+
+/// The cosine from a dot product, `a`'s length and `b`'s squared length (0 when either
+/// vector is zero).
+fn cosine_of(dot: f32, a_norm: f32, b_squared: f32) -> f32 {
+    let b_norm = b_squared.sqrt();
     if b_norm == 0.0 || a_norm == 0.0 {
         return 0.0;
     }
@@ -151,11 +156,7 @@ mod x86 {
             dot += a[j] * y;
             bb += y * y;
         }
-        let b_norm = bb.sqrt();
-        if b_norm == 0.0 || a_norm == 0.0 {
-            return 0.0;
-        }
-        (dot / (a_norm * b_norm)).clamp(-1.0, 1.0)
+        super::cosine_of(dot, a_norm, bb)
     }
 }
 

@@ -613,7 +613,8 @@ impl Ann {
         let candidates: Option<Vec<i64>> = if only_tenant && tenant_size > exact_max {
             None
         } else {
-            let rids = filter_rids(conn, tenant, filter, Some(exact_max + 1))?;
+            // One more than the bound tells a filter over it; no bound lists them all.
+            let rids = filter_rids(conn, tenant, filter, exact_max.checked_add(1))?;
             (rids.len() <= exact_max).then_some(rids)
         };
         let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());

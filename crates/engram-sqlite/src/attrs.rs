@@ -74,7 +74,10 @@ pub(crate) fn filter_rids(
     limit: Option<usize>,
 ) -> Result<Vec<i64>, StoreError> {
     let (cond, args) = crate::filter_sql(tenant, f);
-    let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
+    // SQLite's LIMIT is a signed 64-bit integer; a larger bound is no bound.
+    let limit = limit
+        .filter(|n| i64::try_from(*n).is_ok())
+        .map_or(String::new(), |n| format!(" LIMIT {n}"));
     conn.prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}{limit}"))
         .and_then(|mut s| {
             s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?

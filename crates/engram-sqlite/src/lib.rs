@@ -153,10 +153,15 @@ impl ReadPool {
         })
         .await
         .map_err(|e| StoreError::Other(format!("read task failed: {e}")))?;
+        self.give_back(conn, op, started);
+        out
+    }
+
+    /// Returns a connection to the pool and records how long `op` took.
+    fn give_back(&self, conn: Connection, op: &'static str, started: Instant) {
         self.idle.lock().expect("pool lock").push(conn);
         metrics::histogram!("engram_store_op_seconds", "op" => op)
             .record(started.elapsed().as_secs_f64());
-        out
     }
 
     /// Runs `f` on the calling thread, for a read of a few rows by key (µs of work, tens
@@ -183,9 +188,7 @@ impl ReadPool {
             return self.run(op, f).await;
         };
         let out = f(&conn);
-        self.idle.lock().expect("pool lock").push(conn);
-        metrics::histogram!("engram_store_op_seconds", "op" => op)
-            .record(started.elapsed().as_secs_f64());
+        self.give_back(conn, op, started);
         out
     }
 }

@@ -76,12 +76,6 @@ pub struct Opened {
 }
 
 impl Backends {
-    /// Opens the configured store and runs its migrations. `vector_index`: keep the
-    /// embedded store's in-process ANN index (servers; one-shot commands search exactly).
-    pub async fn open(cfg: &Config, vector_index: bool) -> anyhow::Result<Backends> {
-        Self::open_inner(cfg, vector_index, None).await
-    }
-
     /// The store answering every semantic search exactly: the reference benchmarks
     /// measure recall against. The embedded store scores every candidate against the
     /// vectors its in-process index holds (brute force in memory: reading them all from
@@ -89,16 +83,13 @@ impl Backends {
     /// Postgres scans its table.
     pub async fn open_exact(cfg: &Config) -> anyhow::Result<Backends> {
         let mut cfg = cfg.clone();
-        // Every candidate list is "selective" (a bound SQLite's LIMIT still takes).
-        cfg.store.exact_search_max = Some(1 << 40);
-        Self::open_inner(&cfg, true, Some(usize::MAX)).await
+        cfg.store.exact_search_max = Some(usize::MAX);
+        Self::open(&cfg, true).await
     }
 
-    async fn open_inner(
-        cfg: &Config,
-        vector_index: bool,
-        pg_exact_max: Option<usize>,
-    ) -> anyhow::Result<Backends> {
+    /// Opens the configured store and runs its migrations. `vector_index`: keep the
+    /// embedded store's in-process ANN index (servers; one-shot commands search exactly).
+    pub async fn open(cfg: &Config, vector_index: bool) -> anyhow::Result<Backends> {
         let url = StoreUrl::parse(cfg.store.url.as_deref(), &cfg.store.data_dir)?;
         let engine = match &url {
             StoreUrl::Sqlite(dir) => {
@@ -122,7 +113,7 @@ impl Backends {
                 let mut pc = PgConfig::new(u.clone());
                 pc.pool_size = cfg.store.pool_size;
                 pc.schema = cfg.store.schema.clone();
-                if let Some(max) = pg_exact_max.or(cfg.store.exact_search_max) {
+                if let Some(max) = cfg.store.exact_search_max {
                     pc.exact_search_max = max;
                 }
                 let store = PgStore::connect(&pc).await.with_context(|| {

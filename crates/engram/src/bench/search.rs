@@ -469,9 +469,10 @@ async fn measure(dir: &Path, recall: bool) -> anyhow::Result<Measured> {
     // The same store answering semantic searches exactly, so its hybrid results are what
     // hybrid search would return with exact vector search. Opened only to measure recall:
     // it holds indexes of its own, which would count in the peak RSS.
-    let exact_store = match recall {
-        true => Some(Backends::open_exact(&cfg).await?),
-        false => None,
+    let exact_store = if recall {
+        Some(Backends::open_exact(&cfg).await?)
+    } else {
+        None
     };
     let exact_svc = exact_store
         .as_ref()
