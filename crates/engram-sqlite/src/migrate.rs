@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "vector_rows",
         sql: include_str!("../migrations/0009_vector_rows.sql"),
     },
+    Migration {
+        version: 10,
+        name: "insert_without_trigger",
+        sql: include_str!("../migrations/0010_insert_without_trigger.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {
@@ -147,6 +152,22 @@ mod tests {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// No trigger fires on inserting a memory: any would make every insert keep a
+    /// statement journal (migration 10; the store queues sessions itself).
+    #[test]
+    fn inserting_a_memory_fires_no_trigger() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn, MIGRATIONS).unwrap();
+        let on_insert = count(
+            &conn,
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'memories'
+             AND upper(sql) LIKE '%INSERT ON MEMORIES%'",
+        );
+        assert_eq!(on_insert, 0);
+        // The update and delete triggers stay.
+        assert!(count(&conn, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'memories'") >= 4);
+    }
+
     /// Migration 9 turns the vector tables into rowid tables: every row survives, the keys
     /// stay unique, and the triggers that feed `ann_log` and follow deletions still fire.
     #[test]
@@ -166,7 +187,7 @@ mod tests {
              DELETE FROM ann_log;",
         )
         .unwrap();
-        let report = apply(&mut conn, MIGRATIONS).unwrap();
+        let report = apply(&mut conn, &MIGRATIONS[..9]).unwrap();
         assert_eq!(report.applied, vec![(9, "vector_rows")]);
 
         for table in ["memory_vectors", "embedding_cache", "context_vectors"] {

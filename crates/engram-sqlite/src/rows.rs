@@ -159,7 +159,8 @@ static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Inserts a new memory row and its tags; returns the row id.
+/// Inserts a new memory row and its tags, and queues its session's context vectors;
+/// returns the row id.
 pub(crate) fn insert_row(conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
     let vals = values(m)?;
     conn.prepare_cached(&INSERT_SQL)
@@ -167,6 +168,16 @@ pub(crate) fn insert_row(conn: &Connection, m: &Memory) -> Result<i64, StoreErro
         .map_err(db_err)?;
     let rid = conn.last_insert_rowid();
     write_tags(conn, m, rid)?;
+    // What a trigger on `memories` did before migration 10 (a trigger made every insert
+    // pay for a statement journal): a new turn changes its neighbours' windows.
+    if let (Some(session), None) = (&m.scope.session_id, m.deleted_at) {
+        conn.prepare_cached(
+            "INSERT INTO context_queue (tenant, session_id) VALUES (?1, ?2)
+             ON CONFLICT (tenant, session_id) DO UPDATE SET claim = claim + 1",
+        )
+        .and_then(|mut s| s.execute(rusqlite::params![m.tenant.as_str(), session]))
+        .map_err(db_err)?;
+    }
     Ok(rid)
 }
 
