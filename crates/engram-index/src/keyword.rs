@@ -69,8 +69,49 @@ pub fn analyze(text: &str, mut emit: impl FnMut(String)) {
         if folded.is_empty() {
             continue;
         }
-        emit(stemmer.stem(&folded).into_owned());
+        emit(stem(&stemmer, folded));
     }
+}
+
+/// Words whose stems each thread remembers: a direct-mapped cache, one entry per slot.
+const STEM_CACHE_SLOTS: usize = 1 << 14;
+
+/// A word and its stem.
+type Stemmed = (Box<str>, Box<str>);
+
+thread_local! {
+    /// Recently stemmed words and their stems. Stemming was more than half the work of
+    /// indexing a document, and the words of real text repeat (Zipf): a few thousand
+    /// slots answer most of them. Bounded: at most `STEM_CACHE_SLOTS` words per thread.
+    static STEMS: RefCell<Vec<Option<Stemmed>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Longer words are stemmed every time (rare, and they would crowd the cache).
+const STEM_CACHE_MAX_LEN: usize = 24;
+
+/// `stemmer`'s stem of the folded `word`, from this thread's cache when it holds it.
+fn stem(stemmer: &Stemmer, word: String) -> String {
+    if word.len() > STEM_CACHE_MAX_LEN {
+        return stemmer.stem(&word).into_owned();
+    }
+    // FNV-1a: a few instructions per byte, plenty for spreading words over slots.
+    let hash = word.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let slot = (hash as usize) & (STEM_CACHE_SLOTS - 1);
+    STEMS.with_borrow_mut(|cache| {
+        if cache.is_empty() {
+            cache.resize(STEM_CACHE_SLOTS, None);
+        }
+        if let Some((w, s)) = &cache[slot] {
+            if **w == *word {
+                return String::from(&**s);
+            }
+        }
+        let stemmed = stemmer.stem(&word).into_owned();
+        cache[slot] = Some((word.into_boxed_str(), stemmed.as_str().into()));
+        stemmed
+    })
 }
 
 /// Marks a dead slot in `lens`.
@@ -419,6 +460,33 @@ mod tests {
             ["cafe", "run", "run", "naiv", "resum", "42x"]
         );
         assert!(words("  ...  ").is_empty());
+    }
+
+    /// The stem cache answers what the stemmer would, including for words that share a
+    /// slot: far more distinct words than slots, each asked twice.
+    #[test]
+    fn cached_stems_are_the_stemmers_stems() {
+        let stemmer = Stemmer::create(Algorithm::English);
+        // Distinct words (a letter prefix spelling the number) with stemmable endings.
+        let vocabulary: Vec<String> = (0..3 * STEM_CACHE_SLOTS)
+            .map(|i| {
+                let (mut n, mut prefix) = (i, String::new());
+                loop {
+                    prefix.push(char::from(b'a' + (n % 26) as u8));
+                    n /= 26;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let endings = ["running", "generously", "national", "hopefulness", "agreed"];
+                prefix + endings[i % endings.len()]
+            })
+            .collect();
+        for _ in 0..2 {
+            for w in &vocabulary {
+                assert_eq!(stem(&stemmer, w.clone()), stemmer.stem(w), "{w}");
+            }
+        }
     }
 
     /// BM25 computed naively over whole documents, for comparison.
