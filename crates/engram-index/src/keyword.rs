@@ -32,6 +32,8 @@ use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 
+use foldhash::fast::RandomState;
+
 use rust_stemmers::{Algorithm, Stemmer};
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
@@ -128,7 +130,7 @@ struct Posting {
 /// The inverted index. Not synchronised: wrap it in a lock to share it.
 #[derive(Default)]
 pub struct KeywordIndex {
-    terms: HashMap<Box<str>, u32>,
+    terms: HashMap<Box<str>, u32, RandomState>,
     postings: Vec<Vec<Posting>>,
     /// Live documents holding each term.
     df: Vec<u32>,
@@ -139,7 +141,7 @@ pub struct KeywordIndex {
     /// Per live slot: its distinct terms, in term order, and their frequencies (emptied
     /// when it dies).
     forward: Vec<Box<[(u32, u32)]>>,
-    slots: HashMap<u64, u32>,
+    slots: HashMap<u64, u32, RandomState>,
     total_len: u64,
     dead: usize,
 }
@@ -185,37 +187,45 @@ impl KeywordIndex {
     /// Indexes the document `key` as `fields`, replacing what it held before.
     pub fn upsert(&mut self, key: u64, fields: &[&str]) {
         self.remove(key);
-        let mut counts: HashMap<String, u32> = HashMap::new();
-        let mut len: u32 = 0;
+        // (term, 1) per word, then merged into (term, frequency) in term order.
+        let mut forward: Vec<(u32, u32)> = Vec::new();
         for f in fields {
             analyze(f, |w| {
-                len = len.saturating_add(1);
-                *counts.entry(w).or_default() += 1;
+                let t = self.term(w);
+                forward.push((t, 1));
             });
         }
+        let len = u32::try_from(forward.len()).unwrap_or(u32::MAX);
+        forward.sort_unstable_by_key(|&(t, _)| t);
+        forward.dedup_by(|next, kept| {
+            let same = next.0 == kept.0;
+            if same {
+                kept.1 += 1;
+            }
+            same
+        });
         let slot = u32::try_from(self.lens.len()).expect("fewer than 2^32 documents");
-        let mut forward = Vec::with_capacity(counts.len());
-        for (word, tf) in counts {
-            let t = match self.terms.get(word.as_str()) {
-                Some(&t) => t,
-                None => {
-                    let t = u32::try_from(self.postings.len()).expect("fewer than 2^32 terms");
-                    self.terms.insert(word.into_boxed_str(), t);
-                    self.postings.push(Vec::new());
-                    self.df.push(0);
-                    t
-                }
-            };
+        for &(t, tf) in &forward {
             self.postings[t as usize].push(Posting { slot, tf });
             self.df[t as usize] += 1;
-            forward.push((t, tf));
         }
-        forward.sort_unstable_by_key(|&(t, _)| t);
         self.lens.push(len);
         self.keys.push(key);
         self.forward.push(forward.into_boxed_slice());
         self.slots.insert(key, slot);
         self.total_len += u64::from(len);
+    }
+
+    /// The id of the analysed word `word`, a new term when it is new.
+    fn term(&mut self, word: String) -> u32 {
+        if let Some(&t) = self.terms.get(word.as_str()) {
+            return t;
+        }
+        let t = u32::try_from(self.postings.len()).expect("fewer than 2^32 terms");
+        self.terms.insert(word.into_boxed_str(), t);
+        self.postings.push(Vec::new());
+        self.df.push(0);
+        t
     }
 
     /// Drops the document `key`; false when it was not indexed.

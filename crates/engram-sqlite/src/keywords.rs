@@ -14,6 +14,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
+use foldhash::fast::RandomState;
+
 use engram_core::time::from_micros;
 use engram_core::{MemoryFilter, MemoryId, RerankFields, Scored, StoreError};
 use engram_index::keyword::{Bm25Params, KeywordIndex};
@@ -71,11 +73,11 @@ struct Held {
 struct State {
     index: KeywordIndex,
     /// Every live memory indexed, by row id.
-    held: HashMap<i64, Held>,
+    held: HashMap<i64, Held, RandomState>,
     /// Row ids by memory id.
-    rids: HashMap<MemoryId, i64>,
+    rids: HashMap<MemoryId, i64, RandomState>,
     /// Live memories indexed per tenant.
-    tenants: HashMap<Arc<str>, usize>,
+    tenants: HashMap<Arc<str>, usize, RandomState>,
     /// The highest row id read from `memories`.
     max_rid: i64,
     /// The last `ann_log` entry applied.
@@ -255,9 +257,9 @@ impl Keywords {
         let applied_seq = log_head(conn)?;
         let mut st = State {
             index: KeywordIndex::new(),
-            held: HashMap::new(),
-            rids: HashMap::new(),
-            tenants: HashMap::new(),
+            held: HashMap::default(),
+            rids: HashMap::default(),
+            tenants: HashMap::default(),
             max_rid: 0,
             applied_seq,
         };
