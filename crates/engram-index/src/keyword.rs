@@ -84,7 +84,8 @@ type Stemmed = (Box<str>, Box<str>);
 thread_local! {
     /// Recently stemmed words and their stems. Stemming was more than half the work of
     /// indexing a document, and the words of real text repeat (Zipf): a few thousand
-    /// slots answer most of them. Bounded: at most `STEM_CACHE_SLOTS` words per thread.
+    /// slots answer most of them. Bounded: at most `STEM_CACHE_SLOTS` words per thread
+    /// (about 1 MB), on the threads that analyse text.
     static STEMS: RefCell<Vec<Option<Stemmed>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -200,7 +201,7 @@ impl KeywordIndex {
         forward.dedup_by(|next, kept| {
             let same = next.0 == kept.0;
             if same {
-                kept.1 += 1;
+                kept.1 += next.1;
             }
             same
         });

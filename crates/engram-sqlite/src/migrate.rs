@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "insert_without_trigger",
         sql: include_str!("../migrations/0010_insert_without_trigger.sql"),
     },
+    Migration {
+        version: 11,
+        name: "covering_filters",
+        sql: include_str!("../migrations/0011_covering_filters.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {
