@@ -173,6 +173,50 @@ mod tests {
         assert!(count(&conn, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'memories'") >= 4);
     }
 
+    /// A filter's candidates and counts come from its index alone, without a read of each
+    /// row to check `deleted_at` (migration 11).
+    #[test]
+    fn filter_candidates_are_listed_from_covering_indexes() {
+        use engram_core::{EmbeddingStatus, MemoryFilter, MemoryType, Source};
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn, MIGRATIONS).unwrap();
+        let one = |f: fn(&mut MemoryFilter)| {
+            let mut filter = MemoryFilter::default();
+            f(&mut filter);
+            filter
+        };
+        let filters = [
+            MemoryFilter::default(),
+            one(|f| f.user_id = Some("u".into())),
+            one(|f| f.agent_id = Some("a".into())),
+            one(|f| f.project = Some("p".into())),
+            one(|f| f.domain = Some("d".into())),
+            one(|f| f.session_id = Some("s".into())),
+            one(|f| f.memory_types = vec![MemoryType::Fact]),
+            one(|f| f.source = Some(Source::Chat)),
+            one(|f| f.embedding_status = Some(EmbeddingStatus::Pending)),
+            one(|f| f.created_after = Some(engram_core::time::now())),
+        ];
+        for filter in filters {
+            let (cond, args) = crate::filter_sql("t", &filter);
+            for select in ["m.rid", "count(*)"] {
+                let sql =
+                    format!("EXPLAIN QUERY PLAN SELECT {select} FROM memories m WHERE {cond}");
+                let plan: Vec<String> = conn
+                    .prepare(&sql)
+                    .unwrap()
+                    .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert!(
+                    plan.iter().any(|p| p.contains("COVERING INDEX")),
+                    "{filter:?}: {plan:?}"
+                );
+            }
+        }
+    }
+
     /// Migration 9 turns the vector tables into rowid tables: every row survives, the keys
     /// stay unique, and the triggers that feed `ann_log` and follow deletions still fire.
     #[test]
