@@ -26,7 +26,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::attrs::{fields_of, filter_rids, needs_sql, Fields, Interner};
+use crate::attrs::{fields_of, filter_rids, needs_sql, FieldMap, Fields, HasFields, Interner};
 use crate::db_err;
 
 /// Candidates up to which a filtered search is exact.
@@ -55,6 +55,12 @@ struct Attrs {
     windows: u16,
     /// Whether the memory's context vector is in the graph.
     context: bool,
+}
+
+impl HasFields for Attrs {
+    fn fields(&self) -> &Fields {
+        &self.f
+    }
 }
 
 impl Attrs {
@@ -89,7 +95,7 @@ struct Loaded {
     model_key: String,
     dim: usize,
     index: VectorIndex,
-    attrs: RwLock<HashMap<i64, Attrs>>,
+    attrs: RwLock<FieldMap<Attrs>>,
     interner: Mutex<Interner>,
     tenants: RwLock<HashMap<Arc<str>, usize>>,
     applied_seq: AtomicI64,
@@ -398,7 +404,7 @@ impl Ann {
             model_key: model_key.clone(),
             dim,
             index,
-            attrs: RwLock::new(HashMap::new()),
+            attrs: RwLock::new(FieldMap::default()),
             interner: Mutex::new(Interner::default()),
             tenants: RwLock::new(HashMap::new()),
             applied_seq: AtomicI64::new(from_seq),
@@ -608,16 +614,23 @@ impl Ann {
         if tenant_size == 0 {
             return Ok(Some(Vec::new()));
         }
-        // A selective filter: SQLite's indexes list the candidates; search them exactly.
+        let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());
+        // A selective filter: its candidates, searched exactly. They come from the posting
+        // lists held in memory when one of the filter's conditions has one, else from
+        // SQLite's indexes.
         let exact_max = self.exact_max;
+        let held = (!needs_sql)
+            .then(|| attrs.passing(tenant, filter, exact_max))
+            .flatten();
         let candidates: Option<Vec<i64>> = if only_tenant && tenant_size > exact_max {
             None
+        } else if let Some(held) = held {
+            held
         } else {
             // One more than the bound tells a filter over it; no bound lists them all.
             let rids = filter_rids(conn, tenant, filter, exact_max.checked_add(1))?;
             (rids.len() <= exact_max).then_some(rids)
         };
-        let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());
         let hits = match candidates {
             Some(rids) => {
                 let held: Vec<(i64, &Attrs)> = rids

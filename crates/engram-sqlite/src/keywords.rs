@@ -22,7 +22,9 @@ use engram_index::keyword::{Bm25Params, KeywordIndex};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-use crate::attrs::{fields_of, filter_rids, needs_sql, Fields, Interner, COLUMNS};
+use crate::attrs::{
+    fields_of, filter_rids, needs_sql, FieldMap, Fields, HasFields, Interner, COLUMNS,
+};
 use crate::db_err;
 
 /// Rows read per statement while building or catching up.
@@ -70,10 +72,16 @@ struct Held {
     rerank: RerankFields,
 }
 
+impl HasFields for Held {
+    fn fields(&self) -> &Fields {
+        &self.fields
+    }
+}
+
 struct State {
     index: KeywordIndex,
     /// Every live memory indexed, by row id.
-    held: HashMap<i64, Held, RandomState>,
+    held: FieldMap<Held>,
     /// Row ids by memory id.
     rids: HashMap<MemoryId, i64, RandomState>,
     /// Live memories indexed per tenant.
@@ -257,7 +265,7 @@ impl Keywords {
         let applied_seq = log_head(conn)?;
         let mut st = State {
             index: KeywordIndex::new(),
-            held: HashMap::default(),
+            held: FieldMap::default(),
             rids: HashMap::default(),
             tenants: HashMap::default(),
             max_rid: 0,
@@ -398,21 +406,29 @@ impl Keywords {
         if words.is_empty() {
             return Ok(Vec::new());
         }
-        let tenant_size = {
+        // A selective filter's candidates, when one of its conditions has a posting list
+        // held in memory (see `within` below).
+        let (tenant_size, held) = {
             let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
             let Some(st) = guard.as_ref() else {
                 return Ok(Vec::new());
             };
-            st.tenants.get(tenant).copied().unwrap_or(0)
+            let held = (!needs_sql(filter))
+                .then(|| st.held.passing(tenant, filter, WITHIN_MAX))
+                .flatten();
+            (st.tenants.get(tenant).copied().unwrap_or(0), held)
         };
         if tenant_size == 0 {
             return Ok(Vec::new());
         }
         let only_tenant = *filter == MemoryFilter::default();
         let list = |limit| filter_rids(conn, tenant, filter, limit);
-        // A selective filter: SQLite's indexes list the candidates, scored one by one.
+        // A selective filter: its candidates (from the posting lists, else from SQLite's
+        // indexes), scored one by one.
         let within = if only_tenant && tenant_size > WITHIN_MAX {
             None
+        } else if let Some(held) = held {
+            held
         } else {
             Some(list(Some(WITHIN_MAX + 1))?).filter(|rids| rids.len() <= WITHIN_MAX)
         };
