@@ -203,6 +203,14 @@ impl<T: HasFields> FieldMap<T> {
     }
 
     pub fn insert(&mut self, rid: i64, row: T) -> Option<T> {
+        // A memory refreshed with the same listed fields (a new vector, new content) keeps
+        // its list entries: removing one costs a scan of the list.
+        if let Some(old) = self.rows.get_mut(&rid) {
+            let (was, is) = (old.fields(), row.fields());
+            if was.tenant == is.tenant && listed(was).eq(listed(is)) {
+                return Some(std::mem::replace(old, row));
+            }
+        }
         let old = self.remove(&rid);
         let f = row.fields();
         let lists = self.lists.entry(f.tenant.clone()).or_default();
@@ -399,6 +407,26 @@ mod tests {
             }
             for _ in 0..30 {
                 map.remove(&(rng.below(600) as i64));
+            }
+            // Refreshed with the same listed fields (another time): list entries kept.
+            for _ in 0..20 {
+                let rid = rng.below(600) as i64;
+                if let Some(Row(f)) = map.get(&rid) {
+                    let same = Fields {
+                        id: f.id,
+                        tenant: f.tenant.clone(),
+                        user_id: f.user_id.clone(),
+                        agent_id: f.agent_id.clone(),
+                        project: f.project.clone(),
+                        domain: f.domain.clone(),
+                        session_id: f.session_id.clone(),
+                        memory_type: f.memory_type,
+                        source: f.source,
+                        created_at: rng.below(1_000) as i64,
+                        tags: f.tags.clone(),
+                    };
+                    map.insert(rid, Row(same));
+                }
             }
             for _ in 0..50 {
                 let f = filter(&mut rng);
