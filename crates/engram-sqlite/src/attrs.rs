@@ -173,20 +173,27 @@ impl<T> Default for FieldMap<T> {
     }
 }
 
+/// The given ones of user, agent, project, domain and session, with their list positions.
+fn scope<S: std::ops::Deref<Target = str>>(
+    values: [&Option<S>; 5],
+) -> impl Iterator<Item = (usize, &str)> {
+    [USER, AGENT, PROJECT, DOMAIN, SESSION]
+        .into_iter()
+        .zip(values)
+        .filter_map(|(field, v)| v.as_deref().map(|v| (field, v)))
+}
+
 /// Each (field, value) `f` is listed under.
 fn listed(f: &Fields) -> impl Iterator<Item = (usize, &str)> {
-    let scope = [
-        (USER, &f.user_id),
-        (AGENT, &f.agent_id),
-        (PROJECT, &f.project),
-        (DOMAIN, &f.domain),
-        (SESSION, &f.session_id),
-    ];
-    scope
-        .into_iter()
-        .filter_map(|(field, v)| v.as_deref().map(|v| (field, v)))
-        .chain([(TYPE, f.memory_type.as_str()), (SOURCE, f.source.as_str())])
-        .chain(f.tags.iter().map(|t| (TAG, &**t)))
+    scope([
+        &f.user_id,
+        &f.agent_id,
+        &f.project,
+        &f.domain,
+        &f.session_id,
+    ])
+    .chain([(TYPE, f.memory_type.as_str()), (SOURCE, f.source.as_str())])
+    .chain(f.tags.iter().map(|t| (TAG, &**t)))
 }
 
 impl<T: HasFields> FieldMap<T> {
@@ -265,24 +272,23 @@ impl<T: HasFields> FieldMap<T> {
                 .and_then(|l| l[field].get(value))
                 .map_or(empty, Vec::as_slice)
         };
-        let scope = [
-            (USER, &filter.user_id),
-            (AGENT, &filter.agent_id),
-            (PROJECT, &filter.project),
-            (DOMAIN, &filter.domain),
-            (SESSION, &filter.session_id),
-        ];
         let one_type = match filter.memory_types.as_slice() {
             [t] => Some(t.as_str()),
             _ => None,
         };
-        let shortest = scope
-            .into_iter()
-            .filter_map(|(field, v)| v.as_deref().map(|v| list(field, v)))
-            .chain(one_type.map(|t| list(TYPE, t)))
-            .chain(filter.source.map(|s| list(SOURCE, s.as_str())))
-            .chain(filter.tags.iter().map(|t| list(TAG, t)))
-            .min_by_key(|l| l.len())?;
+        let f = filter;
+        let shortest = scope([
+            &f.user_id,
+            &f.agent_id,
+            &f.project,
+            &f.domain,
+            &f.session_id,
+        ])
+        .map(|(field, v)| list(field, v))
+        .chain(one_type.map(|t| list(TYPE, t)))
+        .chain(filter.source.map(|s| list(SOURCE, s.as_str())))
+        .chain(filter.tags.iter().map(|t| list(TAG, t)))
+        .min_by_key(|l| l.len())?;
         let mut out = Vec::new();
         for rid in shortest {
             if self
