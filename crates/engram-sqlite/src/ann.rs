@@ -97,7 +97,6 @@ struct Loaded {
     index: VectorIndex,
     attrs: RwLock<FieldMap<Attrs>>,
     interner: Mutex<Interner>,
-    tenants: RwLock<HashMap<Arc<str>, usize>>,
     applied_seq: AtomicI64,
     saved_seq: AtomicI64,
 }
@@ -271,10 +270,6 @@ impl Loaded {
             for k in old.keys(rid) {
                 self.index.remove(k).map_err(index_err)?;
             }
-            let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = tenants.get_mut(&old.f.tenant) {
-                *n = n.saturating_sub(1);
-            }
         }
         Ok(())
     }
@@ -302,9 +297,7 @@ impl Loaded {
             .collect();
         self.index.add_batch(&items).map_err(index_err)?;
         let mut attrs = self.attrs.write().unwrap_or_else(|p| p.into_inner());
-        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
         for r in rows {
-            *tenants.entry(r.attrs.f.tenant.clone()).or_default() += 1;
             attrs.insert(r.rid, r.attrs);
         }
         Ok(())
@@ -406,7 +399,6 @@ impl Ann {
             index,
             attrs: RwLock::new(FieldMap::default()),
             interner: Mutex::new(Interner::default()),
-            tenants: RwLock::new(HashMap::new()),
             applied_seq: AtomicI64::new(from_seq),
             saved_seq: AtomicI64::new(if rebuilt { -1 } else { from_seq }),
         });
@@ -452,7 +444,6 @@ impl Ann {
             let mut rows = stmt.query(params![model_key]).map_err(db_err)?;
             let mut interner = loaded.interner.lock().unwrap_or_else(|p| p.into_inner());
             let mut attrs = loaded.attrs.write().unwrap_or_else(|p| p.into_inner());
-            let mut tenants = loaded.tenants.write().unwrap_or_else(|p| p.into_inner());
             while let Some(r) = rows.next().map_err(db_err)? {
                 let rid: i64 = r.get(0).map_err(db_err)?;
                 let windows: i64 = r.get(12).map_err(db_err)?;
@@ -463,7 +454,6 @@ impl Ann {
                     windows.clamp(1, MAX_WINDOWS) as u16,
                     context,
                 )?;
-                *tenants.entry(a.f.tenant.clone()).or_default() += 1;
                 attrs.insert(rid, a);
             }
         }
@@ -604,28 +594,19 @@ impl Ann {
         let only_tenant = *filter == MemoryFilter::default();
         // Conditions the in-memory fields cannot answer.
         let needs_sql = needs_sql(filter);
-        let tenant_size = loaded
-            .tenants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-            .copied()
-            .unwrap_or(0);
+        let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());
+        let tenant_size = attrs.tenant_len(tenant);
         if tenant_size == 0 {
             return Ok(Some(Vec::new()));
         }
-        let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());
         // A selective filter: its candidates, searched exactly. They come from the posting
         // lists held in memory when one of the filter's conditions has one, else from
         // SQLite's indexes.
         let exact_max = self.exact_max;
-        let held = (!needs_sql)
-            .then(|| attrs.passing(tenant, filter, exact_max))
-            .flatten();
         let candidates: Option<Vec<i64>> = if only_tenant && tenant_size > exact_max {
             None
-        } else if let Some(held) = held {
-            held
+        } else if let Some(listed) = attrs.passing(tenant, filter, exact_max) {
+            listed
         } else {
             // One more than the bound tells a filter over it; no bound lists them all.
             let rids = filter_rids(conn, tenant, filter, exact_max.checked_add(1))?;

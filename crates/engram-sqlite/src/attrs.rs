@@ -209,6 +209,13 @@ impl<T: HasFields> FieldMap<T> {
         self.rows.len()
     }
 
+    /// How many of `tenant`'s memories are held (each is on exactly one type list).
+    pub fn tenant_len(&self, tenant: &str) -> usize {
+        self.lists
+            .get(tenant)
+            .map_or(0, |l| l[TYPE].values().map(Vec::len).sum())
+    }
+
     pub fn insert(&mut self, rid: i64, row: T) -> Option<T> {
         // A memory refreshed with the same listed fields (a new vector, new content) keeps
         // its list entries: removing one costs a scan of the list.
@@ -256,14 +263,17 @@ impl<T: HasFields> FieldMap<T> {
 
     /// The row ids of `tenant`'s memories that pass `filter`: `Some(Some(rids))` when at
     /// most `max` pass, `Some(None)` when more do, `None` when no equality condition of
-    /// `filter` has a list here (the caller then lists through SQLite). Conditions in
-    /// [`needs_sql`] are not held: check that first.
+    /// `filter` has a list here, or it has conditions in [`needs_sql`] (the caller then
+    /// lists through SQLite).
     pub fn passing(
         &self,
         tenant: &str,
         filter: &MemoryFilter,
         max: usize,
     ) -> Option<Option<Vec<i64>>> {
+        if needs_sql(filter) {
+            return None;
+        }
         // No list of this tenant's: nothing of theirs is held, and every list is empty.
         let lists = self.lists.get(tenant);
         let empty: &[i64] = &[];

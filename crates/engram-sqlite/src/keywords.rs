@@ -12,7 +12,7 @@
 //! how far the log was cut), the index is rebuilt.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use foldhash::fast::RandomState;
 
@@ -84,8 +84,6 @@ struct State {
     held: FieldMap<Held>,
     /// Row ids by memory id.
     rids: HashMap<MemoryId, i64, RandomState>,
-    /// Live memories indexed per tenant.
-    tenants: HashMap<Arc<str>, usize, RandomState>,
     /// The highest row id read from `memories`.
     max_rid: i64,
     /// The last `ann_log` entry applied.
@@ -110,7 +108,6 @@ impl State {
         let tags = d.fields.tags().collect::<Vec<_>>().join(" ");
         self.index
             .upsert(d.rid as u64, &[&d.content, &d.title, &tags]);
-        *self.tenants.entry(d.fields.tenant.clone()).or_default() += 1;
         let rerank = RerankFields::new(
             d.fields.session_id().cloned(),
             d.speaker.map(|s| interner.get(&s)),
@@ -122,25 +119,13 @@ impl State {
             fields: d.fields,
             rerank,
         };
-        if let Some(old) = self.held.insert(d.rid, held) {
-            self.forget_tenant(&old.fields.tenant);
-        }
+        self.held.insert(d.rid, held);
     }
 
     fn remove(&mut self, rid: i64) {
         self.index.remove(rid as u64);
         if let Some(old) = self.held.remove(&rid) {
             self.rids.remove(&old.fields.id);
-            self.forget_tenant(&old.fields.tenant);
-        }
-    }
-
-    fn forget_tenant(&mut self, tenant: &Arc<str>) {
-        if let Some(n) = self.tenants.get_mut(tenant) {
-            *n -= 1;
-            if *n == 0 {
-                self.tenants.remove(tenant);
-            }
         }
     }
 }
@@ -267,7 +252,6 @@ impl Keywords {
             index: KeywordIndex::new(),
             held: FieldMap::default(),
             rids: HashMap::default(),
-            tenants: HashMap::default(),
             max_rid: 0,
             applied_seq,
         };
@@ -413,10 +397,10 @@ impl Keywords {
             let Some(st) = guard.as_ref() else {
                 return Ok(Vec::new());
             };
-            let held = (!needs_sql(filter))
-                .then(|| st.held.passing(tenant, filter, WITHIN_MAX))
-                .flatten();
-            (st.tenants.get(tenant).copied().unwrap_or(0), held)
+            (
+                st.held.tenant_len(tenant),
+                st.held.passing(tenant, filter, WITHIN_MAX),
+            )
         };
         if tenant_size == 0 {
             return Ok(Vec::new());
