@@ -300,29 +300,39 @@ impl VectorIndex {
         let mut top = TopK::new(k);
         let mut seen = HashSet::with_capacity(keys.len());
         let mut buf = vec![0f32; self.cfg.dim];
-        // f16 vectors are read as stored and widened while they are multiplied (F16C and
-        // FMA where the CPU has them), not one component at a time inside the engine.
-        let half = self.cfg.quantization == Quantization::F16;
+        // f16 and i8 vectors are read as stored and widened while they are multiplied
+        // (with the CPU's vector instructions), not one component at a time inside the
+        // engine.
         let mut raw = vec![0i16; self.cfg.dim];
         let mut bits = Vec::with_capacity(self.cfg.dim);
+        let mut bytes = vec![0i8; self.cfg.dim];
         for &key in keys {
             if k == 0 || !seen.insert(key) {
                 continue;
             }
-            let similarity = if half {
-                let found = engine
-                    .get::<usearch::f16>(key, usearch::f16::from_mut_i16s(&mut raw))
-                    .map_err(IndexError::backend)?;
-                (found > 0).then(|| {
-                    bits.clear();
-                    bits.extend(raw.iter().map(|r| *r as u16));
-                    vector::cosine_f16(&unit, 1.0, &bits, &mut buf)
-                })
-            } else {
-                let found = engine
-                    .get::<f32>(key, &mut buf)
-                    .map_err(IndexError::backend)?;
-                (found > 0).then(|| vector::cosine(&unit, 1.0, &buf))
+            let similarity = match self.cfg.quantization {
+                Quantization::F16 => {
+                    let found = engine
+                        .get::<usearch::f16>(key, usearch::f16::from_mut_i16s(&mut raw))
+                        .map_err(IndexError::backend)?;
+                    (found > 0).then(|| {
+                        bits.clear();
+                        bits.extend(raw.iter().map(|r| *r as u16));
+                        vector::cosine_f16(&unit, 1.0, &bits, &mut buf)
+                    })
+                }
+                Quantization::I8 => {
+                    let found = engine
+                        .get::<i8>(key, &mut bytes)
+                        .map_err(IndexError::backend)?;
+                    (found > 0).then(|| vector::cosine_i8(&unit, 1.0, &bytes))
+                }
+                Quantization::F32 => {
+                    let found = engine
+                        .get::<f32>(key, &mut buf)
+                        .map_err(IndexError::backend)?;
+                    (found > 0).then(|| vector::cosine(&unit, 1.0, &buf))
+                }
             };
             if let Some(similarity) = similarity {
                 top.push(Hit { key, similarity });
