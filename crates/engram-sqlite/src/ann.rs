@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use engram_core::{MemoryFilter, ModelInfo, Scored, StoreError};
-use engram_index::{IndexConfig, IndexError, VectorIndex};
+use engram_index::{IndexConfig, IndexError, Quantization, VectorIndex};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,8 @@ pub struct Ann {
     sync: Mutex<()>,
     saving: AtomicBool,
     exact_max: usize,
+    /// How the graph keeps vectors; a saved graph kept otherwise is rebuilt at open.
+    quantization: Quantization,
 }
 
 const SELECT_ROWS: &str = "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, m.project, m.domain, \
@@ -322,13 +324,14 @@ fn log_head(conn: &Connection) -> Result<i64, StoreError> {
 }
 
 impl Ann {
-    pub fn new(dir: &Path, exact_max: usize) -> Ann {
+    pub fn new(dir: &Path, exact_max: usize, quantization: Quantization) -> Ann {
         Ann {
             dir: dir.to_path_buf(),
             loaded: RwLock::new(None),
             sync: Mutex::new(()),
             saving: AtomicBool::new(false),
             exact_max,
+            quantization,
         }
     }
 
@@ -369,7 +372,7 @@ impl Ann {
         let usable = saved.as_ref().is_some_and(|s| {
             s.version == STATE_VERSION && s.model_key == model_key && s.dim == dim
         });
-        let cfg = IndexConfig::new(dim);
+        let cfg = IndexConfig::new(dim).with_quantization(self.quantization);
         let opened = if usable {
             match VectorIndex::open(&self.graph_path(), cfg) {
                 Ok(ix) => Some(ix),

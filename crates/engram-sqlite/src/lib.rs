@@ -35,6 +35,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::Semaphore;
 
+pub use engram_index::Quantization as VectorQuantization;
 pub use migrate::{MigrationReport, MIGRATIONS};
 use rows::{append_change, get_by_id, insert_row, row_to_memory, update_row, COLUMNS};
 use writer::{in_savepoint, Writer};
@@ -57,6 +58,9 @@ pub struct SqliteConfig {
     /// The metadata key naming who said a memory, which the keyword index holds for the
     /// re-ranker (the search configuration's `speaker_key`).
     pub speaker_key: String,
+    /// How the ANN index keeps each vector in memory and on disk (the store's own copy
+    /// is always f32). Changing it rebuilds the index at the next open.
+    pub vector_quantization: VectorQuantization,
 }
 
 impl SqliteConfig {
@@ -67,6 +71,7 @@ impl SqliteConfig {
             vector_index: true,
             exact_search_max: ann::EXACT_MAX,
             speaker_key: engram_core::RerankConfig::default().speaker_key,
+            vector_quantization: VectorQuantization::I8,
         }
     }
 }
@@ -297,6 +302,7 @@ impl SqliteStore {
             let ann = Arc::new(ann::Ann::new(
                 &cfg.data_dir.join("index"),
                 cfg.exact_search_max,
+                cfg.vector_quantization,
             ));
             ann.open(&conn)?;
             let saver = spawn_saver(ann.clone(), keywords.clone(), path.clone())?;

@@ -5,7 +5,7 @@ use engram_core::{
     EmbeddingStore, MemoryFilter, MemoryId, MemoryService, ModelInfo, NewMemory, SearchIndex,
     TenantId,
 };
-use engram_sqlite::{SqliteConfig, SqliteStore};
+use engram_sqlite::{SqliteConfig, SqliteStore, VectorQuantization};
 
 const DIM: usize = 16;
 
@@ -197,4 +197,60 @@ async fn deletes_and_changes_made_while_stopped_are_applied_at_start() {
         .await
         .is_empty());
     store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_quantization_rebuilds_the_index_and_search_still_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TenantId::parse("t").unwrap();
+    let store = SqliteStore::open(&SqliteConfig {
+        vector_quantization: VectorQuantization::F16,
+        ..cfg(dir.path())
+    })
+    .unwrap();
+    let ids = fill(&store, &t, 300).await;
+    // The first search loads the index of the model registered since the store opened.
+    assert_eq!(top(&store, &t, 0).await[0].0, ids[0]);
+    store.close();
+    let meta =
+        || std::fs::read_to_string(dir.path().join("index/vectors.usearch.meta.json")).unwrap();
+    assert!(meta().contains("\"f16\""), "{}", meta());
+
+    for (quantization, exact_max) in [
+        // The graph answers (the saved f16 graph is replaced by an i8 one at open) …
+        (VectorQuantization::I8, 0),
+        // … and the exact path over a filter's candidates reads i8 vectors too.
+        (VectorQuantization::I8, usize::MAX),
+        // Back to f32: rebuilt again.
+        (VectorQuantization::F32, 0),
+    ] {
+        let store = SqliteStore::open(&SqliteConfig {
+            vector_quantization: quantization,
+            exact_search_max: exact_max,
+            ..SqliteConfig::new(dir.path())
+        })
+        .unwrap();
+        assert_eq!(store.indexed_memories(), 300);
+        let notes = MemoryFilter {
+            memory_types: vec![engram_core::MemoryType::Note],
+            ..MemoryFilter::default()
+        };
+        let mut found = 0;
+        for q in 0..20u64 {
+            let hits = store
+                .nearest(&t, &model(), &vector(q), &notes, 10, 0.7)
+                .await
+                .unwrap();
+            // A memory's own vector is its best match at any of these precisions.
+            assert_eq!(hits[0].id, ids[q as usize], "{quantization} query {q}");
+            let exact = exact_top(&ids, q, 10);
+            found += hits.iter().filter(|h| exact.contains(&h.id)).count();
+        }
+        let recall = found as f64 / 200.0;
+        assert!(recall >= 0.9, "{quantization}: recall@10 {recall}");
+        // The rebuilt index is saved in its own quantization.
+        store.close();
+        let saved = meta();
+        assert!(saved.contains(&format!("\"{quantization}\"")), "{saved}");
+    }
 }

@@ -97,6 +97,7 @@ impl Backends {
                     readers: cfg.store.readers,
                     vector_index,
                     speaker_key: cfg.search.speaker_key.clone(),
+                    vector_quantization: cfg.store.vector_quantization,
                     ..SqliteConfig::new(dir)
                 };
                 if let Some(max) = cfg.store.exact_search_max {
