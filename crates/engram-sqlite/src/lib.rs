@@ -97,7 +97,19 @@ pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+/// Page cache of the writer's connection, in KiB: the pages of the table and indexes
+/// that every insert touches stay in it.
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+/// Page cache of each read connection, in KiB. Reads of single rows and index ranges;
+/// what is not cached comes from the operating system's page cache, which all
+/// connections share (each connection's own cache is private, so four readers with
+/// large caches held four copies of the same hot pages).
+const READER_CACHE_KIB: u32 = 16 * 1024;
+/// Page cache of the index upkeep's connection, in KiB: it scans the tables (rebuilds,
+/// catching up), which a cache does not help.
+const UPKEEP_CACHE_KIB: u32 = 4 * 1024;
+
+fn open_conn(path: &Path, read_only: bool, cache_kib: u32) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -114,13 +126,13 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     // an acknowledged write survives power loss, not only a process crash. The WAL is
     // checkpointed every 8,192 pages (32 MiB) rather than 1,000, so hot index pages are
     // copied back less often.
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -65536;
-         PRAGMA wal_autocheckpoint = 8192;",
-    )
+         PRAGMA cache_size = -{cache_kib};
+         PRAGMA wal_autocheckpoint = 8192;"
+    ))
     .map_err(db_err)?;
     if read_only {
         conn.execute_batch("PRAGMA query_only = ON")
@@ -150,7 +162,7 @@ impl ReadPool {
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         let conn = match self.idle.lock().expect("pool lock").pop() {
             Some(c) => c,
-            None => open_conn(&self.path, true)?,
+            None => open_conn(&self.path, true, READER_CACHE_KIB)?,
         };
         let (conn, out) = tokio::task::spawn_blocking(move || {
             let out = f(&conn);
@@ -254,7 +266,7 @@ fn spawn_saver(
 ) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), StoreError> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let conn = open_conn(&path, false)?;
+    let conn = open_conn(&path, false, UPKEEP_CACHE_KIB)?;
     let handle = std::thread::Builder::new()
         .name("engram-index-upkeep".into())
         .spawn(move || {
@@ -292,7 +304,7 @@ impl SqliteStore {
             ))
         })?;
         let path = cfg.data_dir.join(DB_FILE);
-        let mut conn = open_conn(&path, false)?;
+        let mut conn = open_conn(&path, false, WRITER_CACHE_KIB)?;
         let migration = migrate::migrate(&mut conn)?;
         let readers = cfg.readers.max(1);
         let keywords = Arc::new(keywords::Keywords::new(&cfg.speaker_key));
@@ -305,6 +317,9 @@ impl SqliteStore {
                 cfg.vector_quantization,
             ));
             ann.open(&conn)?;
+            // Loading read every vector through this connection; its cache would keep
+            // them (they are in the index now) while the writer has no use for them.
+            conn.execute_batch("PRAGMA shrink_memory").map_err(db_err)?;
             let saver = spawn_saver(ann.clone(), keywords.clone(), path.clone())?;
             (Some(ann), Some(saver))
         } else {
