@@ -426,17 +426,26 @@ pub struct EmbedArgs {
 }
 
 /// Peak resident set size of this process, in MB (Linux; 0 elsewhere).
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// Resident set size of this process now, in MB (Linux; 0 elsewhere).
+pub(crate) fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+/// A size line of `/proc/self/status`, in MB.
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 pub async fn embed(cfg: &Config, args: EmbedArgs) -> anyhow::Result<()> {

@@ -225,6 +225,7 @@ pub async fn replicas(cfg: &Config, args: ReplicasArgs) -> anyhow::Result<()> {
         "creates": args.creates,
         "warmup": args.warmup,
         "cache": cfg.cache.url.is_some(),
+        "pool_size": cfg.store.pool_size,
         "results": results,
     });
     println!("{out}");

@@ -102,11 +102,21 @@ pub struct ModeResult {
     /// Against exact search (for hybrid: hybrid search run with exact vector search);
     /// `null` for keyword search, which is exact by construction.
     pub recall_at_10: Option<f64>,
+    /// The searching process's resident set once this mode's queries ran (indexes are
+    /// loaded as first used, and page caches fill), in MB.
+    #[serde(default)]
+    pub rss_after_mb: f64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Measured {
     rss_mb: f64,
+    /// Resident set right after the store opened, in MB.
+    #[serde(default)]
+    rss_open_mb: f64,
+    /// How the vector index kept vectors (`[store] vector_quantization`).
+    #[serde(default)]
+    vector_quantization: String,
     open_s: f64,
     results: Vec<ModeResult>,
 }
@@ -265,7 +275,7 @@ pub(super) fn bench_config(
 
 pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.measure {
-        let m = measure(dir, !args.no_recall).await?;
+        let m = measure(dir, !args.no_recall, cfg).await?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());
     }
@@ -289,12 +299,14 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&dir)?;
     let exact_search_max = cfg.store.exact_search_max;
+    let quantization = cfg.store.vector_quantization;
     let mut cfg = bench_config(
         &dir,
         args.store.store_url.clone(),
         cfg.store.schema.clone(),
         args.store.cache_url.clone(),
     );
+    cfg.store.vector_quantization = quantization;
     let temp_schema = crate::backends::temp_schema(&mut cfg, "bench")?;
     let backends = Backends::open(&cfg, false).await?;
     if !quiet {
@@ -402,49 +414,46 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
                 "n": args.n,
                 "build_s": build_s,
                 "rss_mb": m.rss_mb,
+                "rss_open_mb": m.rss_open_mb,
+                "vector_quantization": m.vector_quantization,
                 "open_s": m.open_s,
                 "results": m.results,
             })
         );
     } else {
         println!(
-            "search over {} memories: index built in {build_s:.1} s, reopened in {:.2} s, peak RSS of the searching process {:.0} MB",
-            args.n, m.open_s, m.rss_mb
+            "search over {} memories ({} vectors in the index): index built in {build_s:.1} s, reopened in {:.2} s, peak RSS of the searching process {:.0} MB",
+            args.n, m.vector_quantization, m.open_s, m.rss_mb
         );
         println!(
-            "{:<9} {:<9} {:>8} {:>8} {:>8} {:>10}",
-            "mode", "filtered", "p50 ms", "p95 ms", "p99 ms", "recall@10"
+            "(resident {:.0} MB once opened; the last column: after each mode's queries)",
+            m.rss_open_mb
+        );
+        println!(
+            "{:<9} {:<9} {:>8} {:>8} {:>8} {:>10} {:>7}",
+            "mode", "filtered", "p50 ms", "p95 ms", "p99 ms", "recall@10", "RSS MB"
         );
         for r in &m.results {
             println!(
-                "{:<9} {:<9} {:>8.3} {:>8.3} {:>8.3} {:>10}",
+                "{:<9} {:<9} {:>8.3} {:>8.3} {:>8.3} {:>10} {:>7.0}",
                 r.mode,
                 r.filtered,
                 r.p50_ms,
                 r.p95_ms,
                 r.p99_ms,
                 r.recall_at_10
-                    .map_or("exact".to_owned(), |x| format!("{x:.4}"))
+                    .map_or("exact".to_owned(), |x| format!("{x:.4}")),
+                r.rss_after_mb
             );
         }
     }
     Ok(())
 }
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// The child: open the store as `engram serve` does and run the plan.
-async fn measure(dir: &Path, recall: bool) -> anyhow::Result<Measured> {
+/// The child: open the store as `engram serve` does and run the plan. The vector index
+/// keeps vectors as `own` (the child's configuration) says: measuring a store with
+/// another quantization than it was built with rebuilds its index at open.
+async fn measure(dir: &Path, recall: bool, own: &Config) -> anyhow::Result<Measured> {
     let plan: Plan = serde_json::from_slice(&std::fs::read(dir.join("bench-plan.json"))?)?;
     let mut cfg = bench_config(
         dir,
@@ -453,9 +462,11 @@ async fn measure(dir: &Path, recall: bool) -> anyhow::Result<Measured> {
         plan.cache_url.clone(),
     );
     cfg.store.exact_search_max = plan.exact_search_max;
+    cfg.store.vector_quantization = own.store.vector_quantization;
     let started = Instant::now();
     let store = Backends::open(&cfg, true).await?;
     let open_s = started.elapsed().as_secs_f64();
+    let rss_open_mb = super::rss_mb();
     let slot = EmbedderSlot::default();
     slot.set(Arc::new(CachedQueries {
         model: plan.model.clone(),
@@ -531,6 +542,7 @@ async fn measure(dir: &Path, recall: bool) -> anyhow::Result<Measured> {
                 p95_ms: percentile(&lat, 0.95),
                 p99_ms: percentile(&lat, 0.99),
                 recall_at_10: (total > 0).then(|| found as f64 / total as f64),
+                rss_after_mb: super::rss_mb(),
             });
         }
     }
@@ -539,7 +551,9 @@ async fn measure(dir: &Path, recall: bool) -> anyhow::Result<Measured> {
         s.close();
     }
     Ok(Measured {
-        rss_mb: peak_rss_mb(),
+        rss_mb: super::peak_rss_mb(),
+        rss_open_mb,
+        vector_quantization: cfg.store.vector_quantization.to_string(),
         open_s,
         results,
     })
