@@ -71,7 +71,7 @@ impl SqliteConfig {
             vector_index: true,
             exact_search_max: ann::EXACT_MAX,
             speaker_key: engram_core::RerankConfig::default().speaker_key,
-            vector_quantization: VectorQuantization::I8,
+            vector_quantization: VectorQuantization::F16,
         }
     }
 }

@@ -269,7 +269,7 @@ impl Default for StoreConfig {
             pool_size: 16,
             schema: None,
             exact_search_max: None,
-            vector_quantization: engram_sqlite::VectorQuantization::I8,
+            vector_quantization: engram_sqlite::VectorQuantization::F16,
         }
     }
 }
@@ -384,7 +384,7 @@ pool_size = 16
 # SQLite: how the in-process vector index keeps each vector: f32, f16 or i8 (the database
 # keeps f32 either way). i8 halves the index's memory and walks the graph faster, at a
 # little recall (docs/benchmarks.md). A change rebuilds the index at the next start.
-vector_quantization = "i8"
+vector_quantization = "f16"
 
 [cache]
 # Redis in front of the store (caches only, never ground truth), e.g. "redis://127.0.0.1:6379".
