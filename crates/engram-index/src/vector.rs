@@ -272,6 +272,17 @@ pub(crate) fn sort_hits(hits: &mut [Hit]) {
 mod tests {
     use super::*;
 
+    /// A deterministic sequence of values in [-1, 1) from `seed` (xorshift; no dependency
+    /// needed for this).
+    fn uniform(mut state: u64) -> impl FnMut() -> f32 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
     #[test]
     fn normalized_checks_and_scales() {
         let v = normalized(&[3.0, 4.0], 2).unwrap();
@@ -309,14 +320,7 @@ mod tests {
 
     #[test]
     fn cosine_agrees_with_an_f64_reference_at_every_length() {
-        // A deterministic pseudo-random sequence (no dependency needed for this).
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut next = uniform(0x9e37_79b9_7f4a_7c15);
         for n in [1, 2, 15, 16, 17, 31, 33, 383, 384, 385, 1536] {
             let a: Vec<f32> = (0..n).map(|_| next()).collect();
             let b: Vec<f32> = (0..n).map(|_| next()).collect();
@@ -339,13 +343,7 @@ mod tests {
 
     #[test]
     fn f16_cosine_agrees_with_the_widened_one_at_every_length() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut next = uniform(0x2545_f491_4f6c_dd1d);
         let mut buf = Vec::new();
         for n in [1, 2, 7, 8, 15, 16, 17, 31, 33, 383, 384, 385, 1536] {
             let a: Vec<f32> = (0..n).map(|_| next()).collect();
@@ -369,13 +367,7 @@ mod tests {
 
     #[test]
     fn i8_cosine_agrees_with_the_widened_one_at_every_length() {
-        let mut state = 0x5851_f42d_4c95_7f2du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut next = uniform(0x5851_f42d_4c95_7f2d);
         for n in [1, 2, 7, 8, 15, 16, 17, 31, 33, 383, 384, 385, 1536] {
             let a: Vec<f32> = (0..n).map(|_| next()).collect();
             let b: Vec<i8> = quantize_i8(&(0..n).map(|_| next()).collect::<Vec<_>>());

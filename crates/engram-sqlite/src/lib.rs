@@ -36,6 +36,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::Semaphore;
 
 pub use engram_index::Quantization as VectorQuantization;
+/// How the in-process vector index keeps vectors unless configured otherwise.
+pub const DEFAULT_VECTOR_QUANTIZATION: VectorQuantization =
+    engram_index::IndexConfig::DEFAULT_QUANTIZATION;
 pub use migrate::{MigrationReport, MIGRATIONS};
 use rows::{append_change, get_by_id, insert_row, row_to_memory, update_row, COLUMNS};
 use writer::{in_savepoint, Writer};
@@ -71,7 +74,7 @@ impl SqliteConfig {
             vector_index: true,
             exact_search_max: ann::EXACT_MAX,
             speaker_key: engram_core::RerankConfig::default().speaker_key,
-            vector_quantization: VectorQuantization::F16,
+            vector_quantization: DEFAULT_VECTOR_QUANTIZATION,
         }
     }
 }

@@ -269,7 +269,7 @@ impl Default for StoreConfig {
             pool_size: 16,
             schema: None,
             exact_search_max: None,
-            vector_quantization: engram_sqlite::VectorQuantization::F16,
+            vector_quantization: engram_sqlite::DEFAULT_VECTOR_QUANTIZATION,
         }
     }
 }
