@@ -122,29 +122,72 @@ const DEAD: u32 = u32::MAX;
 /// Dead slots tolerated before a sweep, at least.
 const SWEEP_MIN: usize = 1024;
 
+/// A number (a slot in a posting, a term in a forward list) and a term frequency, packed
+/// into six bytes: the index holds one per word of every document twice, so this is most
+/// of its memory. Frequencies saturate at 65,535 (engram's longest content, 50,000
+/// characters, holds at most 25,000 words).
 #[derive(Clone, Copy)]
-struct Posting {
-    slot: u32,
-    tf: u32,
+#[repr(C, packed(2))]
+struct Pair {
+    id: u32,
+    tf: u16,
+}
+
+impl Pair {
+    fn new(id: u32, tf: u32) -> Pair {
+        Pair {
+            id,
+            tf: u16::try_from(tf).unwrap_or(u16::MAX),
+        }
+    }
+
+    fn id(self) -> u32 {
+        self.id
+    }
+
+    fn tf(self) -> f32 {
+        f32::from(self.tf)
+    }
 }
 
 /// The inverted index. Not synchronised: wrap it in a lock to share it.
-#[derive(Default)]
 pub struct KeywordIndex {
     terms: HashMap<Box<str>, u32, RandomState>,
-    postings: Vec<Vec<Posting>>,
+    /// Per term: (slot, frequency) of the documents holding it, dead ones included until
+    /// the next sweep.
+    postings: Vec<Vec<Pair>>,
     /// Live documents holding each term.
     df: Vec<u32>,
     /// Per slot: the document's length in words, or `DEAD`.
     lens: Vec<u32>,
     /// Per slot: the document's key.
     keys: Vec<u64>,
-    /// Per live slot: its distinct terms, in term order, and their frequencies (emptied
-    /// when it dies).
-    forward: Vec<Box<[(u32, u32)]>>,
+    /// Every slot's distinct terms, in term order, with their frequencies, one slot after
+    /// the other (a dead slot's stay until the next sweep): slot `s`'s are
+    /// `forward[forward_at[s]..forward_at[s + 1]]`. One vector rather than one
+    /// allocation per document.
+    forward: Vec<Pair>,
+    forward_at: Vec<usize>,
     slots: HashMap<u64, u32, RandomState>,
     total_len: u64,
     dead: usize,
+}
+
+impl Default for KeywordIndex {
+    fn default() -> Self {
+        KeywordIndex {
+            terms: HashMap::default(),
+            postings: Vec::new(),
+            df: Vec::new(),
+            lens: Vec::new(),
+            keys: Vec::new(),
+            forward: Vec::new(),
+            forward_at: vec![0],
+            slots: HashMap::default(),
+            total_len: 0,
+            dead: 0,
+        }
+    }
 }
 
 /// A scored document, ordered so that the better one is greater.
@@ -207,12 +250,13 @@ impl KeywordIndex {
         });
         let slot = u32::try_from(self.lens.len()).expect("fewer than 2^32 documents");
         for &(t, tf) in &forward {
-            self.postings[t as usize].push(Posting { slot, tf });
+            self.postings[t as usize].push(Pair::new(slot, tf));
             self.df[t as usize] += 1;
+            self.forward.push(Pair::new(t, tf));
         }
+        self.forward_at.push(self.forward.len());
         self.lens.push(len);
         self.keys.push(key);
-        self.forward.push(forward.into_boxed_slice());
         self.slots.insert(key, slot);
         self.total_len += u64::from(len);
     }
@@ -235,10 +279,9 @@ impl KeywordIndex {
             return false;
         };
         let s = slot as usize;
-        for &(t, _) in self.forward[s].iter() {
-            self.df[t as usize] -= 1;
+        for p in &self.forward[self.forward_at[s]..self.forward_at[s + 1]] {
+            self.df[p.id() as usize] -= 1;
         }
-        self.forward[s] = Box::new([]);
         self.total_len -= u64::from(self.lens[s]);
         self.lens[s] = DEAD;
         self.dead += 1;
@@ -246,6 +289,27 @@ impl KeywordIndex {
             self.sweep();
         }
         true
+    }
+
+    /// Slot `s`'s distinct terms and their frequencies, in term order.
+    fn forward_of(&self, s: usize) -> &[Pair] {
+        &self.forward[self.forward_at[s]..self.forward_at[s + 1]]
+    }
+
+    /// Gives back the spare capacity of every list: call after building from many
+    /// documents (a list grown by doubling holds up to twice what it uses).
+    pub fn shrink_to_fit(&mut self) {
+        for list in &mut self.postings {
+            list.shrink_to_fit();
+        }
+        self.postings.shrink_to_fit();
+        self.df.shrink_to_fit();
+        self.lens.shrink_to_fit();
+        self.keys.shrink_to_fit();
+        self.forward.shrink_to_fit();
+        self.forward_at.shrink_to_fit();
+        self.terms.shrink_to_fit();
+        self.slots.shrink_to_fit();
     }
 
     /// Renumbers the live documents densely and drops the postings of dead ones.
@@ -260,8 +324,8 @@ impl KeywordIndex {
         }
         for list in &mut self.postings {
             list.retain_mut(|p| {
-                let to = renumber[p.slot as usize];
-                p.slot = to;
+                let to = renumber[p.id() as usize];
+                p.id = to;
                 to != DEAD
             });
         }
@@ -270,12 +334,14 @@ impl KeywordIndex {
             .filter(live)
             .map(|s| self.keys[s])
             .collect();
-        self.forward = std::mem::take(&mut self.forward)
-            .into_iter()
-            .enumerate()
-            .filter(|(s, _)| live(s))
-            .map(|(_, f)| f)
-            .collect();
+        let mut forward = Vec::with_capacity(self.forward.len());
+        let mut forward_at = Vec::with_capacity(next as usize + 1);
+        forward_at.push(0);
+        for s in (0..self.lens.len()).filter(live) {
+            forward.extend_from_slice(self.forward_of(s));
+            forward_at.push(forward.len());
+        }
+        (self.forward, self.forward_at) = (forward, forward_at);
         self.lens.retain(|&l| l != DEAD);
         for slot in self.slots.values_mut() {
             *slot = renumber[*slot as usize];
@@ -329,16 +395,16 @@ impl KeywordIndex {
                 scores.resize(self.lens.len(), 0.0);
             }
             for &(t, lift) in &q.terms {
-                for p in &self.postings[t as usize] {
-                    let s = p.slot as usize;
+                for &p in &self.postings[t as usize] {
+                    let s = p.id() as usize;
                     let len = self.lens[s];
                     if len == DEAD {
                         continue;
                     }
-                    let tf = p.tf as f32;
+                    let tf = p.tf();
                     let norm = q.base + q.per_word * len as f32;
                     if scores[s] == 0.0 {
-                        touched.push(p.slot);
+                        touched.push(p.id());
                     }
                     scores[s] += lift * tf / (tf + norm);
                 }
@@ -390,13 +456,13 @@ impl KeywordIndex {
                 continue;
             };
             let s = slot as usize;
-            let forward = &self.forward[s];
+            let forward = self.forward_of(s);
             let norm = q.base + q.per_word * self.lens[s] as f32;
             let mut score = 0.0f32;
             let mut any = false;
             for &(t, lift) in &q.terms {
-                if let Ok(i) = forward.binary_search_by_key(&t, |&(ft, _)| ft) {
-                    let tf = forward[i].1 as f32;
+                if let Ok(i) = forward.binary_search_by_key(&t, |p| p.id()) {
+                    let tf = forward[i].tf();
                     score += lift * tf / (tf + norm);
                     any = true;
                 }
@@ -545,6 +611,21 @@ mod tests {
     ];
 
     #[test]
+    fn a_frequency_past_what_a_posting_holds_saturates() {
+        let mut ix = KeywordIndex::new();
+        ix.upsert(1, &[&"echo ".repeat(70_000), "", ""]);
+        ix.upsert(2, &[&"echo ".repeat(65_535), "", ""]);
+        ix.upsert(3, &["echo once", "", ""]);
+        let hits = ix.search(&["echo"], Bm25Params { k1: 1.2, b: 0.0 }, 10, None);
+        assert_eq!(hits.len(), 3);
+        // Without length normalisation, 70,000 and 65,535 occurrences score the same.
+        let score = |k: u64| hits.iter().find(|h| h.0 == k).map(|h| h.1);
+        assert_eq!(score(1), score(2));
+        assert!(score(1) > score(3));
+        assert!(hits.iter().all(|h| h.1.is_finite()));
+    }
+
+    #[test]
     fn scores_match_naive_bm25_through_updates_removals_and_sweeps() {
         let mut rng = Lcg(7);
         let mut ix = KeywordIndex::new();
@@ -560,6 +641,10 @@ mod tests {
                 ix.upsert(key, &[&text, "", if step % 3 == 0 { "paper" } else { "" }]);
                 let full = format!("{text} {}", if step % 3 == 0 { "paper" } else { "" });
                 docs.insert(key, full);
+            }
+            if step == 3000 {
+                // Trimmed lists take further documents as before.
+                ix.shrink_to_fit();
             }
         }
         assert_eq!(ix.len(), docs.len());

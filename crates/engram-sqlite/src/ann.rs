@@ -96,7 +96,8 @@ struct Loaded {
     dim: usize,
     index: VectorIndex,
     attrs: RwLock<FieldMap<Attrs>>,
-    interner: Mutex<Interner>,
+    /// Names the strings of `attrs`.
+    interner: Interner,
     applied_seq: AtomicI64,
     saved_seq: AtomicI64,
 }
@@ -120,7 +121,7 @@ const SELECT_ROWS: &str = "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, 
 
 fn attrs_of(
     r: &rusqlite::Row<'_>,
-    interner: &mut Interner,
+    interner: &Interner,
     windows: u16,
     context: bool,
 ) -> Result<Attrs, StoreError> {
@@ -187,7 +188,7 @@ fn attach_contexts(
 
 fn read_rows(
     conn: &Connection,
-    interner: &Mutex<Interner>,
+    interner: &Interner,
     model_key: &str,
     dim: usize,
     extra: &str,
@@ -201,7 +202,6 @@ fn read_rows(
         .query(rusqlite::params_from_iter(all.iter()))
         .map_err(db_err)?;
     let mut out: Vec<Row> = Vec::new();
-    let mut interner = interner.lock().unwrap_or_else(|p| p.into_inner());
     let corrupt = |what: &str| StoreError::Other(format!("corrupt {what} in memories"));
     while let Some(r) = rows.next().map_err(db_err)? {
         let rid: i64 = r.get(0).map_err(db_err)?;
@@ -218,7 +218,7 @@ fn read_rows(
             last.attrs.windows += 1;
             continue;
         }
-        let attrs = attrs_of(r, &mut interner, 1, false)?;
+        let attrs = attrs_of(r, interner, 1, false)?;
         out.push(Row {
             rid,
             attrs,
@@ -226,7 +226,6 @@ fn read_rows(
             context: None,
         });
     }
-    drop(interner);
     attach_contexts(conn, model_key, dim, &mut out)?;
     Ok(out)
 }
@@ -401,7 +400,7 @@ impl Ann {
             dim,
             index,
             attrs: RwLock::new(FieldMap::default()),
-            interner: Mutex::new(Interner::default()),
+            interner: Interner::default(),
             applied_seq: AtomicI64::new(from_seq),
             saved_seq: AtomicI64::new(if rebuilt { -1 } else { from_seq }),
         });
@@ -445,7 +444,6 @@ impl Ann {
                 )
                 .map_err(db_err)?;
             let mut rows = stmt.query(params![model_key]).map_err(db_err)?;
-            let mut interner = loaded.interner.lock().unwrap_or_else(|p| p.into_inner());
             let mut attrs = loaded.attrs.write().unwrap_or_else(|p| p.into_inner());
             while let Some(r) = rows.next().map_err(db_err)? {
                 let rid: i64 = r.get(0).map_err(db_err)?;
@@ -453,13 +451,18 @@ impl Ann {
                 let context: bool = r.get(13).map_err(db_err)?;
                 let a = attrs_of(
                     r,
-                    &mut interner,
+                    &loaded.interner,
                     windows.clamp(1, MAX_WINDOWS) as u16,
                     context,
                 )?;
                 attrs.insert(rid, a);
             }
         }
+        loaded
+            .attrs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .shrink_to_fit();
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded.clone());
         self.apply_log(conn, &loaded)?;
         tracing::info!(
@@ -597,8 +600,14 @@ impl Ann {
         let only_tenant = *filter == MemoryFilter::default();
         // Conditions the in-memory fields cannot answer.
         let needs_sql = needs_sql(filter);
+        // The filter in the index's names; one naming a value no held memory has passes
+        // none. Resolved before the fields are locked: the names lock is never held
+        // while waiting for another.
+        let Some(wanted) = loaded.interner.resolve(tenant, filter) else {
+            return Ok(Some(Vec::new()));
+        };
         let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());
-        let tenant_size = attrs.tenant_len(tenant);
+        let tenant_size = attrs.tenant_len(wanted.tenant);
         if tenant_size == 0 {
             return Ok(Some(Vec::new()));
         }
@@ -608,7 +617,7 @@ impl Ann {
         let exact_max = self.exact_max;
         let candidates: Option<Vec<i64>> = if only_tenant && tenant_size > exact_max {
             None
-        } else if let Some(listed) = attrs.passing(tenant, filter, exact_max) {
+        } else if let Some(listed) = attrs.passing(filter, &wanted, exact_max) {
             listed
         } else {
             // One more than the bound tells a filter over it; no bound lists them all.
@@ -650,11 +659,7 @@ impl Ann {
             }
             None => {
                 let single_tenant = attrs.len() == tenant_size;
-                let pass = |k: u64| {
-                    attrs
-                        .get(&rid_of(k))
-                        .is_some_and(|a| a.f.matches(tenant, filter))
-                };
+                let pass = |k: u64| attrs.get(&rid_of(k)).is_some_and(|a| a.f.matches(&wanted));
                 if only_tenant && single_tenant {
                     loaded.index.search(vector, limit * 2, None)
                 } else {

@@ -1,8 +1,8 @@
 //! What a filter can ask of a memory, held in memory by the in-process indexes (vector
 //! and keyword) so that they filter inside their search instead of after a top-k cut.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use engram_core::time::to_micros;
 use engram_core::{MemoryFilter, MemoryId, MemoryType, Source, StoreError};
@@ -10,54 +10,68 @@ use foldhash::fast::RandomState;
 
 use crate::db_err;
 
-/// A memory's filterable fields.
+/// A string held by an [`Interner`], by number; 0 is "none".
+pub(crate) type Name = u32;
+
+/// A memory's filterable fields. The strings (tenant, scope, tags) are [`Name`]s of the
+/// interner of the index holding them: a million memories repeat a few thousand distinct
+/// values, and four bytes per value instead of a 16-byte shared pointer halve what each
+/// memory costs the two in-process indexes (each holds these for every memory).
 pub(crate) struct Fields {
     pub id: MemoryId,
-    pub tenant: Arc<str>,
-    user_id: Option<Arc<str>>,
-    agent_id: Option<Arc<str>>,
-    project: Option<Arc<str>>,
-    domain: Option<Arc<str>>,
-    session_id: Option<Arc<str>>,
+    created_at: i64,
+    tenant: Name,
+    /// user, agent, project, domain, session (0 when absent).
+    scope: [Name; 5],
     memory_type: MemoryType,
     source: Source,
-    created_at: i64,
-    tags: Box<[Arc<str>]>,
+    tags: Box<[Name]>,
 }
 
+/// Positions in [`Fields::scope`].
+const SESSION_AT: usize = 4;
+
 impl Fields {
-    pub fn session_id(&self) -> Option<&Arc<str>> {
-        self.session_id.as_ref()
+    pub fn tenant(&self) -> Name {
+        self.tenant
     }
 
-    /// The memory's tags.
-    pub fn tags(&self) -> impl Iterator<Item = &str> {
-        self.tags.iter().map(|t| &**t)
+    pub fn session_id(&self) -> Name {
+        self.scope[SESSION_AT]
     }
 
-    /// Whether the memory passes `f` for `tenant`. Metadata and embedding-status
+    pub fn tag_names(&self) -> &[Name] {
+        &self.tags
+    }
+
+    /// Whether the memory passes the resolved filter `f`. Metadata and embedding-status
     /// conditions are not held here: see [`needs_sql`].
-    pub fn matches(&self, tenant: &str, f: &MemoryFilter) -> bool {
-        fn eq(want: &Option<String>, have: &Option<Arc<str>>) -> bool {
-            match want {
-                None => true,
-                Some(w) => have.as_deref() == Some(w.as_str()),
-            }
-        }
-        &*self.tenant == tenant
+    pub fn matches(&self, f: &Resolved) -> bool {
+        self.tenant == f.tenant
+            && self
+                .scope
+                .iter()
+                .zip(&f.scope)
+                .all(|(have, want)| want.is_none_or(|w| *have == w))
             && (f.memory_types.is_empty() || f.memory_types.contains(&self.memory_type))
             && f.source.is_none_or(|s| s == self.source)
-            && eq(&f.user_id, &self.user_id)
-            && eq(&f.agent_id, &self.agent_id)
-            && eq(&f.project, &self.project)
-            && eq(&f.domain, &self.domain)
-            && eq(&f.session_id, &self.session_id)
-            && f.created_after
-                .is_none_or(|t| self.created_at > to_micros(t))
-            && f.created_before
-                .is_none_or(|t| self.created_at < to_micros(t))
-            && f.tags.iter().all(|t| self.tags.iter().any(|x| &**x == t))
+            && f.created_after.is_none_or(|t| self.created_at > t)
+            && f.created_before.is_none_or(|t| self.created_at < t)
+            && f.tags.iter().all(|t| self.tags.contains(t))
     }
+}
+
+/// A tenant and filter in the [`Name`]s of one interner, ready to check held memories
+/// against. Only made when every string the filter names is known to the interner: a
+/// value no held memory has matches nothing.
+pub(crate) struct Resolved {
+    pub tenant: Name,
+    scope: [Option<Name>; 5],
+    memory_types: Vec<MemoryType>,
+    source: Option<Source>,
+    created_after: Option<i64>,
+    created_before: Option<i64>,
+    tags: Vec<Name>,
 }
 
 /// Whether `f` asks for something [`Fields`] does not hold (the candidates then come from
@@ -87,21 +101,91 @@ pub(crate) fn filter_rids(
         .map_err(db_err)
 }
 
-/// Shares one allocation per distinct string (tenants, users, sessions, tags).
+/// Numbers each distinct string (tenants, scope values, tags, speakers) once, from 1.
+/// Shared by reference and locked inside, briefly, per call: never held across another
+/// lock. Names are never reused, so a [`Name`] stays valid for the interner's life.
 #[derive(Default)]
-pub(crate) struct Interner(HashSet<Arc<str>>);
+pub(crate) struct Interner(RwLock<Names>);
+
+#[derive(Default)]
+struct Names {
+    ids: HashMap<Arc<str>, Name, RandomState>,
+    /// By name − 1.
+    strs: Vec<Arc<str>>,
+}
 
 impl Interner {
-    pub fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(s) {
-            return a.clone();
+    /// The name of `s`, numbering it when it is new.
+    pub fn intern(&self, s: &str) -> Name {
+        if let Some(n) = self.lookup(s) {
+            return n;
         }
+        let mut names = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(&n) = names.ids.get(s) {
+            return n;
+        }
+        let n = Name::try_from(names.strs.len() + 1).expect("fewer than 2^32 distinct strings");
         let a: Arc<str> = Arc::from(s);
-        self.0.insert(a.clone());
-        a
+        names.strs.push(a.clone());
+        names.ids.insert(a, n);
+        n
     }
-    fn opt(&mut self, s: Option<String>) -> Option<Arc<str>> {
-        s.map(|s| self.get(&s))
+
+    fn opt(&self, s: Option<String>) -> Name {
+        s.map_or(0, |s| self.intern(&s))
+    }
+
+    /// The name of `s`, if it was ever interned.
+    pub fn lookup(&self, s: &str) -> Option<Name> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .ids
+            .get(s)
+            .copied()
+    }
+
+    /// The string named `n` (none for 0).
+    pub fn name(&self, n: Name) -> Option<Arc<str>> {
+        let i = usize::try_from(n).ok()?.checked_sub(1)?;
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .strs
+            .get(i)
+            .cloned()
+    }
+
+    /// `tenant` and `f` in names, or `None` when one of the strings they name was never
+    /// interned (then no memory held passes).
+    pub fn resolve(&self, tenant: &str, f: &MemoryFilter) -> Option<Resolved> {
+        let names = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let known = |s: &str| names.ids.get(s).copied();
+        let want = |v: &Option<String>| -> Option<Option<Name>> {
+            match v {
+                None => Some(None),
+                Some(s) => known(s).map(Some),
+            }
+        };
+        Some(Resolved {
+            tenant: known(tenant)?,
+            scope: [
+                want(&f.user_id)?,
+                want(&f.agent_id)?,
+                want(&f.project)?,
+                want(&f.domain)?,
+                want(&f.session_id)?,
+            ],
+            memory_types: f.memory_types.clone(),
+            source: f.source,
+            created_after: f.created_after.map(to_micros),
+            created_before: f.created_before.map(to_micros),
+            tags: f
+                .tags
+                .iter()
+                .map(|t| known(t))
+                .collect::<Option<Vec<_>>>()?,
+        })
     }
 }
 
@@ -111,28 +195,25 @@ pub(crate) const COLUMNS: &str = "m.rid, m.id, m.tenant, m.user_id, m.agent_id, 
      m.domain, m.session_id, m.memory_type, m.source, m.created_at, m.tags";
 
 /// A memory's filterable fields from columns 1–11 of a row (see [`COLUMNS`]).
-pub(crate) fn fields_of(
-    r: &rusqlite::Row<'_>,
-    interner: &mut Interner,
-) -> Result<Fields, StoreError> {
+pub(crate) fn fields_of(r: &rusqlite::Row<'_>, interner: &Interner) -> Result<Fields, StoreError> {
     let corrupt = |what: &str| StoreError::Other(format!("corrupt {what} in memories"));
     let id: Vec<u8> = r.get(1).map_err(db_err)?;
     let tags: String = r.get(11).map_err(db_err)?;
     let tags: Vec<String> = serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?;
     let mt: String = r.get(8).map_err(db_err)?;
     let src: String = r.get(9).map_err(db_err)?;
+    let mut scope = [0; 5];
+    for (i, n) in scope.iter_mut().enumerate() {
+        *n = interner.opt(r.get(3 + i).map_err(db_err)?);
+    }
     Ok(Fields {
         id: MemoryId::from_bytes(&id).ok_or_else(|| corrupt("id"))?,
-        tenant: interner.get(&r.get::<_, String>(2).map_err(db_err)?),
-        user_id: interner.opt(r.get(3).map_err(db_err)?),
-        agent_id: interner.opt(r.get(4).map_err(db_err)?),
-        project: interner.opt(r.get(5).map_err(db_err)?),
-        domain: interner.opt(r.get(6).map_err(db_err)?),
-        session_id: interner.opt(r.get(7).map_err(db_err)?),
+        created_at: r.get(10).map_err(db_err)?,
+        tenant: interner.intern(&r.get::<_, String>(2).map_err(db_err)?),
+        scope,
         memory_type: MemoryType::parse(&mt, "memory_type").map_err(|_| corrupt("type"))?,
         source: Source::parse(&src, "source").map_err(|_| corrupt("source"))?,
-        created_at: r.get(10).map_err(db_err)?,
-        tags: tags.iter().map(|t| interner.get(t)).collect(),
+        tags: tags.iter().map(|t| interner.intern(t)).collect(),
     })
 }
 
@@ -141,18 +222,16 @@ pub(crate) trait HasFields {
     fn fields(&self) -> &Fields;
 }
 
-/// The fields a filter can ask for by equality, as positions in [`FieldMap`]'s lists.
-const USER: usize = 0;
-const AGENT: usize = 1;
-const PROJECT: usize = 2;
-const DOMAIN: usize = 3;
-const SESSION: usize = 4;
+/// The fields a filter can ask for by equality, as positions in [`FieldMap`]'s lists: the
+/// five scope fields (as in [`Fields::scope`]), then type, source and tags.
 const TYPE: usize = 5;
 const SOURCE: usize = 6;
 const TAG: usize = 7;
 const LISTED: usize = 8;
 
-type Lists = [HashMap<Arc<str>, Vec<i64>, RandomState>; LISTED];
+/// Per field, the row ids under each value (a [`Name`], or the type's or source's
+/// position in its enum).
+type Lists = [HashMap<u32, Vec<i64>, RandomState>; LISTED];
 
 /// Memories by row id, with a posting list per tenant, field and value: the row ids of
 /// the memories holding that user, agent, project, domain, session, type, source or tag.
@@ -168,7 +247,7 @@ type Lists = [HashMap<Arc<str>, Vec<i64>, RandomState>; LISTED];
 pub(crate) struct FieldMap<T> {
     rows: Vec<(i64, T)>,
     slots: HashMap<i64, u32, RandomState>,
-    lists: HashMap<Arc<str>, Lists, RandomState>,
+    lists: HashMap<Name, Lists, RandomState>,
 }
 
 impl<T> Default for FieldMap<T> {
@@ -181,27 +260,15 @@ impl<T> Default for FieldMap<T> {
     }
 }
 
-/// The given ones of user, agent, project, domain and session, with their list positions.
-fn scope<S: std::ops::Deref<Target = str>>(
-    values: [&Option<S>; 5],
-) -> impl Iterator<Item = (usize, &str)> {
-    [USER, AGENT, PROJECT, DOMAIN, SESSION]
-        .into_iter()
-        .zip(values)
-        .filter_map(|(field, v)| v.as_deref().map(|v| (field, v)))
-}
-
 /// Each (field, value) `f` is listed under.
-fn listed(f: &Fields) -> impl Iterator<Item = (usize, &str)> {
-    scope([
-        &f.user_id,
-        &f.agent_id,
-        &f.project,
-        &f.domain,
-        &f.session_id,
-    ])
-    .chain([(TYPE, f.memory_type.as_str()), (SOURCE, f.source.as_str())])
-    .chain(f.tags.iter().map(|t| (TAG, &**t)))
+fn listed(f: &Fields) -> impl Iterator<Item = (usize, u32)> + '_ {
+    f.scope
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != 0)
+        .map(|(field, n)| (field, *n))
+        .chain([(TYPE, f.memory_type as u32), (SOURCE, f.source as u32)])
+        .chain(f.tags.iter().map(|t| (TAG, *t)))
 }
 
 impl<T: HasFields> FieldMap<T> {
@@ -217,11 +284,24 @@ impl<T: HasFields> FieldMap<T> {
         self.slots.len()
     }
 
-    /// How many of `tenant`'s memories are held (each is on exactly one type list).
-    pub fn tenant_len(&self, tenant: &str) -> usize {
+    /// How many of the memories of the tenant named `tenant` are held (each is on exactly
+    /// one type list).
+    pub fn tenant_len(&self, tenant: Name) -> usize {
         self.lists
-            .get(tenant)
+            .get(&tenant)
             .map_or(0, |l| l[TYPE].values().map(Vec::len).sum())
+    }
+
+    /// Gives back spare capacity: call after loading many memories.
+    pub fn shrink_to_fit(&mut self) {
+        self.rows.shrink_to_fit();
+        self.slots.shrink_to_fit();
+        for lists in self.lists.values_mut() {
+            for by_value in lists.iter_mut() {
+                by_value.values_mut().for_each(Vec::shrink_to_fit);
+                by_value.shrink_to_fit();
+            }
+        }
     }
 
     pub fn insert(&mut self, rid: i64, row: T) -> Option<T> {
@@ -236,14 +316,9 @@ impl<T: HasFields> FieldMap<T> {
         }
         let old = self.remove(&rid);
         let f = row.fields();
-        let lists = self.lists.entry(f.tenant.clone()).or_default();
+        let lists = self.lists.entry(f.tenant).or_default();
         for (field, value) in listed(f) {
-            match lists[field].get_mut(value) {
-                Some(list) => list.push(rid),
-                None => {
-                    lists[field].insert(Arc::from(value), vec![rid]);
-                }
-            }
+            lists[field].entry(value).or_default().push(rid);
         }
         let slot = u32::try_from(self.rows.len()).expect("fewer than 2^32 memories held");
         self.rows.push((rid, row));
@@ -260,12 +335,12 @@ impl<T: HasFields> FieldMap<T> {
         let f = row.fields();
         if let Some(lists) = self.lists.get_mut(&f.tenant) {
             for (field, value) in listed(f) {
-                if let Some(list) = lists[field].get_mut(value) {
+                if let Some(list) = lists[field].get_mut(&value) {
                     if let Some(i) = list.iter().rposition(|r| r == rid) {
                         list.swap_remove(i);
                     }
                     if list.is_empty() {
-                        lists[field].remove(value);
+                        lists[field].remove(&value);
                     }
                 }
             }
@@ -276,50 +351,43 @@ impl<T: HasFields> FieldMap<T> {
         Some(row)
     }
 
-    /// The row ids of `tenant`'s memories that pass `filter`: `Some(Some(rids))` when at
-    /// most `max` pass, `Some(None)` when more do, `None` when no equality condition of
-    /// `filter` has a list here, or it has conditions in [`needs_sql`] (the caller then
-    /// lists through SQLite).
+    /// The row ids of the memories that pass `filter` (resolved as `f`): `Some(Some(rids))`
+    /// when at most `max` pass, `Some(None)` when more do, `None` when no equality
+    /// condition of `filter` has a list here, or it has conditions in [`needs_sql`] (the
+    /// caller then lists through SQLite).
     pub fn passing(
         &self,
-        tenant: &str,
         filter: &MemoryFilter,
+        f: &Resolved,
         max: usize,
     ) -> Option<Option<Vec<i64>>> {
         if needs_sql(filter) {
             return None;
         }
         // No list of this tenant's: nothing of theirs is held, and every list is empty.
-        let lists = self.lists.get(tenant);
+        let lists = self.lists.get(&f.tenant);
         let empty: &[i64] = &[];
-        let list = |field: usize, value: &str| -> &[i64] {
+        let list = |field: usize, value: u32| -> &[i64] {
             lists
-                .and_then(|l| l[field].get(value))
+                .and_then(|l| l[field].get(&value))
                 .map_or(empty, Vec::as_slice)
         };
-        let one_type = match filter.memory_types.as_slice() {
-            [t] => Some(t.as_str()),
+        let one_type = match f.memory_types.as_slice() {
+            [t] => Some(*t as u32),
             _ => None,
         };
-        let f = filter;
-        let shortest = scope([
-            &f.user_id,
-            &f.agent_id,
-            &f.project,
-            &f.domain,
-            &f.session_id,
-        ])
-        .map(|(field, v)| list(field, v))
-        .chain(one_type.map(|t| list(TYPE, t)))
-        .chain(filter.source.map(|s| list(SOURCE, s.as_str())))
-        .chain(filter.tags.iter().map(|t| list(TAG, t)))
-        .min_by_key(|l| l.len())?;
+        let shortest = f
+            .scope
+            .iter()
+            .enumerate()
+            .filter_map(|(field, v)| v.map(|v| list(field, v)))
+            .chain(one_type.map(|t| list(TYPE, t)))
+            .chain(f.source.map(|s| list(SOURCE, s as u32)))
+            .chain(f.tags.iter().map(|t| list(TAG, *t)))
+            .min_by_key(|l| l.len())?;
         let mut out = Vec::new();
         for rid in shortest {
-            if self
-                .get(rid)
-                .is_some_and(|r| r.fields().matches(tenant, filter))
-            {
+            if self.get(rid).is_some_and(|r| r.fields().matches(f)) {
                 if out.len() == max {
                     return Some(None);
                 }
@@ -366,25 +434,56 @@ mod tests {
     const TYPES: [MemoryType; 3] = [MemoryType::Note, MemoryType::Fact, MemoryType::Task];
     const SOURCES: [Source; 2] = [Source::Chat, Source::Manual];
 
-    fn fields(rng: &mut Rng) -> Fields {
-        let arc = |s: Option<String>| s.map(Arc::<str>::from);
+    fn fields(rng: &mut Rng, names: &Interner) -> Fields {
+        let mut scope = [0; 5];
+        let values: [&[&str]; 5] = [
+            &["u1", "u2", "u3"],
+            &["a1", "a2"],
+            &["p1"],
+            &["d1", "d2"],
+            &["s1", "s2", "s3", "s4"],
+        ];
+        for (n, values) in scope.iter_mut().zip(values) {
+            *n = names.opt(rng.pick(values));
+        }
         Fields {
             id: MemoryId::new(),
-            tenant: Arc::from(["t1", "t2"][rng.below(2) as usize]),
-            user_id: arc(rng.pick(&["u1", "u2", "u3"])),
-            agent_id: arc(rng.pick(&["a1", "a2"])),
-            project: arc(rng.pick(&["p1"])),
-            domain: arc(rng.pick(&["d1", "d2"])),
-            session_id: arc(rng.pick(&["s1", "s2", "s3", "s4"])),
+            tenant: names.intern(["t1", "t2"][rng.below(2) as usize]),
+            scope,
             memory_type: TYPES[rng.below(3) as usize],
             source: SOURCES[rng.below(2) as usize],
             created_at: rng.below(1_000) as i64,
             tags: ["x", "y", "z"]
                 .into_iter()
                 .filter(|_| rng.below(2) == 0)
-                .map(Arc::from)
+                .map(|t| names.intern(t))
                 .collect(),
         }
+    }
+
+    /// `f` checked the slow way, on the strings: the reference the names must agree with.
+    fn matches_by_string(names: &Interner, have: &Fields, tenant: &str, f: &MemoryFilter) -> bool {
+        let s = |n: Name| names.name(n);
+        let eq = |want: &Option<String>, n: Name| {
+            want.as_deref().is_none_or(|w| s(n).as_deref() == Some(w))
+        };
+        s(have.tenant).as_deref() == Some(tenant)
+            && eq(&f.user_id, have.scope[0])
+            && eq(&f.agent_id, have.scope[1])
+            && eq(&f.project, have.scope[2])
+            && eq(&f.domain, have.scope[3])
+            && eq(&f.session_id, have.scope[4])
+            && (f.memory_types.is_empty() || f.memory_types.contains(&have.memory_type))
+            && f.source.is_none_or(|x| x == have.source)
+            && f.created_after
+                .is_none_or(|t| have.created_at > to_micros(t))
+            && f.created_before
+                .is_none_or(|t| have.created_at < to_micros(t))
+            && f.tags.iter().all(|t| {
+                have.tags
+                    .iter()
+                    .any(|x| s(*x).as_deref() == Some(t.as_str()))
+            })
     }
 
     fn filter(rng: &mut Rng) -> MemoryFilter {
@@ -428,6 +527,7 @@ mod tests {
     #[test]
     fn posting_lists_agree_with_checking_every_memory() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let names = Interner::default();
         let mut map: FieldMap<Row> = FieldMap::default();
         // What the map should hold: row id → memory id.
         let mut model: HashMap<i64, MemoryId> = HashMap::new();
@@ -435,7 +535,7 @@ mod tests {
             for _ in 0..100 {
                 // Row ids collide often: replacements as well as inserts.
                 let rid = rng.below(600) as i64;
-                let f = fields(&mut rng);
+                let f = fields(&mut rng, &names);
                 let (id, replaced) = (f.id, model.get(&rid).copied());
                 let old = map.insert(rid, Row(f));
                 assert_eq!(old.map(|r| r.0.id), replaced);
@@ -456,12 +556,8 @@ mod tests {
                 if let Some(Row(f)) = map.get(&rid) {
                     let same = Fields {
                         id: f.id,
-                        tenant: f.tenant.clone(),
-                        user_id: f.user_id.clone(),
-                        agent_id: f.agent_id.clone(),
-                        project: f.project.clone(),
-                        domain: f.domain.clone(),
-                        session_id: f.session_id.clone(),
+                        tenant: f.tenant,
+                        scope: f.scope,
                         memory_type: f.memory_type,
                         source: f.source,
                         created_at: rng.below(1_000) as i64,
@@ -477,7 +573,7 @@ mod tests {
                 let mut want: Vec<i64> = map
                     .rows
                     .iter()
-                    .filter(|(_, r)| r.0.matches(tenant, &f))
+                    .filter(|(_, r)| matches_by_string(&names, &r.0, tenant, &f))
                     .map(|(rid, _)| *rid)
                     .collect();
                 want.sort_unstable();
@@ -489,7 +585,21 @@ mod tests {
                     || f.memory_types.len() == 1
                     || f.source.is_some()
                     || !f.tags.is_empty();
-                let got = map.passing(tenant, &f, max).map(|rids| {
+                let resolved = names.resolve(tenant, &f);
+                // The names agree with the strings for every held memory.
+                for (_, r) in &map.rows {
+                    assert_eq!(
+                        resolved.as_ref().is_some_and(|q| r.0.matches(q)),
+                        matches_by_string(&names, &r.0, tenant, &f)
+                    );
+                }
+                // A filter naming a string never interned: nothing passes (callers stop
+                // there).
+                let Some(resolved) = resolved else {
+                    assert!(want.is_empty());
+                    continue;
+                };
+                let got = map.passing(&f, &resolved, max).map(|rids| {
                     rids.map(|mut r| {
                         r.sort_unstable();
                         r

@@ -12,18 +12,18 @@
 //! how far the log was cut), the index is rebuilt.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use foldhash::fast::RandomState;
 
-use engram_core::time::from_micros;
+use engram_core::time::{from_micros, Timestamp};
 use engram_core::{MemoryFilter, MemoryId, RerankFields, Scored, StoreError};
 use engram_index::keyword::{Bm25Params, KeywordIndex};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
 use crate::attrs::{
-    fields_of, filter_rids, needs_sql, FieldMap, Fields, HasFields, Interner, COLUMNS,
+    fields_of, filter_rids, needs_sql, FieldMap, Fields, HasFields, Interner, Name, COLUMNS,
 };
 use crate::db_err;
 
@@ -66,10 +66,13 @@ pub(crate) fn truncate_log(conn: &Connection, upto: i64) -> Result<(), StoreErro
 }
 
 /// What the index holds of one live memory: its filterable fields and what the
-/// re-ranker reads.
+/// re-ranker reads (its session is among the fields).
 struct Held {
     fields: Fields,
-    rerank: RerankFields,
+    speaker: Name,
+    words: u32,
+    question: bool,
+    valid_from: Option<Timestamp>,
 }
 
 impl HasFields for Held {
@@ -80,6 +83,8 @@ impl HasFields for Held {
 
 struct State {
     index: KeywordIndex,
+    /// Names the strings of `held`.
+    names: Arc<Interner>,
     /// Every live memory indexed, by row id.
     held: FieldMap<Held>,
     /// Row ids by memory id.
@@ -103,21 +108,26 @@ struct Doc {
 }
 
 impl State {
-    fn put(&mut self, d: Doc, interner: &mut Interner) {
+    fn put(&mut self, d: Doc) {
+        let names = &self.names;
         // The tags as `fields_of` parsed them, one word list.
-        let tags = d.fields.tags().collect::<Vec<_>>().join(" ");
+        let tags = d
+            .fields
+            .tag_names()
+            .iter()
+            .filter_map(|t| names.name(*t))
+            .collect::<Vec<_>>()
+            .join(" ");
         self.index
             .upsert(d.rid as u64, &[&d.content, &d.title, &tags]);
-        let rerank = RerankFields::new(
-            d.fields.session_id().cloned(),
-            d.speaker.map(|s| interner.get(&s)),
-            d.valid_from.map(from_micros),
-            &d.content,
-        );
+        let counted = RerankFields::new(None, None, None, &d.content);
         self.rids.insert(d.fields.id, d.rid);
         let held = Held {
             fields: d.fields,
-            rerank,
+            speaker: d.speaker.map_or(0, |s| names.intern(&s)),
+            words: counted.words,
+            question: counted.question,
+            valid_from: d.valid_from.map(from_micros),
         };
         self.held.insert(d.rid, held);
     }
@@ -151,7 +161,7 @@ fn speaker_sql(key: &str) -> String {
 /// with `args` from `?1`.
 fn read_docs(
     conn: &Connection,
-    interner: &mut Interner,
+    interner: &Interner,
     speaker_key: &str,
     extra: &str,
     args: &[Value],
@@ -189,7 +199,6 @@ pub(crate) struct Keywords {
     state: RwLock<Option<State>>,
     /// Held while the index is built or catches up.
     sync: Mutex<()>,
-    interner: Mutex<Interner>,
     /// The metadata key whose string the re-ranker reads as a memory's speaker.
     speaker_key: String,
 }
@@ -199,7 +208,6 @@ impl Keywords {
         Keywords {
             state: RwLock::default(),
             sync: Mutex::default(),
-            interner: Mutex::default(),
             speaker_key: speaker_key.to_owned(),
         }
     }
@@ -216,10 +224,22 @@ impl Keywords {
         let Some(st) = guard.as_ref().filter(|_| speaker_key == self.speaker_key) else {
             return HashMap::new();
         };
+        let Some(tenant) = st.names.lookup(tenant) else {
+            return HashMap::new();
+        };
         ids.iter()
             .filter_map(|id| {
                 let held = st.held.get(st.rids.get(id)?)?;
-                (&*held.fields.tenant == tenant).then(|| (*id, held.rerank.clone()))
+                (held.fields.tenant() == tenant).then(|| {
+                    let fields = RerankFields {
+                        session: st.names.name(held.fields.session_id()),
+                        speaker: st.names.name(held.speaker),
+                        valid_from: held.valid_from,
+                        words: held.words,
+                        question: held.question,
+                    };
+                    (*id, fields)
+                })
             })
             .collect()
     }
@@ -250,17 +270,16 @@ impl Keywords {
         let applied_seq = log_head(conn)?;
         let mut st = State {
             index: KeywordIndex::new(),
+            names: Arc::default(),
             held: FieldMap::default(),
             rids: HashMap::default(),
             max_rid: 0,
             applied_seq,
         };
-        let mut interner = self.interner.lock().unwrap_or_else(|p| p.into_inner());
-        *interner = Interner::default();
         loop {
             let docs = read_docs(
                 conn,
-                &mut interner,
+                &st.names,
                 &self.speaker_key,
                 &format!("m.rid > ?1 ORDER BY m.rid LIMIT {CHUNK}"),
                 &[Value::Integer(st.max_rid)],
@@ -270,9 +289,12 @@ impl Keywords {
             };
             st.max_rid = last;
             for d in docs.into_iter().filter(|d| d.live) {
-                st.put(d, &mut interner);
+                st.put(d);
             }
         }
+        st.index.shrink_to_fit();
+        st.held.shrink_to_fit();
+        st.rids.shrink_to_fit();
         tracing::info!(
             memories = st.index.len(),
             secs = started.elapsed().as_secs_f64(),
@@ -290,8 +312,8 @@ impl Keywords {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|s| (s.max_rid, s.applied_seq));
-        let Some((max_rid, applied)) = at else {
+            .map(|s| (s.max_rid, s.applied_seq, s.names.clone()));
+        let Some((max_rid, applied, names)) = at else {
             return self.build(conn);
         };
         if log_floor(conn)? > applied {
@@ -316,16 +338,15 @@ impl Keywords {
             let mut rids: Vec<i64> = entries.into_iter().map(|(_, r)| r).collect();
             rids.sort_unstable();
             rids.dedup();
-            self.refresh(conn, &rids, last)?;
+            self.refresh(conn, &names, &rids, last)?;
             from = last;
         }
         // New memories.
         let mut after = max_rid;
         loop {
-            let mut interner = self.interner.lock().unwrap_or_else(|p| p.into_inner());
             let docs = read_docs(
                 conn,
-                &mut interner,
+                &names,
                 &self.speaker_key,
                 &format!("m.rid > ?1 ORDER BY m.rid LIMIT {CHUNK}"),
                 &[Value::Integer(after)],
@@ -340,21 +361,26 @@ impl Keywords {
             };
             st.max_rid = st.max_rid.max(last);
             for d in docs.into_iter().filter(|d| d.live) {
-                st.put(d, &mut interner);
+                st.put(d);
             }
         }
     }
 
     /// Brings the given memories to their current state and records `seq` as applied.
-    fn refresh(&self, conn: &Connection, rids: &[i64], seq: i64) -> Result<(), StoreError> {
-        let mut interner = self.interner.lock().unwrap_or_else(|p| p.into_inner());
+    fn refresh(
+        &self,
+        conn: &Connection,
+        names: &Interner,
+        rids: &[i64],
+        seq: i64,
+    ) -> Result<(), StoreError> {
         let mut docs = Vec::new();
         for chunk in rids.chunks(500) {
             let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("?{i}")).collect();
             let args: Vec<Value> = chunk.iter().map(|r| Value::Integer(*r)).collect();
             docs.extend(read_docs(
                 conn,
-                &mut interner,
+                names,
                 &self.speaker_key,
                 &format!("m.rid IN ({})", marks.join(", ")),
                 &args,
@@ -369,7 +395,7 @@ impl Keywords {
             st.remove(*rid);
         }
         for d in docs.into_iter().filter(|d| d.live) {
-            st.put(d, &mut interner);
+            st.put(d);
         }
         st.applied_seq = st.applied_seq.max(seq);
         Ok(())
@@ -392,14 +418,19 @@ impl Keywords {
         }
         // A selective filter's candidates, when one of its conditions has a posting list
         // held in memory (see `within` below).
-        let (tenant_size, held) = {
+        let (tenant_size, held, wanted) = {
             let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
             let Some(st) = guard.as_ref() else {
                 return Ok(Vec::new());
             };
+            // A filter naming a value no live memory has passes none.
+            let Some(wanted) = st.names.resolve(tenant, filter) else {
+                return Ok(Vec::new());
+            };
             (
-                st.held.tenant_len(tenant),
-                st.held.passing(tenant, filter, WITHIN_MAX),
+                st.held.tenant_len(wanted.tenant),
+                st.held.passing(filter, &wanted, WITHIN_MAX),
+                (st.names.clone(), wanted),
             )
         };
         if tenant_size == 0 {
@@ -425,6 +456,14 @@ impl Keywords {
         let Some(st) = guard.as_ref() else {
             return Ok(Vec::new());
         };
+        // Rebuilt meanwhile (by another search's catch-up): its names are new.
+        let wanted = match wanted {
+            (names, wanted) if Arc::ptr_eq(&names, &st.names) => wanted,
+            _ => match st.names.resolve(tenant, filter) {
+                Some(w) => w,
+                None => return Ok(Vec::new()),
+            },
+        };
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
         let params = Bm25Params {
             k1: bm25.k1,
@@ -442,9 +481,7 @@ impl Keywords {
             None => {
                 let pass = |key: u64| {
                     let rid = key as i64;
-                    st.held
-                        .get(&rid)
-                        .is_some_and(|h| h.fields.matches(tenant, filter))
+                    st.held.get(&rid).is_some_and(|h| h.fields.matches(&wanted))
                         && candidates.as_ref().is_none_or(|c| c.contains(&rid))
                 };
                 st.index.search(&words, params, limit as usize, Some(&pass))
