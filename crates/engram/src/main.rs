@@ -22,7 +22,23 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// SQLite and the vector engine (C and C++) allocate through the C library's `malloc`,
+/// not the allocator above. glibc gives threads that allocate at once arenas of their
+/// own, up to eight per core, and memory freed into one arena is not reused by another:
+/// SQLite's page caches, filled on whichever blocking thread runs a query, spread over
+/// them, and at a million memories the arenas held about twice the pages the caches are
+/// bounded to (`docs/benchmarks.md`). Two arenas for the process keep freed pages
+/// reusable; SQLite allocates little once its caches are full, so they are not contended.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only tunes the allocator; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let args = cli::Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
