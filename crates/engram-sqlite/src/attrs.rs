@@ -102,8 +102,10 @@ pub(crate) fn filter_rids(
 }
 
 /// Numbers each distinct string (tenants, scope values, tags, speakers) once, from 1.
-/// Shared by reference and locked inside, briefly, per call: never held across another
-/// lock. Names are never reused, so a [`Name`] stays valid for the interner's life.
+/// Shared by reference and locked inside, briefly, per call; its lock is always the last
+/// one taken and is never held while another is taken. Names are never reused or dropped,
+/// so a [`Name`] stays valid for the interner's life (an index gets a new interner when it
+/// is rebuilt).
 #[derive(Default)]
 pub(crate) struct Interner(RwLock<Names>);
 
