@@ -423,7 +423,7 @@ impl Keywords {
             let Some(st) = guard.as_ref() else {
                 return Ok(Vec::new());
             };
-            // A filter naming a value no live memory has passes none.
+            // A filter naming a value no memory held here ever had passes none.
             let Some(wanted) = st.names.resolve(tenant, filter) else {
                 return Ok(Vec::new());
             };
