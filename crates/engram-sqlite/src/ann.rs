@@ -600,9 +600,9 @@ impl Ann {
         let only_tenant = *filter == MemoryFilter::default();
         // Conditions the in-memory fields cannot answer.
         let needs_sql = needs_sql(filter);
-        // The filter in the index's names; one naming a value no held memory has passes
-        // none. Resolved before the fields are locked: the names lock is never held
-        // while waiting for another.
+        // The filter in the index's names; one naming a value this index never held
+        // passes none. Resolved before the fields are locked: the names lock is never
+        // held while another is taken.
         let Some(wanted) = loaded.interner.resolve(tenant, filter) else {
             return Ok(Some(Vec::new()));
         };
