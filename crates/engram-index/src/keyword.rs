@@ -190,6 +190,12 @@ impl Default for KeywordIndex {
     }
 }
 
+/// Slot `s`'s entries of `forward` (see [`KeywordIndex::forward`]); a function of the two
+/// fields rather than a method, so that other fields can be changed while it is read.
+fn term_list<'a>(forward: &'a [Pair], forward_at: &[usize], s: usize) -> &'a [Pair] {
+    &forward[forward_at[s]..forward_at[s + 1]]
+}
+
 /// A scored document, ordered so that the better one is greater.
 #[derive(Clone, Copy, PartialEq)]
 struct Ranked(f32, u64);
@@ -284,7 +290,7 @@ impl KeywordIndex {
             return false;
         };
         let s = slot as usize;
-        for p in &self.forward[self.forward_at[s]..self.forward_at[s + 1]] {
+        for p in term_list(&self.forward, &self.forward_at, s) {
             self.df[p.id() as usize] -= 1;
         }
         self.total_len -= u64::from(self.lens[s]);
@@ -298,7 +304,7 @@ impl KeywordIndex {
 
     /// Slot `s`'s distinct terms and their frequencies, in term order.
     fn forward_of(&self, s: usize) -> &[Pair] {
-        &self.forward[self.forward_at[s]..self.forward_at[s + 1]]
+        term_list(&self.forward, &self.forward_at, s)
     }
 
     /// Gives back the spare capacity of every list: call after building from many
