@@ -38,6 +38,8 @@ use rust_stemmers::{Algorithm, Stemmer};
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 
+use crate::KeySlots;
+
 /// BM25's free parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Bm25Params {
@@ -168,7 +170,7 @@ pub struct KeywordIndex {
     /// allocation per document.
     forward: Vec<Pair>,
     forward_at: Vec<usize>,
-    slots: HashMap<u64, u32, RandomState>,
+    slots: KeySlots,
     total_len: u64,
     dead: usize,
 }
@@ -183,7 +185,7 @@ impl Default for KeywordIndex {
             keys: Vec::new(),
             forward: Vec::new(),
             forward_at: vec![0],
-            slots: HashMap::default(),
+            slots: KeySlots::new(),
             total_len: 0,
             dead: 0,
         }
@@ -236,7 +238,7 @@ impl KeywordIndex {
     }
 
     pub fn contains(&self, key: u64) -> bool {
-        self.slots.contains_key(&key)
+        self.slots.contains(key)
     }
 
     /// Indexes the document `key` as `fields`, replacing what it held before.
@@ -286,7 +288,7 @@ impl KeywordIndex {
 
     /// Drops the document `key`; false when it was not indexed.
     pub fn remove(&mut self, key: u64) -> bool {
-        let Some(slot) = self.slots.remove(&key) else {
+        let Some(slot) = self.slots.remove(key) else {
             return false;
         };
         let s = slot as usize;
@@ -354,9 +356,7 @@ impl KeywordIndex {
         }
         (self.forward, self.forward_at) = (forward, forward_at);
         self.lens.retain(|&l| l != DEAD);
-        for slot in self.slots.values_mut() {
-            *slot = renumber[*slot as usize];
-        }
+        self.slots.remap(|s| renumber[s as usize]);
         self.dead = 0;
     }
 
@@ -486,7 +486,7 @@ impl KeywordIndex {
                 }
                 let slots: Vec<usize> = keys
                     .iter()
-                    .filter_map(|k| self.slots.get(k).map(|&s| s as usize))
+                    .filter_map(|k| self.slots.get(*k).map(|s| s as usize))
                     .collect();
                 for &s in &slots {
                     bits[s / 64] |= 1 << (s % 64);
@@ -500,7 +500,7 @@ impl KeywordIndex {
         }
         let mut top = TopK::new(limit);
         for key in keys {
-            let Some(&slot) = self.slots.get(key) else {
+            let Some(slot) = self.slots.get(*key) else {
                 continue;
             };
             let s = slot as usize;

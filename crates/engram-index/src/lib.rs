@@ -41,8 +41,10 @@ pub mod eval;
 mod index;
 pub mod keyword;
 mod persist;
+mod slots;
 mod vector;
 
 pub use config::{IndexConfig, Quantization};
 pub use error::IndexError;
 pub use index::{Hit, VectorIndex};
+pub use slots::KeySlots;

@@ -9,6 +9,7 @@ use engram_core::{MemoryFilter, MemoryId, MemoryType, Source, StoreError};
 use foldhash::fast::RandomState;
 
 use crate::db_err;
+use engram_index::KeySlots;
 
 /// A string held by an [`Interner`], by number; 0 is "none".
 pub(crate) type Name = u32;
@@ -232,8 +233,8 @@ const TAG: usize = 7;
 const LISTED: usize = 8;
 
 /// Per field, the row ids under each value (a [`Name`], or the type's or source's
-/// position in its enum).
-type Lists = [HashMap<u32, Vec<i64>, RandomState>; LISTED];
+/// position in its enum). Row ids are listed in 4 bytes (see [`FieldMap::wide`]).
+type Lists = [HashMap<u32, Vec<u32>, RandomState>; LISTED];
 
 /// Memories by row id, with a posting list per tenant, field and value: the row ids of
 /// the memories holding that user, agent, project, domain, session, type, source or tag.
@@ -245,21 +246,36 @@ type Lists = [HashMap<u32, Vec<i64>, RandomState>; LISTED];
 /// position beside it, rather than as the values of a hash map: a hash table keeps its
 /// values in place and is at most 7/8 full, so a million memories of about 150–200 bytes
 /// each took a table of 2,097,152 slots (twice the memory the values need), all of it
-/// touched.
+/// touched. The map from row id to position is itself a vector indexed by row id
+/// ([`KeySlots`]: 4 bytes per row id instead of a hash table's 17–34 per memory).
 pub(crate) struct FieldMap<T> {
     rows: Vec<(i64, T)>,
-    slots: HashMap<i64, u32, RandomState>,
+    slots: KeySlots,
     lists: HashMap<Name, Lists, RandomState>,
+    /// Memories held per tenant.
+    tenants: HashMap<Name, usize, RandomState>,
+    /// Whether a memory whose row id does not fit the lists' 4 bytes was ever held: it is
+    /// not listed, so the lists no longer answer filters ([`FieldMap::passing`] says so
+    /// and its callers list through SQLite). SQLite gives row ids one after the other, so
+    /// this takes 4 billion inserts.
+    wide: bool,
 }
 
 impl<T> Default for FieldMap<T> {
     fn default() -> Self {
         FieldMap {
             rows: Vec::new(),
-            slots: HashMap::default(),
+            slots: KeySlots::new(),
             lists: HashMap::default(),
+            tenants: HashMap::default(),
+            wide: false,
         }
     }
+}
+
+/// A row id as a [`KeySlots`] key (row ids are positive; any other goes to its hash map).
+fn key(rid: i64) -> u64 {
+    rid as u64
 }
 
 /// Each (field, value) `f` is listed under.
@@ -275,23 +291,20 @@ fn listed(f: &Fields) -> impl Iterator<Item = (usize, u32)> + '_ {
 
 impl<T: HasFields> FieldMap<T> {
     pub fn get(&self, rid: &i64) -> Option<&T> {
-        self.slots.get(rid).map(|&i| &self.rows[i as usize].1)
+        self.slots.get(key(*rid)).map(|i| &self.rows[i as usize].1)
     }
 
     pub fn contains_key(&self, rid: &i64) -> bool {
-        self.slots.contains_key(rid)
+        self.slots.contains(key(*rid))
     }
 
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// How many of the memories of the tenant named `tenant` are held (each is on exactly
-    /// one type list).
+    /// How many of the memories of the tenant named `tenant` are held.
     pub fn tenant_len(&self, tenant: Name) -> usize {
-        self.lists
-            .get(&tenant)
-            .map_or(0, |l| l[TYPE].values().map(Vec::len).sum())
+        self.tenants.get(&tenant).copied().unwrap_or(0)
     }
 
     /// Gives back spare capacity: call after loading many memories.
@@ -309,7 +322,7 @@ impl<T: HasFields> FieldMap<T> {
     pub fn insert(&mut self, rid: i64, row: T) -> Option<T> {
         // A memory refreshed with the same listed fields (a new vector, new content) keeps
         // its list entries: removing one costs a scan of the list.
-        if let Some(&i) = self.slots.get(&rid) {
+        if let Some(i) = self.slots.get(key(rid)) {
             let old = &mut self.rows[i as usize].1;
             let (was, is) = (old.fields(), row.fields());
             if was.tenant == is.tenant && listed(was).eq(listed(is)) {
@@ -318,27 +331,40 @@ impl<T: HasFields> FieldMap<T> {
         }
         let old = self.remove(&rid);
         let f = row.fields();
-        let lists = self.lists.entry(f.tenant).or_default();
-        for (field, value) in listed(f) {
-            lists[field].entry(value).or_default().push(rid);
+        *self.tenants.entry(f.tenant).or_default() += 1;
+        match u32::try_from(rid) {
+            Ok(listed_rid) => {
+                let lists = self.lists.entry(f.tenant).or_default();
+                for (field, value) in listed(f) {
+                    lists[field].entry(value).or_default().push(listed_rid);
+                }
+            }
+            Err(_) => self.wide = true,
         }
         let slot = u32::try_from(self.rows.len()).expect("fewer than 2^32 memories held");
         self.rows.push((rid, row));
-        self.slots.insert(rid, slot);
+        self.slots.insert(key(rid), slot);
         old
     }
 
     pub fn remove(&mut self, rid: &i64) -> Option<T> {
-        let i = self.slots.remove(rid)? as usize;
+        let i = self.slots.remove(key(*rid))? as usize;
         let (_, row) = self.rows.swap_remove(i);
         if let Some((moved, _)) = self.rows.get(i) {
-            self.slots.insert(*moved, i as u32);
+            self.slots.insert(key(*moved), i as u32);
         }
         let f = row.fields();
-        if let Some(lists) = self.lists.get_mut(&f.tenant) {
+        if let Some(n) = self.tenants.get_mut(&f.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.tenants.remove(&f.tenant);
+            }
+        }
+        let listed_rid = u32::try_from(*rid).ok();
+        if let (Some(lists), Some(rid)) = (self.lists.get_mut(&f.tenant), listed_rid) {
             for (field, value) in listed(f) {
                 if let Some(list) = lists[field].get_mut(&value) {
-                    if let Some(i) = list.iter().rposition(|r| r == rid) {
+                    if let Some(i) = list.iter().rposition(|r| *r == rid) {
                         list.swap_remove(i);
                     }
                     if list.is_empty() {
@@ -363,13 +389,13 @@ impl<T: HasFields> FieldMap<T> {
         f: &Resolved,
         max: usize,
     ) -> Option<Option<Vec<i64>>> {
-        if needs_sql(filter) {
+        if needs_sql(filter) || self.wide {
             return None;
         }
         // No list of this tenant's: nothing of theirs is held, and every list is empty.
         let lists = self.lists.get(&f.tenant);
-        let empty: &[i64] = &[];
-        let list = |field: usize, value: u32| -> &[i64] {
+        let empty: &[u32] = &[];
+        let list = |field: usize, value: u32| -> &[u32] {
             lists
                 .and_then(|l| l[field].get(&value))
                 .map_or(empty, Vec::as_slice)
@@ -388,12 +414,13 @@ impl<T: HasFields> FieldMap<T> {
             .chain(f.tags.iter().map(|t| list(TAG, *t)))
             .min_by_key(|l| l.len())?;
         let mut out = Vec::new();
-        for rid in shortest {
-            if self.get(rid).is_some_and(|r| r.fields().matches(f)) {
+        for &rid in shortest {
+            let rid = i64::from(rid);
+            if self.get(&rid).is_some_and(|r| r.fields().matches(f)) {
                 if out.len() == max {
                     return Some(None);
                 }
-                out.push(*rid);
+                out.push(rid);
             }
         }
         Some(Some(out))
@@ -403,7 +430,8 @@ impl<T: HasFields> FieldMap<T> {
 impl<T> std::ops::Index<&i64> for FieldMap<T> {
     type Output = T;
     fn index(&self, rid: &i64) -> &T {
-        &self.rows[self.slots[rid] as usize].1
+        let slot = self.slots.get(key(*rid)).expect("a row id held");
+        &self.rows[slot as usize].1
     }
 }
 
@@ -548,6 +576,11 @@ mod tests {
                 assert_eq!(map.remove(&rid).map(|r| r.0.id), model.remove(&rid));
             }
             assert_eq!(map.len(), model.len());
+            for t in ["t1", "t2"] {
+                let n = names.lookup(t).expect("interned");
+                let held = map.rows.iter().filter(|(_, r)| r.0.tenant == n).count();
+                assert_eq!(map.tenant_len(n), held);
+            }
             for rid in 0..600 {
                 assert_eq!(map.get(&rid).map(|r| r.0.id), model.get(&rid).copied());
                 assert_eq!(map.contains_key(&rid), model.contains_key(&rid));
@@ -617,5 +650,35 @@ mod tests {
             map.remove(&rid);
         }
         assert!(map.lists.is_empty());
+        assert!(map.tenants.is_empty());
+    }
+
+    /// A row id past 4 bytes is held and found by id, but the lists no longer answer
+    /// filters (callers then list through SQLite) rather than miss it.
+    #[test]
+    fn a_row_id_past_four_bytes_turns_the_lists_off() {
+        let mut rng = Rng(7);
+        let names = Interner::default();
+        let mut map: FieldMap<Row> = FieldMap::default();
+        let f = fields(&mut rng, &names);
+        let (tenant, memory_type) = (f.tenant, f.memory_type);
+        let filter = MemoryFilter {
+            memory_types: vec![memory_type],
+            ..MemoryFilter::default()
+        };
+        let tenant_name = names.name(tenant).expect("interned");
+        let wanted = names.resolve(&tenant_name, &filter).expect("resolved");
+        map.insert(1, Row(f));
+        assert_eq!(map.passing(&filter, &wanted, 10), Some(Some(vec![1])));
+
+        let mut far = fields(&mut rng, &names);
+        (far.tenant, far.memory_type) = (tenant, memory_type);
+        let far_rid = i64::from(u32::MAX) + 1;
+        map.insert(far_rid, Row(far));
+        assert!(map.get(&far_rid).is_some());
+        assert_eq!(map.tenant_len(tenant), 2);
+        assert_eq!(map.passing(&filter, &wanted, 10), None);
+        assert_eq!(map.remove(&far_rid).map(|r| r.0.tenant), Some(tenant));
+        assert_eq!(map.tenant_len(tenant), 1);
     }
 }
