@@ -39,6 +39,8 @@ pub use engram_index::Quantization as VectorQuantization;
 /// How the in-process vector index keeps vectors unless configured otherwise.
 pub const DEFAULT_VECTOR_QUANTIZATION: VectorQuantization =
     engram_index::IndexConfig::DEFAULT_QUANTIZATION;
+/// How many of a search's best keys are scored again from f32 when the index holds i8.
+pub const DEFAULT_VECTOR_RESCORE: usize = ann::RESCORE;
 pub use migrate::{MigrationReport, MIGRATIONS};
 use rows::{append_change, get_by_id, insert_row, row_to_memory, update_row, COLUMNS};
 use writer::{in_savepoint, Writer};
@@ -64,6 +66,9 @@ pub struct SqliteConfig {
     /// How the ANN index keeps each vector in memory and on disk (the store's own copy
     /// is always f32). Changing it rebuilds the index at the next open.
     pub vector_quantization: VectorQuantization,
+    /// With i8 vectors, how many of a search's best keys are scored again against the
+    /// store's f32 vectors (0: none).
+    pub vector_rescore: usize,
 }
 
 impl SqliteConfig {
@@ -75,6 +80,7 @@ impl SqliteConfig {
             exact_search_max: ann::EXACT_MAX,
             speaker_key: engram_core::RerankConfig::default().speaker_key,
             vector_quantization: DEFAULT_VECTOR_QUANTIZATION,
+            vector_rescore: ann::RESCORE,
         }
     }
 }
@@ -318,6 +324,7 @@ impl SqliteStore {
                 &cfg.data_dir.join("index"),
                 cfg.exact_search_max,
                 cfg.vector_quantization,
+                cfg.vector_rescore,
             ));
             ann.open(&conn)?;
             // Loading read every vector through this connection; its cache would keep

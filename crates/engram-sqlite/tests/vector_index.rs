@@ -254,3 +254,55 @@ async fn changing_the_quantization_rebuilds_the_index_and_search_still_finds() {
         assert!(saved.contains(&format!("\"{quantization}\"")), "{saved}");
     }
 }
+
+/// With i8 vectors the graph's similarities are rounded; the head of each search is
+/// scored again against the f32 vectors the store holds, so the scores returned are the
+/// exact cosine similarities (and without that step they are not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i8_search_scores_its_head_again_from_the_stored_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TenantId::parse("t").unwrap();
+    let i8_cfg = |rescore: usize| SqliteConfig {
+        vector_quantization: VectorQuantization::I8,
+        vector_rescore: rescore,
+        ..cfg(dir.path())
+    };
+    let store = SqliteStore::open(&i8_cfg(engram_sqlite::DEFAULT_VECTOR_RESCORE)).unwrap();
+    let ids = fill(&store, &t, 300).await;
+    let cosine = |i: usize, q: u64| {
+        let (v, query) = (vector(i as u64), vector(q));
+        let dot: f32 = v.iter().zip(&query).map(|(a, b)| a * b).sum();
+        let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+        dot / (norm(&v) * norm(&query))
+    };
+    // The largest gap between a returned score and the exact similarity, over 20 queries.
+    let worst_gap = |hits: &[Vec<(MemoryId, f32)>]| {
+        hits.iter()
+            .enumerate()
+            .flat_map(|(q, h)| h.iter().map(move |hit| (q, hit)))
+            .map(|(q, (id, score))| {
+                let i = ids.iter().position(|x| x == id).expect("a stored memory");
+                (score - cosine(i, q as u64)).abs()
+            })
+            .fold(0f32, f32::max)
+    };
+    let mut rescored = Vec::new();
+    for q in 0..20 {
+        rescored.push(top(&store, &t, q).await);
+    }
+    assert!(rescored.iter().all(|h| h.len() == 10));
+    assert!(worst_gap(&rescored) < 1e-5, "gap {}", worst_gap(&rescored));
+    store.close();
+
+    let store = SqliteStore::open(&i8_cfg(0)).unwrap();
+    let mut rounded = Vec::new();
+    for q in 0..20 {
+        rounded.push(top(&store, &t, q).await);
+    }
+    assert!(
+        worst_gap(&rounded) > 1e-4,
+        "i8 scores equal f32's: {}",
+        worst_gap(&rounded)
+    );
+    store.close();
+}

@@ -98,6 +98,7 @@ impl Backends {
                     vector_index,
                     speaker_key: cfg.search.speaker_key.clone(),
                     vector_quantization: cfg.store.vector_quantization,
+                    vector_rescore: cfg.store.vector_rescore,
                     ..SqliteConfig::new(dir)
                 };
                 if let Some(max) = cfg.store.exact_search_max {

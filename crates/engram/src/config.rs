@@ -258,6 +258,9 @@ pub struct StoreConfig {
     /// SQLite: how the in-process vector index keeps each vector (`f32`, `f16`, `i8`);
     /// the database keeps f32 either way. A change rebuilds the index at the next start.
     pub vector_quantization: engram_sqlite::VectorQuantization,
+    /// SQLite, with `i8` vectors: how many of a search's best keys are scored again
+    /// against the database's f32 vectors (0: none).
+    pub vector_rescore: usize,
 }
 
 impl Default for StoreConfig {
@@ -270,6 +273,7 @@ impl Default for StoreConfig {
             schema: None,
             exact_search_max: None,
             vector_quantization: engram_sqlite::DEFAULT_VECTOR_QUANTIZATION,
+            vector_rescore: engram_sqlite::DEFAULT_VECTOR_RESCORE,
         }
     }
 }
@@ -385,6 +389,9 @@ pool_size = 16
 # keeps f32 either way). i8 halves the index's memory and walks the graph faster, at a
 # little recall (docs/benchmarks.md). A change rebuilds the index at the next start.
 vector_quantization = "f16"
+# SQLite, with i8: how many of a search's best keys are scored again against the
+# database's f32 vectors, which wins back what i8 rounding costs recall (0: none).
+vector_rescore = 32
 
 [cache]
 # Redis in front of the store (caches only, never ground truth), e.g. "redis://127.0.0.1:6379".
