@@ -181,6 +181,8 @@ pub struct Ann {
     quantization: Quantization,
     /// With i8 vectors, a search's best keys scored again from the f32 vectors.
     rescore: usize,
+    /// The graph search's `ef`.
+    expansion_search: usize,
 }
 
 const SELECT_ROWS: &str = "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, m.project, m.domain, \
@@ -393,8 +395,15 @@ fn log_head(conn: &Connection) -> Result<i64, StoreError> {
 
 impl Ann {
     /// `rescore`: with i8 vectors, how many of a search's best keys are scored again
-    /// against the f32 vectors the store holds (0: none).
-    pub fn new(dir: &Path, exact_max: usize, quantization: Quantization, rescore: usize) -> Ann {
+    /// against the f32 vectors the store holds (0: none). `expansion_search`: the graph
+    /// search's `ef` (raised to the number of keys asked for).
+    pub fn new(
+        dir: &Path,
+        exact_max: usize,
+        quantization: Quantization,
+        rescore: usize,
+        expansion_search: usize,
+    ) -> Ann {
         Ann {
             dir: dir.to_path_buf(),
             loaded: RwLock::new(None),
@@ -403,6 +412,7 @@ impl Ann {
             exact_max,
             quantization,
             rescore,
+            expansion_search,
         }
     }
 
@@ -443,7 +453,10 @@ impl Ann {
         let usable = saved.as_ref().is_some_and(|s| {
             s.version == STATE_VERSION && s.model_key == model_key && s.dim == dim
         });
-        let cfg = IndexConfig::new(dim).with_quantization(self.quantization);
+        let cfg = IndexConfig {
+            expansion_search: self.expansion_search,
+            ..IndexConfig::new(dim).with_quantization(self.quantization)
+        };
         let opened = if usable {
             match VectorIndex::open(&self.graph_path(), cfg) {
                 Ok(ix) => Some(ix),

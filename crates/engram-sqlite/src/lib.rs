@@ -41,6 +41,9 @@ pub const DEFAULT_VECTOR_QUANTIZATION: VectorQuantization =
     engram_index::IndexConfig::DEFAULT_QUANTIZATION;
 /// How many of a search's best keys are scored again from f32 when the index holds i8.
 pub const DEFAULT_VECTOR_RESCORE: usize = ann::RESCORE;
+/// The ANN graph search's `ef` unless configured otherwise.
+pub const DEFAULT_VECTOR_SEARCH_EXPANSION: usize =
+    engram_index::IndexConfig::DEFAULT_EXPANSION_SEARCH;
 pub use migrate::{MigrationReport, MIGRATIONS};
 use rows::{append_change, get_by_id, insert_row, row_to_memory, update_row, COLUMNS};
 use writer::{in_savepoint, Writer};
@@ -69,6 +72,9 @@ pub struct SqliteConfig {
     /// With i8 vectors, how many of a search's best keys are scored again against the
     /// store's f32 vectors (0: none).
     pub vector_rescore: usize,
+    /// The ANN graph search's `ef`: how many candidates it keeps while it walks (raised
+    /// to the number of keys asked for). Wider finds more of the true nearest, slower.
+    pub vector_search_expansion: usize,
 }
 
 impl SqliteConfig {
@@ -81,6 +87,7 @@ impl SqliteConfig {
             speaker_key: engram_core::RerankConfig::default().speaker_key,
             vector_quantization: DEFAULT_VECTOR_QUANTIZATION,
             vector_rescore: ann::RESCORE,
+            vector_search_expansion: DEFAULT_VECTOR_SEARCH_EXPANSION,
         }
     }
 }
@@ -325,6 +332,7 @@ impl SqliteStore {
                 cfg.exact_search_max,
                 cfg.vector_quantization,
                 cfg.vector_rescore,
+                cfg.vector_search_expansion,
             ));
             ann.open(&conn)?;
             // Loading read every vector through this connection; its cache would keep

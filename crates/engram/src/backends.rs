@@ -93,12 +93,18 @@ impl Backends {
         let url = StoreUrl::parse(cfg.store.url.as_deref(), &cfg.store.data_dir)?;
         let engine = match &url {
             StoreUrl::Sqlite(dir) => {
+                anyhow::ensure!(
+                    (1..=65_536).contains(&cfg.store.vector_search_expansion),
+                    "store.vector_search_expansion must be between 1 and 65536, got {}",
+                    cfg.store.vector_search_expansion
+                );
                 let mut sc = SqliteConfig {
                     readers: cfg.store.readers,
                     vector_index,
                     speaker_key: cfg.search.speaker_key.clone(),
                     vector_quantization: cfg.store.vector_quantization,
                     vector_rescore: cfg.store.vector_rescore,
+                    vector_search_expansion: cfg.store.vector_search_expansion,
                     ..SqliteConfig::new(dir)
                 };
                 if let Some(max) = cfg.store.exact_search_max {

@@ -261,6 +261,9 @@ pub struct StoreConfig {
     /// SQLite, with `i8` vectors: how many of a search's best keys are scored again
     /// against the database's f32 vectors (0: none).
     pub vector_rescore: usize,
+    /// SQLite: the vector index's graph search `ef` (raised to the number of keys a
+    /// search asks for).
+    pub vector_search_expansion: usize,
 }
 
 impl Default for StoreConfig {
@@ -274,6 +277,7 @@ impl Default for StoreConfig {
             exact_search_max: None,
             vector_quantization: engram_sqlite::DEFAULT_VECTOR_QUANTIZATION,
             vector_rescore: engram_sqlite::DEFAULT_VECTOR_RESCORE,
+            vector_search_expansion: engram_sqlite::DEFAULT_VECTOR_SEARCH_EXPANSION,
         }
     }
 }
@@ -392,6 +396,10 @@ vector_quantization = "f16"
 # SQLite, with i8: how many of a search's best keys are scored again against the
 # database's f32 vectors, which wins back what i8 rounding costs recall (0: none).
 vector_rescore = 32
+# SQLite: how many candidates the vector index's graph search keeps while it walks (HNSW
+# ef; raised to the number of keys a search asks for, 200 for the default depth of 100).
+# Wider finds more of the true nearest neighbours, and takes longer.
+vector_search_expansion = 128
 
 [cache]
 # Redis in front of the store (caches only, never ground truth), e.g. "redis://127.0.0.1:6379".
