@@ -267,7 +267,7 @@ async fn i8_search_scores_its_head_again_from_the_stored_vectors() {
         vector_rescore: rescore,
         ..cfg(dir.path())
     };
-    let store = SqliteStore::open(&i8_cfg(engram_sqlite::DEFAULT_VECTOR_RESCORE)).unwrap();
+    let store = SqliteStore::open(&i8_cfg(32)).unwrap();
     let ids = fill(&store, &t, 300).await;
     let cosine = |i: usize, q: u64| {
         let (v, query) = (vector(i as u64), vector(q));

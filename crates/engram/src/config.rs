@@ -394,8 +394,9 @@ pool_size = 16
 # little recall (docs/benchmarks.md). A change rebuilds the index at the next start.
 vector_quantization = "f16"
 # SQLite, with i8: how many of a search's best keys are scored again against the
-# database's f32 vectors, which wins back what i8 rounding costs recall (0: none).
-vector_rescore = 32
+# database's f32 vectors (one point read each), to win back what i8 rounding costs the
+# order of the head; e.g. 32 (0: none).
+vector_rescore = 0
 # SQLite: how many candidates the vector index's graph search keeps while it walks (HNSW
 # ef; raised to the number of keys a search asks for, 200 for the default depth of 100).
 # Wider finds more of the true nearest neighbours, and takes longer.
