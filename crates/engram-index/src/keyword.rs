@@ -56,24 +56,29 @@ impl Default for Bm25Params {
 }
 
 /// Calls `emit` with each word of `text` as the index stores it: lower-cased, without
-/// diacritics, stemmed.
-pub fn analyze(text: &str, mut emit: impl FnMut(String)) {
+/// diacritics, stemmed. The words pass through two buffers reused from word to word, so
+/// analysing a text allocates nothing for words the stem cache holds.
+pub fn analyze(text: &str, mut emit: impl FnMut(&str)) {
     let stemmer = Stemmer::create(Algorithm::English);
+    let (mut folded, mut stemmed) = (String::new(), String::new());
     for word in text.split(|c: char| !c.is_alphanumeric()) {
         if word.is_empty() {
             continue;
         }
-        let folded = if word.is_ascii() {
-            word.to_ascii_lowercase()
+        folded.clear();
+        if word.is_ascii() {
+            folded.push_str(word);
+            folded.make_ascii_lowercase();
         } else {
             let bare: String = word.nfd().filter(|c| !is_combining_mark(*c)).collect();
-            bare.to_lowercase()
-        };
+            folded.push_str(&bare.to_lowercase());
+        }
         // A word that was all diacritics leaves nothing.
         if folded.is_empty() {
             continue;
         }
-        emit(stem(&stemmer, folded));
+        stem_into(&stemmer, &folded, &mut stemmed);
+        emit(&stemmed);
     }
 }
 
@@ -94,10 +99,13 @@ thread_local! {
 /// Longer words are stemmed every time (rare, and they would crowd the cache).
 const STEM_CACHE_MAX_LEN: usize = 24;
 
-/// `stemmer`'s stem of the folded `word`, from this thread's cache when it holds it.
-fn stem(stemmer: &Stemmer, word: String) -> String {
+/// Puts `stemmer`'s stem of the folded `word` in `out`, from this thread's cache when it
+/// holds it.
+fn stem_into(stemmer: &Stemmer, word: &str, out: &mut String) {
+    out.clear();
     if word.len() > STEM_CACHE_MAX_LEN {
-        return stemmer.stem(&word).into_owned();
+        out.push_str(&stemmer.stem(word));
+        return;
     }
     // FNV-1a: a few instructions per byte, plenty for spreading words over slots.
     let hash = word.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -110,12 +118,13 @@ fn stem(stemmer: &Stemmer, word: String) -> String {
         }
         if let Some((w, s)) = &cache[slot] {
             if **w == *word {
-                return String::from(&**s);
+                out.push_str(s);
+                return;
             }
         }
-        let stemmed = stemmer.stem(&word).into_owned();
-        cache[slot] = Some((word.into_boxed_str(), stemmed.as_str().into()));
-        stemmed
+        let stemmed = stemmer.stem(word);
+        out.push_str(&stemmed);
+        cache[slot] = Some((word.into(), stemmed.as_ref().into()));
     })
 }
 
@@ -275,12 +284,12 @@ impl KeywordIndex {
     }
 
     /// The id of the analysed word `word`, a new term when it is new.
-    fn term(&mut self, word: String) -> u32 {
-        if let Some(&t) = self.terms.get(word.as_str()) {
+    fn term(&mut self, word: &str) -> u32 {
+        if let Some(&t) = self.terms.get(word) {
             return t;
         }
         let t = u32::try_from(self.postings.len()).expect("fewer than 2^32 terms");
-        self.terms.insert(word.into_boxed_str(), t);
+        self.terms.insert(word.into(), t);
         self.postings.push(Vec::new());
         self.df.push(0);
         t
@@ -371,7 +380,7 @@ impl KeywordIndex {
         );
         for w in words {
             analyze(w, |a| {
-                if let Some(&t) = self.terms.get(a.as_str()) {
+                if let Some(&t) = self.terms.get(a) {
                     let df = f64::from(self.df[t as usize]);
                     let idf = ((n - df + 0.5) / (df + 0.5)).ln().max(1e-6);
                     terms.push((t, (idf * (k1 + 1.0)) as f32));
@@ -574,7 +583,7 @@ mod tests {
 
     fn words(text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        analyze(text, |w| out.push(w));
+        analyze(text, |w| out.push(w.to_owned()));
         out
     }
 
@@ -609,7 +618,9 @@ mod tests {
             .collect();
         for _ in 0..2 {
             for w in &vocabulary {
-                assert_eq!(stem(&stemmer, w.clone()), stemmer.stem(w), "{w}");
+                let mut out = String::new();
+                stem_into(&stemmer, w, &mut out);
+                assert_eq!(out, stemmer.stem(w), "{w}");
             }
         }
     }
