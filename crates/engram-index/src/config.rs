@@ -97,6 +97,8 @@ impl IndexConfig {
     pub const DEFAULT_EXPANSION_SEARCH: usize = 128;
     /// Default storage precision.
     pub const DEFAULT_QUANTIZATION: Quantization = Quantization::F16;
+    /// The values `expansion_add` and `expansion_search` may take.
+    pub const EXPANSION_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 
     /// The defaults for vectors of `dim` dimensions. They hold recall@10 ≥ 0.98 on
     /// all-MiniLM-L6-v2 sentence embeddings at 100,000 vectors (0.993; `ef` = 64 gives
@@ -134,9 +136,10 @@ impl IndexConfig {
             ("expansion_add", self.expansion_add),
             ("expansion_search", self.expansion_search),
         ] {
-            if !(1..=65_536).contains(&value) {
+            if !Self::EXPANSION_RANGE.contains(&value) {
                 return Err(IndexError::InvalidConfig(format!(
-                    "{name} must be between 1 and 65536, got {value}"
+                    "{name} must be between 1 and {}, got {value}",
+                    Self::EXPANSION_RANGE.end()
                 )));
             }
         }

@@ -359,9 +359,10 @@ impl VectorIndex {
 
     /// Changes how wide searches look (`ef`); takes effect for the next search.
     pub fn set_expansion_search(&self, expansion: usize) -> Result<(), IndexError> {
-        if !(1..=65_536).contains(&expansion) {
+        if !IndexConfig::EXPANSION_RANGE.contains(&expansion) {
             return Err(IndexError::InvalidConfig(format!(
-                "expansion_search must be between 1 and 65536, got {expansion}"
+                "expansion_search must be between 1 and {}, got {expansion}",
+                IndexConfig::EXPANSION_RANGE.end()
             )));
         }
         self.write().change_expansion_search(expansion);

@@ -483,7 +483,7 @@ impl KeywordIndex {
             .iter()
             .map(|&(t, _)| self.postings[t as usize].len())
             .sum();
-        // One by one, a candidate costs a hash lookup and a binary search per query term,
+        // One by one, a candidate costs a slot lookup and a binary search per query term,
         // a few hundred nanoseconds in a large index (scattered reads); a posting walked
         // in order with a bit test costs a few.
         if postings <= keys.len().saturating_mul(WALK_PER_CANDIDATE) {

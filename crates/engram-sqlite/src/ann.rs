@@ -68,8 +68,7 @@ fn rescore(
     if n < hits.len() {
         hits.select_nth_unstable_by(n - 1, |a, b| b.similarity.total_cmp(&a.similarity));
     }
-    let q_norm = query.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if q_norm == 0.0 {
+    if query.iter().all(|x| *x == 0.0) {
         return Ok(());
     }
     // By key alone: a memory changed since the index caught up is scored on whichever of
@@ -98,17 +97,11 @@ fn rescore(
             .map_err(db_err)?
             .as_blob()
             .map_err(|e| StoreError::Other(format!("stored vector of row {rid}: {e}")))?;
-        if bytes.len() != query.len() * 4 {
-            continue;
-        }
-        let (mut dot, mut norm) = (0f32, 0f32);
-        for (x, b) in query.iter().zip(bytes.chunks_exact(4)) {
-            let y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            dot += x * y;
-            norm += y * y;
-        }
-        if norm > 0.0 {
-            h.similarity = dot / (q_norm * norm.sqrt());
+        // One vector of the query's dimension, or not this model's: the score stays.
+        if let Some([stored]) =
+            engram_core::embed::vectors_from_bytes(bytes, query.len()).as_deref()
+        {
+            h.similarity = crate::search::cosine(query, stored);
         }
     }
     Ok(())

@@ -44,6 +44,9 @@ pub const DEFAULT_VECTOR_RESCORE: usize = ann::RESCORE;
 /// The ANN graph search's `ef` unless configured otherwise.
 pub const DEFAULT_VECTOR_SEARCH_EXPANSION: usize =
     engram_index::IndexConfig::DEFAULT_EXPANSION_SEARCH;
+/// The values the ANN graph search's `ef` may take.
+pub const VECTOR_SEARCH_EXPANSION_RANGE: std::ops::RangeInclusive<usize> =
+    engram_index::IndexConfig::EXPANSION_RANGE;
 pub use migrate::{MigrationReport, MIGRATIONS};
 use rows::{append_change, get_by_id, insert_row, row_to_memory, update_row, COLUMNS};
 use writer::{in_savepoint, Writer};
@@ -86,7 +89,7 @@ impl SqliteConfig {
             exact_search_max: ann::EXACT_MAX,
             speaker_key: engram_core::RerankConfig::default().speaker_key,
             vector_quantization: DEFAULT_VECTOR_QUANTIZATION,
-            vector_rescore: ann::RESCORE,
+            vector_rescore: DEFAULT_VECTOR_RESCORE,
             vector_search_expansion: DEFAULT_VECTOR_SEARCH_EXPANSION,
         }
     }

@@ -93,9 +93,12 @@ impl Backends {
         let url = StoreUrl::parse(cfg.store.url.as_deref(), &cfg.store.data_dir)?;
         let engine = match &url {
             StoreUrl::Sqlite(dir) => {
+                let ef = engram_sqlite::VECTOR_SEARCH_EXPANSION_RANGE;
                 anyhow::ensure!(
-                    (1..=65_536).contains(&cfg.store.vector_search_expansion),
-                    "store.vector_search_expansion must be between 1 and 65536, got {}",
+                    ef.contains(&cfg.store.vector_search_expansion),
+                    "store.vector_search_expansion must be between {} and {}, got {}",
+                    ef.start(),
+                    ef.end(),
                     cfg.store.vector_search_expansion
                 );
                 let mut sc = SqliteConfig {
