@@ -117,6 +117,12 @@ struct Measured {
     /// How the vector index kept vectors (`[store] vector_quantization`).
     #[serde(default)]
     vector_quantization: String,
+    /// Keys of each search scored again from the database (`[store] vector_rescore`).
+    #[serde(default)]
+    vector_rescore: usize,
+    /// The graph search's `ef` (`[store] vector_search_expansion`).
+    #[serde(default)]
+    vector_search_expansion: usize,
     open_s: f64,
     results: Vec<ModeResult>,
 }
@@ -273,6 +279,14 @@ pub(super) fn bench_config(
     cfg
 }
 
+/// The in-process vector index's settings a run takes from the configuration it was
+/// started with (file, `ENGRAM__STORE__…`): everything else about the store is the plan's.
+fn take_index_settings(cfg: &mut Config, own: &Config) {
+    cfg.store.vector_quantization = own.store.vector_quantization;
+    cfg.store.vector_rescore = own.store.vector_rescore;
+    cfg.store.vector_search_expansion = own.store.vector_search_expansion;
+}
+
 pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.measure {
         let m = measure(dir, !args.no_recall, cfg).await?;
@@ -299,14 +313,14 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&dir)?;
     let exact_search_max = cfg.store.exact_search_max;
-    let quantization = cfg.store.vector_quantization;
+    let own = cfg;
     let mut cfg = bench_config(
         &dir,
         args.store.store_url.clone(),
-        cfg.store.schema.clone(),
+        own.store.schema.clone(),
         args.store.cache_url.clone(),
     );
-    cfg.store.vector_quantization = quantization;
+    take_index_settings(&mut cfg, own);
     let temp_schema = crate::backends::temp_schema(&mut cfg, "bench")?;
     let backends = Backends::open(&cfg, false).await?;
     if !quiet {
@@ -416,6 +430,8 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
                 "rss_mb": m.rss_mb,
                 "rss_open_mb": m.rss_open_mb,
                 "vector_quantization": m.vector_quantization,
+                "vector_rescore": m.vector_rescore,
+                "vector_search_expansion": m.vector_search_expansion,
                 "open_s": m.open_s,
                 "results": m.results,
             })
@@ -462,7 +478,7 @@ async fn measure(dir: &Path, recall: bool, own: &Config) -> anyhow::Result<Measu
         plan.cache_url.clone(),
     );
     cfg.store.exact_search_max = plan.exact_search_max;
-    cfg.store.vector_quantization = own.store.vector_quantization;
+    take_index_settings(&mut cfg, own);
     let started = Instant::now();
     let store = Backends::open(&cfg, true).await?;
     let open_s = started.elapsed().as_secs_f64();
@@ -554,6 +570,8 @@ async fn measure(dir: &Path, recall: bool, own: &Config) -> anyhow::Result<Measu
         rss_mb: super::peak_rss_mb(),
         rss_open_mb,
         vector_quantization: cfg.store.vector_quantization.to_string(),
+        vector_rescore: cfg.store.vector_rescore,
+        vector_search_expansion: cfg.store.vector_search_expansion,
         open_s,
         results,
     })
