@@ -505,6 +505,44 @@ fn exact_search_is_exact() {
     }
 }
 
+/// With i8 the graph walks on the query rounded to i8, then the hits it returns are scored
+/// again with the query at full precision: a graph hit's similarity is the one exact search
+/// gives the same key, and the hits come best first by it.
+#[test]
+fn i8_graph_hits_carry_the_full_precision_score() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let index = fixture_index(&fx, &dir, Quantization::I8);
+    let mut rounded_away = 0;
+    for i in 0..fx.queries.len() {
+        let query = fx.queries.row(i);
+        let hits = index.search(query, 20, None).unwrap();
+        assert_eq!(hits.len(), 20);
+        let keys = keys(&hits);
+        let exact = index.exact_search(query, &keys, keys.len()).unwrap();
+        assert_eq!(hits, exact, "query {i}");
+        let q_norm = query.iter().map(|x| x * x).sum::<f32>().sqrt();
+        for h in &hits {
+            let v = fx.base.row(h.key as usize);
+            let v_norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let cos = query.iter().zip(v).map(|(a, b)| a * b).sum::<f32>() / (q_norm * v_norm);
+            assert!(
+                (h.similarity - cos).abs() < 1e-2,
+                "query {i}: {} vs {cos}",
+                h.similarity
+            );
+            if (h.similarity - cos).abs() > 5e-3 {
+                rounded_away += 1;
+            }
+        }
+    }
+    // Only the stored vector's rounding is left: scores stay close to the true cosine.
+    assert!(
+        rounded_away * 100 < fx.queries.len() * 20,
+        "{rounded_away} scores off by > 0.005"
+    );
+}
+
 /// Recall@10 of the default configuration on real all-MiniLM-L6-v2 embeddings.
 ///
 /// The graph is built in key order, so the figure is the same on every run; from parallel
