@@ -33,6 +33,20 @@ pub(crate) struct Fields {
 const SESSION_AT: usize = 4;
 
 impl Fields {
+    /// A memory of `tenant` with no other field set.
+    #[cfg(test)]
+    pub fn of(id: MemoryId, tenant: Name) -> Fields {
+        Fields {
+            id,
+            created_at: 0,
+            tenant,
+            scope: [0; 5],
+            memory_type: MemoryType::Note,
+            source: Source::Manual,
+            tags: Box::default(),
+        }
+    }
+
     pub fn tenant(&self) -> Name {
         self.tenant
     }
