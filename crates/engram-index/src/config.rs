@@ -95,8 +95,11 @@ impl IndexConfig {
     pub const DEFAULT_EXPANSION_ADD: usize = 128;
     /// Default `expansion_search` (`ef`).
     pub const DEFAULT_EXPANSION_SEARCH: usize = 128;
-    /// Default storage precision.
-    pub const DEFAULT_QUANTIZATION: Quantization = Quantization::F16;
+    /// Default storage precision: i8, a byte per component (a quarter of f32), with the
+    /// graph's hits scored again with the query at full precision. At a million real
+    /// MiniLM vectors its recall@10 was 0.983 against f16's 0.988, in half the memory
+    /// (docs/benchmarks.md).
+    pub const DEFAULT_QUANTIZATION: Quantization = Quantization::I8;
     /// The values `expansion_add` and `expansion_search` may take.
     pub const EXPANSION_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 

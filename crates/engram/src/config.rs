@@ -390,13 +390,13 @@ pool_size = 16
 # through the vector index (default 10000 on SQLite, 5000 on Postgres).
 # exact_search_max = 5000
 # SQLite: how the in-process vector index keeps each vector: f32, f16 or i8 (the database
-# keeps f32 either way). i8 halves the index's memory and walks the graph faster, at a
-# little recall (docs/benchmarks.md). A change rebuilds the index at the next start.
-vector_quantization = "f16"
+# keeps f32 either way). i8 takes half f16's memory and walks the graph faster; f16 keeps
+# a little more recall (docs/benchmarks.md). A change rebuilds the index at the next start.
+vector_quantization = "i8"
 # SQLite, with i8: how many of a search's best keys are scored again against the
-# database's f32 vectors (one point read each), to win back what i8 rounding costs the
-# order of the head; e.g. 32 (0: none).
-vector_rescore = 0
+# database's f32 vectors (one point read each), so that i8 rounding cannot reorder the
+# head of the ranking (0: none).
+vector_rescore = 16
 # SQLite: how many candidates the vector index's graph search keeps while it walks (HNSW
 # ef; raised to the number of keys a search asks for, 200 for the default depth of 100).
 # Wider finds more of the true nearest neighbours, and takes longer.
