@@ -178,6 +178,7 @@ pub async fn context(cfg: &Config, args: ContextArgs) -> anyhow::Result<()> {
         args.store.store_url.clone(),
         cfg.store.schema.clone(),
         args.store.cache_url.clone(),
+        cfg,
     );
     bcfg.ops = cfg.ops.clone();
     let temp_schema = crate::backends::temp_schema(&mut bcfg, "benchctx")?;

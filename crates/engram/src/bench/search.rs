@@ -264,27 +264,25 @@ pub(super) async fn load(
     Ok(())
 }
 
-/// The configuration the benchmark's processes open the store with.
+/// The configuration the benchmark's processes open the store with: the plan's store,
+/// with the in-process vector index's settings of the configuration the run was started
+/// with (`own`: file, `ENGRAM__STORE__…`).
 pub(super) fn bench_config(
     plan_dir: &Path,
     store_url: Option<String>,
     schema: Option<String>,
     cache_url: Option<String>,
+    own: &Config,
 ) -> Config {
     let mut cfg = Config::default();
     cfg.store.data_dir = plan_dir.to_path_buf();
     cfg.store.url = store_url;
     cfg.store.schema = schema;
     cfg.cache.url = cache_url;
-    cfg
-}
-
-/// The in-process vector index's settings a run takes from the configuration it was
-/// started with (file, `ENGRAM__STORE__…`): everything else about the store is the plan's.
-fn take_index_settings(cfg: &mut Config, own: &Config) {
     cfg.store.vector_quantization = own.store.vector_quantization;
     cfg.store.vector_rescore = own.store.vector_rescore;
     cfg.store.vector_search_expansion = own.store.vector_search_expansion;
+    cfg
 }
 
 pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
@@ -313,14 +311,13 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&dir)?;
     let exact_search_max = cfg.store.exact_search_max;
-    let own = cfg;
     let mut cfg = bench_config(
         &dir,
         args.store.store_url.clone(),
-        own.store.schema.clone(),
+        cfg.store.schema.clone(),
         args.store.cache_url.clone(),
+        cfg,
     );
-    take_index_settings(&mut cfg, own);
     let temp_schema = crate::backends::temp_schema(&mut cfg, "bench")?;
     let backends = Backends::open(&cfg, false).await?;
     if !quiet {
@@ -476,9 +473,9 @@ async fn measure(dir: &Path, recall: bool, own: &Config) -> anyhow::Result<Measu
         plan.store_url.clone(),
         plan.schema.clone(),
         plan.cache_url.clone(),
+        own,
     );
     cfg.store.exact_search_max = plan.exact_search_max;
-    take_index_settings(&mut cfg, own);
     let started = Instant::now();
     let store = Backends::open(&cfg, true).await?;
     let open_s = started.elapsed().as_secs_f64();
