@@ -28,6 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VENV = Path.home() / ".cache" / "engram" / "peers-venv"
+# `--with-text`: every peer returns each hit's stored sentence with its id, as engram's
+# search returns each hit's memory (set from the command line in parent and workers).
+WITH_TEXT = False
 DEFAULT_ENGRAM = "/root/.cache/engram-target/release/engram"
 USERS = 100
 K = 10
@@ -239,7 +242,7 @@ def peer_chroma(c: Corpus, exact_u, exact_f, work: Path) -> dict:
             query_embeddings=[v],
             n_results=K,
             where={"user": user} if user else None,
-            include=[],
+            include=["documents"] if WITH_TEXT else [],
         )
         return [int(x) for x in r["ids"][0]]
 
@@ -289,7 +292,7 @@ def peer_lancedb(c: Corpus, exact_u, exact_f, work: Path) -> dict:
             .distance_type("cosine")
             .nprobes(cfg["nprobes"])
             .refine_factor(cfg["refine_factor"])
-            .select(["id"])
+            .select(["id", "text"] if WITH_TEXT else ["id"])
             .limit(K)
         )
         if user:
@@ -413,19 +416,21 @@ def peer_pgvector(c: Corpus, exact_u, exact_f, work: Path) -> dict:
         conn.execute("ANALYZE items")
         index_s = time.perf_counter() - t
 
+        cols = "id, content" if WITH_TEXT else "id"
+
         def make_search(conn):
             def search(j, v, user):
                 vec = "[" + ",".join(map(repr, v.tolist())) + "]"
                 if user:
                     rows = conn.execute(
-                        "SELECT id FROM items WHERE user_id = %s "
+                        f"SELECT {cols} FROM items WHERE user_id = %s "
                         "ORDER BY embedding <=> %s::vector LIMIT 10",
                         (user, vec),
                         prepare=True,
                     ).fetchall()
                 else:
                     rows = conn.execute(
-                        "SELECT id FROM items ORDER BY embedding <=> %s::vector LIMIT 10",
+                        f"SELECT {cols} FROM items ORDER BY embedding <=> %s::vector LIMIT 10",
                         (vec,),
                         prepare=True,
                     ).fetchall()
@@ -498,16 +503,17 @@ def peer_sqlite_vec(c: Corpus, exact_u, exact_f, work: Path) -> dict:
                 [(i, c.memories[i].tobytes(), c.users[i], c.texts[i]) for i in range(s, e)],
             )
     ingest_s = time.perf_counter() - t
+    cols = "rowid, content" if WITH_TEXT else "rowid"
 
     def search(j, v, user):
         if user:
             rows = db.execute(
-                "SELECT rowid FROM items WHERE embedding MATCH ? AND k = 10 AND user_id = ?",
+                f"SELECT {cols} FROM items WHERE embedding MATCH ? AND k = 10 AND user_id = ?",
                 (v.tobytes(), user),
             )
         else:
             rows = db.execute(
-                "SELECT rowid FROM items WHERE embedding MATCH ? AND k = 10", (v.tobytes(),)
+                f"SELECT {cols} FROM items WHERE embedding MATCH ? AND k = 10", (v.tobytes(),)
             )
         return [r[0] for r in rows]
 
@@ -569,7 +575,10 @@ def peer_qdrant_edge(c: Corpus, exact_u, exact_f, work: Path) -> dict:
         )
         pts = shard.query(
             qe.QueryRequest(
-                limit=K, query=qe.Query.Nearest(v.tolist()), filter=flt, with_payload=False
+                limit=K,
+                query=qe.Query.Nearest(v.tolist()),
+                filter=flt,
+                with_payload=WITH_TEXT,
             )
         )
         return [p.id for p in pts]
@@ -743,6 +752,11 @@ def table(report: dict) -> str:
     lines.append(
         "ingest/s = n / (load + index build); p50 x / p95 x = peer latency / engram's semantic latency"
     )
+    lines.append(
+        "peers return each hit's id and stored sentence (--with-text)"
+        if report.get("with_text")
+        else "peers return ids only; engram returns each hit's memory (--with-text makes the peers return the sentence)"
+    )
     return "\n".join(lines)
 
 
@@ -757,9 +771,16 @@ def main() -> None:
     ap.add_argument("--engram-json", help="take engram's row from this saved `engram bench search --json` output instead of running it")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per peer")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--with-text",
+        action="store_true",
+        help="peers return each hit's stored sentence with its id, as engram returns memories",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--truth", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global WITH_TEXT
+    WITH_TEXT = args.with_text
     ensure_venv()
     if args.worker:
         worker(args)
@@ -779,6 +800,7 @@ def main() -> None:
         "k": K,
         "corpus": str(directory),
         "model": c.model,
+        "with_text": args.with_text,
         "peers": {},
     }
     del c
@@ -795,6 +817,8 @@ def main() -> None:
                    "--truth", str(truth), "--n", str(args.n), "--queries", str(args.queries)]
             if args.corpus:
                 cmd += ["--corpus", args.corpus]
+            if args.with_text:
+                cmd.append("--with-text")
             try:
                 r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
                 lines = [l for l in r.stdout.splitlines() if l.startswith("{")]

@@ -60,6 +60,14 @@ pub struct SearchArgs {
     /// profile of the run, e.g. under `perf record`).
     #[arg(long, requires = "measure")]
     pub no_recall: bool,
+    /// With `--measure`: only these modes (comma-separated: keyword, semantic, hybrid),
+    /// e.g. to profile one of them.
+    #[arg(long, requires = "measure", value_delimiter = ',', value_parser = parse_mode)]
+    pub modes: Vec<SearchMode>,
+}
+
+fn parse_mode(s: &str) -> Result<SearchMode, String> {
+    SearchMode::parse(s).map_err(|e| e.to_string())
 }
 
 const TOP: usize = 10;
@@ -287,7 +295,7 @@ pub(super) fn bench_config(
 
 pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.measure {
-        let m = measure(dir, !args.no_recall, cfg).await?;
+        let m = measure(dir, !args.no_recall, &args.modes, cfg).await?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());
     }
@@ -466,7 +474,12 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
 /// The child: open the store as `engram serve` does and run the plan. The vector index
 /// keeps vectors as `own` (the child's configuration) says: measuring a store with
 /// another quantization than it was built with rebuilds its index at open.
-async fn measure(dir: &Path, recall: bool, own: &Config) -> anyhow::Result<Measured> {
+async fn measure(
+    dir: &Path,
+    recall: bool,
+    modes: &[SearchMode],
+    own: &Config,
+) -> anyhow::Result<Measured> {
     let plan: Plan = serde_json::from_slice(&std::fs::read(dir.join("bench-plan.json"))?)?;
     let mut cfg = bench_config(
         dir,
@@ -508,12 +521,29 @@ async fn measure(dir: &Path, recall: bool, own: &Config) -> anyhow::Result<Measu
             .filter_map(|h| h.memory.source_ref.as_deref()?.parse::<usize>().ok())
             .collect()
     };
+    // The keyword index is built in the background soon after open, or by the first
+    // keyword search; one search here waits for it, so that no mode's figures include the
+    // build or share the CPU with it.
+    if let Some(q) = plan.queries.first() {
+        let req = SearchRequest::new(
+            &q.text,
+            MemoryFilter::default(),
+            None,
+            SearchMode::Keyword,
+            None,
+        )?;
+        svc.search(&tenant, &req).await?;
+    }
     let mut results = Vec::new();
-    for mode in [
+    let all = [
         SearchMode::Keyword,
         SearchMode::Semantic,
         SearchMode::Hybrid,
-    ] {
+    ];
+    for mode in all
+        .into_iter()
+        .filter(|m| modes.is_empty() || modes.contains(m))
+    {
         for filtered in [false, true] {
             let mut lat = Vec::with_capacity(plan.queries.len());
             let (mut found, mut total) = (0usize, 0usize);
@@ -572,4 +602,37 @@ async fn measure(dir: &Path, recall: bool, own: &Config) -> anyhow::Result<Measu
         open_s,
         results,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{BenchCommand, Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<SearchArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["engram", "bench", "search"].iter().chain(args))?;
+        match cli.command {
+            Command::Bench {
+                command: BenchCommand::Search(a),
+            } => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn modes_name_the_modes_measured() {
+        let a = parse(&["--measure", "d", "--modes", "semantic,hybrid"]).unwrap();
+        assert_eq!(a.modes, vec![SearchMode::Semantic, SearchMode::Hybrid]);
+        // None named: every mode.
+        assert!(parse(&["--measure", "d"]).unwrap().modes.is_empty());
+        let bad = parse(&["--measure", "d", "--modes", "semantic,fuzzy"])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("fuzzy") && bad.contains("--modes"), "{bad}");
+        // Only a measuring run takes them.
+        let alone = parse(&["--modes", "keyword"]).unwrap_err().to_string();
+        assert!(alone.contains("--measure"), "{alone}");
+    }
 }
