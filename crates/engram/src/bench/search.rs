@@ -9,10 +9,10 @@
 //! ground truth to a file. A child process (`--measure DIR`) then opens the store as
 //! `engram serve` does, reads its database file once (so its pages are in the operating
 //! system's cache, as on a server in use), runs every query in every mode (or those of
-//! `--modes`), unfiltered and filtered to one
-//! user of 100 (1% of the data), and reports latency, recall@10 against exact search and
-//! its own peak RSS — which therefore counts the engine, not the benchmark's copy of the
-//! corpus. Query embedding is excluded: each query's vector is its cached embedding.
+//! `--modes`), unfiltered and filtered to one user of 100 (1% of the data), and reports
+//! latency, recall@10 against exact search and its own peak RSS — which therefore counts
+//! the engine, not the benchmark's copy of the corpus. Query embedding is excluded: each
+//! query's vector is its cached embedding.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -476,7 +476,7 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
 /// Reads the SQLite database (and its WAL) once, so that searches find its pages in the
 /// operating system's cache, as on a server answering queries. A store prepared earlier may
 /// have been paged out since: some hosts reclaim file pages idle for a minute (DAMON), and a
-/// point read then costs a disk read (~80–100 µs instead of ~10 µs measured on one), which
+/// point read then costs a disk read (80–130 µs instead of ~10 µs, measured on one), which
 /// made the figures depend on how long ago the store was last read. Done after `open_s`
 /// is taken, so that figure is as before; page cache is not the process's resident set, so
 /// the RSS figures are unchanged.
