@@ -282,35 +282,16 @@ impl VectorIndex {
                 matches
             }
         }?;
-        let mut hits = to_hits(&matches);
+        let hits = to_hits(&matches);
         if self.cfg.quantization == Quantization::I8 {
-            self.rescore_i8(&engine, &unit, &mut hits)?;
+            // The graph compared the query rounded to i8 with each stored vector, so both
+            // roundings moved its scores. The hits are scored again as the exact search
+            // scores: the f32 query multiplied into the stored bytes, which leaves only
+            // the stored vector's rounding. A few hundred nanoseconds per hit.
+            let keys: Vec<u64> = hits.iter().map(|h| h.key).collect();
+            return self.exact_among(&engine, &unit, &keys, keys.len());
         }
         Ok(hits)
-    }
-
-    /// Scores i8 hits again with the query at full precision. The graph compares the
-    /// query rounded to i8 with each stored vector, so both roundings move a score;
-    /// multiplying the f32 query into the stored bytes ([`vector::cosine_i8`], as the
-    /// exact search does) leaves only the stored vector's. A few hundred nanoseconds per
-    /// hit, from memory.
-    fn rescore_i8(
-        &self,
-        engine: &usearch::Index,
-        unit: &[f32],
-        hits: &mut [Hit],
-    ) -> Result<(), IndexError> {
-        let mut bytes = vec![0i8; self.cfg.dim];
-        for h in hits.iter_mut() {
-            let found = engine
-                .get::<i8>(h.key, &mut bytes)
-                .map_err(IndexError::backend)?;
-            if found > 0 {
-                h.similarity = vector::cosine_i8(unit, 1.0, &bytes);
-            }
-        }
-        vector::sort_hits(hits);
-        Ok(())
     }
 
     /// The exact `k` most similar vectors to `query` among `keys`, best first, by brute
@@ -325,6 +306,17 @@ impl VectorIndex {
     ) -> Result<Vec<Hit>, IndexError> {
         let unit = vector::normalized(query, self.cfg.dim)?;
         let engine = self.read();
+        self.exact_among(&engine, &unit, keys, k)
+    }
+
+    /// [`exact_search`](Self::exact_search) with the unit query, under a lock already held.
+    fn exact_among(
+        &self,
+        engine: &usearch::Index,
+        unit: &[f32],
+        keys: &[u64],
+        k: usize,
+    ) -> Result<Vec<Hit>, IndexError> {
         let mut top = TopK::new(k);
         let mut seen = HashSet::with_capacity(keys.len());
         let mut buf = vec![0f32; self.cfg.dim];
@@ -346,20 +338,20 @@ impl VectorIndex {
                     (found > 0).then(|| {
                         bits.clear();
                         bits.extend(raw.iter().map(|r| *r as u16));
-                        vector::cosine_f16(&unit, 1.0, &bits, &mut buf)
+                        vector::cosine_f16(unit, 1.0, &bits, &mut buf)
                     })
                 }
                 Quantization::I8 => {
                     let found = engine
                         .get::<i8>(key, &mut bytes)
                         .map_err(IndexError::backend)?;
-                    (found > 0).then(|| vector::cosine_i8(&unit, 1.0, &bytes))
+                    (found > 0).then(|| vector::cosine_i8(unit, 1.0, &bytes))
                 }
                 Quantization::F32 => {
                     let found = engine
                         .get::<f32>(key, &mut buf)
                         .map_err(IndexError::backend)?;
-                    (found > 0).then(|| vector::cosine(&unit, 1.0, &buf))
+                    (found > 0).then(|| vector::cosine(unit, 1.0, &buf))
                 }
             };
             if let Some(similarity) = similarity {

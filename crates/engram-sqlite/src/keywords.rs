@@ -174,9 +174,10 @@ impl RidsById {
             self.wide.insert(id, rid);
             return;
         };
+        let hash = self.hash(&id);
         let hasher = &self.hasher;
         self.table
-            .insert_unique(hasher.hash_one(id), short, |r| held_hash(hasher, held, *r));
+            .insert_unique(hash, short, |r| held_hash(hasher, held, *r));
     }
 
     /// `id`'s entry under `rid` (by both: a purged memory's id may come back under a new

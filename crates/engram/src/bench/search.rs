@@ -481,19 +481,15 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
 /// is taken, so that figure is as before; page cache is not the process's resident set, so
 /// the RSS figures are unchanged.
 fn warm_file_cache(dir: &Path) -> anyhow::Result<()> {
-    use std::io::Read;
     let db = dir.join(engram_sqlite::DB_FILE);
     let wal = dir.join(format!("{}-wal", engram_sqlite::DB_FILE));
-    let mut buf = vec![0u8; 1 << 20];
     for path in [db, wal] {
+        // No WAL file: nothing to read.
         let Ok(mut f) = std::fs::File::open(&path) else {
             continue;
         };
-        while f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?
-            > 0
-        {}
+        std::io::copy(&mut f, &mut std::io::sink())
+            .with_context(|| format!("reading {}", path.display()))?;
     }
     Ok(())
 }
