@@ -48,8 +48,8 @@ pub const DEFAULT_VECTOR_SEARCH_EXPANSION: usize =
 pub const VECTOR_SEARCH_EXPANSION_RANGE: std::ops::RangeInclusive<usize> =
     engram_index::IndexConfig::EXPANSION_RANGE;
 pub use migrate::{MigrationReport, MIGRATIONS};
-use rows::{append_change, get_by_id, insert_row, row_to_memory, update_row, COLUMNS};
-use writer::{in_savepoint, Writer};
+use rows::{append_change, get_by_id, row_to_memory, update_row, NewRow, COLUMNS};
+use writer::{in_savepoint, Checkpoints, Writer};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "engram.db";
@@ -127,6 +127,9 @@ const READER_CACHE_KIB: u32 = 16 * 1024;
 /// Page cache of the index upkeep's connection, in KiB: it scans the tables (rebuilds,
 /// catching up), which a cache does not help.
 const UPKEEP_CACHE_KIB: u32 = 4 * 1024;
+/// Page cache of the WAL checkpoint thread's connection, in KiB: a checkpoint copies
+/// pages from the WAL file to the database file without caching them.
+const CHECKPOINT_CACHE_KIB: u32 = 1024;
 
 fn open_conn(path: &Path, read_only: bool, cache_kib: u32) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -142,9 +145,10 @@ fn open_conn(path: &Path, read_only: bool, cache_kib: u32) -> Result<Connection,
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db_err)?;
     // WAL: readers never block the writer. synchronous=FULL: every commit is fsynced, so
-    // an acknowledged write survives power loss, not only a process crash. The WAL is
-    // checkpointed every 8,192 pages (32 MiB) rather than 1,000, so hot index pages are
-    // copied back less often.
+    // an acknowledged write survives power loss, not only a process crash. A connection
+    // that commits checkpoints the WAL every 8,192 pages (32 MiB) rather than 1,000, so
+    // hot index pages are copied back less often; the writer's connection replaces this
+    // with checkpoints on another thread (`writer::Checkpoints`).
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -348,7 +352,11 @@ impl SqliteStore {
         };
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                writer: Writer::start(conn),
+                writer: Writer::start(
+                    conn,
+                    open_conn(&path, false, CHECKPOINT_CACHE_KIB)?,
+                    Checkpoints::default(),
+                ),
                 readers: ReadPool {
                     path,
                     idle: Mutex::new(Vec::new()),
@@ -394,11 +402,20 @@ fn tenant_str(t: &TenantId) -> String {
     t.as_str().to_owned()
 }
 
+/// What the writer did with one insert; a created memory is handed back to the caller
+/// from its own copy, off the writer thread.
+enum Inserted {
+    Created,
+    Replayed(Box<Memory>),
+    KeyReused,
+}
+
 fn insert_one(
     conn: &Connection,
     tenant: &str,
     item: &InsertMemory,
-) -> Result<InsertOutcome, StoreError> {
+    row: &NewRow,
+) -> Result<Inserted, StoreError> {
     if let Some(idem) = &item.idempotency {
         let prior: Option<(String, Vec<u8>)> = conn
             .prepare_cached("SELECT fingerprint, memory_id FROM idempotency_keys WHERE tenant = ?1 AND key = ?2")
@@ -409,10 +426,10 @@ fn insert_one(
             .map_err(db_err)?;
         if let Some((fingerprint, memory_id)) = prior {
             if fingerprint != idem.fingerprint {
-                return Ok(InsertOutcome::KeyReused);
+                return Ok(Inserted::KeyReused);
             }
             return match get_by_id(conn, tenant, &memory_id, true)? {
-                Some(m) => Ok(InsertOutcome::Replayed(m)),
+                Some(m) => Ok(Inserted::Replayed(Box::new(m))),
                 // The memory was purged since; the key is free again.
                 None => {
                     conn.execute(
@@ -420,14 +437,13 @@ fn insert_one(
                         params![tenant, idem.key],
                     )
                     .map_err(db_err)?;
-                    insert_one(conn, tenant, item)
+                    insert_one(conn, tenant, item, row)
                 }
             };
         }
     }
     let m = &item.memory;
-    insert_row(conn, m)?;
-    append_change(conn, m, ChangeOp::Created)?;
+    row.insert(conn, m)?;
     if let Some(idem) = &item.idempotency {
         conn.prepare_cached(
             "INSERT INTO idempotency_keys (tenant, key, fingerprint, memory_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -443,7 +459,7 @@ fn insert_one(
         })
         .map_err(db_err)?;
     }
-    Ok(InsertOutcome::Created(m.clone()))
+    Ok(Inserted::Created)
 }
 
 /// Replaces a memory still at `expected_version` and appends its change record.
@@ -684,23 +700,43 @@ impl MemoryStore for SqliteStore {
                 "insert items belong to another tenant".into(),
             ));
         }
-        self.inner
+        let rows = items
+            .iter()
+            .map(|i| NewRow::of(&i.memory))
+            .collect::<Result<Vec<_>, _>>()?;
+        let items = Arc::new(items);
+        let job_items = items.clone();
+        let done = self
+            .inner
             .writer
             .write("insert", move |conn, careful| {
+                let each = job_items.iter().zip(&rows);
                 if careful {
                     // Each item on its own: a failing item is undone alone.
-                    return Ok(items
-                        .iter()
-                        .map(|item| in_savepoint(conn, "item", |c| insert_one(c, &tenant, item)))
-                        .collect());
+                    return Ok(each
+                        .map(|(item, row)| {
+                            in_savepoint(conn, "item", |c| insert_one(c, &tenant, item, row))
+                        })
+                        .collect::<Vec<_>>());
                 }
                 // Fast path: any failure fails the job, and the writer replays it carefully.
-                items
-                    .iter()
-                    .map(|item| insert_one(conn, &tenant, item).map(Ok))
+                each.map(|(item, row)| insert_one(conn, &tenant, item, row).map(Ok))
                     .collect()
             })
-            .await
+            .await?;
+        // The job (and its share of `items`) is dropped before the answer is sent.
+        let items = Arc::try_unwrap(items).unwrap_or_else(|shared| (*shared).clone());
+        Ok(items
+            .into_iter()
+            .zip(done)
+            .map(|(item, done)| {
+                done.map(|d| match d {
+                    Inserted::Created => InsertOutcome::Created(item.memory),
+                    Inserted::Replayed(m) => InsertOutcome::Replayed(*m),
+                    Inserted::KeyReused => InsertOutcome::KeyReused,
+                })
+            })
+            .collect())
     }
 
     async fn get(&self, tenant: &TenantId, id: MemoryId) -> Result<Option<Memory>, StoreError> {

@@ -162,7 +162,35 @@ static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
 /// Inserts a new memory row and its tags, and queues its session's context vectors;
 /// returns the row id.
 pub(crate) fn insert_row(conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
-    let vals = values(m)?;
+    insert_row_with(conn, m, &values(m)?)
+}
+
+/// A new memory's column values and change record, made before the write reaches the
+/// writer thread: everything a write job needs that takes no lock, done off the one
+/// thread all writes wait for.
+pub(crate) struct NewRow {
+    values: Vec<Value>,
+    change: String,
+}
+
+impl NewRow {
+    pub(crate) fn of(m: &Memory) -> Result<NewRow, StoreError> {
+        Ok(NewRow {
+            values: values(m)?,
+            change: json(m)?,
+        })
+    }
+
+    /// Inserts the row ([`insert_row`]) and appends its `Created` change record.
+    pub(crate) fn insert(&self, conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
+        let rid = insert_row_with(conn, m, &self.values)?;
+        append_change_with(conn, m, engram_core::ChangeOp::Created, &self.change)?;
+        Ok(rid)
+    }
+}
+
+/// [`insert_row`] with the column values already made (`values(m)`).
+fn insert_row_with(conn: &Connection, m: &Memory, vals: &[Value]) -> Result<i64, StoreError> {
     conn.prepare_cached(&INSERT_SQL)
         .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
         .map_err(db_err)?;
@@ -253,6 +281,16 @@ pub(crate) fn append_change(
     m: &Memory,
     op: engram_core::ChangeOp,
 ) -> Result<(), StoreError> {
+    append_change_with(conn, m, op, &json(m)?)
+}
+
+/// [`append_change`] with the payload already made (`json(m)`).
+fn append_change_with(
+    conn: &Connection,
+    m: &Memory,
+    op: engram_core::ChangeOp,
+    payload: &str,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO changes (tenant, memory_id, op, version, at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
@@ -263,7 +301,7 @@ pub(crate) fn append_change(
             op.as_str(),
             m.version,
             to_micros(m.updated_at),
-            json(m).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?,
+            payload,
         ])
     })
     .map_err(db_err)?;

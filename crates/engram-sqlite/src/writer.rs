@@ -4,8 +4,15 @@
 //! takes every job that is waiting, runs each inside its own savepoint (a failing job is
 //! rolled back alone), commits them together with one fsync, and only then answers each
 //! caller. Concurrent writers thus share the cost of durability instead of paying it each.
+//!
+//! The WAL is checkpointed (copied back into the database file) by a second thread with
+//! its own connection, so the writer goes on committing meanwhile; the writer checkpoints
+//! itself only when the WAL has grown past a hard bound (see [`Checkpoints`]).
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::cell::Cell;
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,7 +52,10 @@ where
     }
 
     fn complete(self: Box<Self>, committed: Result<(), StoreError>) {
-        let TypedJob { result, reply, .. } = *self;
+        // `f` goes first: what it shares with the caller is the caller's alone again by
+        // the time the answer arrives.
+        let TypedJob { f, result, reply } = *self;
+        drop(f);
         let out = committed.and_then(|()| {
             result.unwrap_or_else(|| Err(StoreError::Other("write job never ran".into())))
         });
@@ -61,24 +71,102 @@ const TOUCH_FLUSH: Duration = Duration::from_millis(500);
 /// Deferred `accessed_at` updates: (tenant, memory id, time).
 pub(crate) type TouchBuffer = Arc<Mutex<Vec<(TenantId, Vec<u8>, i64)>>>;
 
+/// When the WAL is checkpointed, in pages (4 KiB each).
+///
+/// SQLite's own automatic checkpoint runs inside the commit that crosses its bound, on the
+/// writer thread: at bulk-insert rates it was a tenth of that thread's work, plus the
+/// database file's fsync, while the other core idled. Here the first commit that leaves
+/// `soft` or more pages in the WAL asks the checkpoint thread for a passive checkpoint
+/// and goes on. That checkpoint copies back every page committed before it began, but
+/// the WAL starts over only at a commit whose transaction began with every page copied
+/// back, and under a steady stream of writes the commits made meanwhile are never
+/// copied. So the first commit after the checkpoint thread is done checkpoints on the
+/// writer itself: only the pages of those few commits are left, and the next commit
+/// writes the WAL from its start again, which keeps the WAL file from growing (a growing
+/// file costs every commit's fsync a metadata update). Should the checkpoint thread fall
+/// behind, a commit that leaves `hard` or more pages checkpoints on the writer anyway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Checkpoints {
+    pub(crate) soft: i32,
+    pub(crate) hard: i32,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        // 32 MiB (as the automatic checkpoint was set before) and 128 MiB.
+        Checkpoints {
+            soft: 8192,
+            hard: 4 * 8192,
+        }
+    }
+}
+
+thread_local! {
+    /// Pages in the WAL after the last commit on this thread's connection (set by the
+    /// connection's WAL hook, which SQLite calls on the committing thread).
+    static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
+
+/// A passive checkpoint: copies back what no reader still needs, never waits for anyone.
+fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
+    // (busy, pages in the WAL, pages copied back); busy only means another checkpoint
+    // ran at the same moment, and the next commit asks again.
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        .map_err(db_err)
+}
+
 pub(crate) struct Writer {
     tx: Mutex<Option<Sender<Box<dyn Job>>>>,
     handle: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
     pub(crate) touches: TouchBuffer,
 }
 
 impl Writer {
-    pub(crate) fn start(conn: Connection) -> Writer {
+    /// Starts the writer thread on `conn` and the checkpoint thread on `checkpoints_conn`
+    /// (another connection to the same database).
+    pub(crate) fn start(
+        conn: Connection,
+        checkpoints_conn: Connection,
+        checkpoints: Checkpoints,
+    ) -> Writer {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        // One request waiting is enough: the checkpoint it starts covers every commit
+        // before it.
+        let (ask, asked) = mpsc::sync_channel::<()>(1);
+        let done = Arc::new(AtomicU64::new(0));
+        let done_by_checkpointer = done.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("engram-sqlite-checkpoint".into())
+            .spawn(move || {
+                // Ends when the writer thread ends (and drops `ask`).
+                while asked.recv().is_ok() {
+                    if let Err(e) = checkpoint(&checkpoints_conn) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints");
+                    }
+                    done_by_checkpointer.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .expect("spawn the sqlite checkpoint thread");
         let touches: TouchBuffer = Arc::default();
         let t = touches.clone();
         let handle = std::thread::Builder::new()
             .name("engram-sqlite-writer".into())
-            .spawn(move || run(conn, rx, t))
+            .spawn(move || {
+                // Replaces SQLite's automatic checkpoint on this connection.
+                conn.wal_hook(Some(note_wal_pages));
+                run(conn, rx, t, ask, done, checkpoints)
+            })
             .expect("spawn the sqlite writer thread");
         Writer {
             tx: Mutex::new(Some(tx)),
             handle: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             touches,
         }
     }
@@ -129,6 +217,9 @@ impl Writer {
         if let Some(h) = self.handle.lock().expect("writer lock").take() {
             let _ = h.join();
         }
+        if let Some(h) = self.checkpointer.lock().expect("writer lock").take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -157,9 +248,18 @@ pub(crate) fn in_savepoint<T>(
     res
 }
 
-fn run(conn: Connection, rx: Receiver<Box<dyn Job>>, touches: TouchBuffer) {
+fn run(
+    conn: Connection,
+    rx: Receiver<Box<dyn Job>>,
+    touches: TouchBuffer,
+    ask_checkpoint: SyncSender<()>,
+    checkpoints_done: Arc<AtomicU64>,
+    checkpoints: Checkpoints,
+) {
     let mut last_touch_flush = Instant::now();
     let mut open = true;
+    // The checkpoint thread's count of checkpoints done when it was last asked for one.
+    let mut asked: Option<u64> = None;
     while open {
         let mut batch = Vec::new();
         match rx.recv_timeout(TOUCH_FLUSH) {
@@ -184,6 +284,26 @@ fn run(conn: Connection, rx: Receiver<Box<dyn Job>>, touches: TouchBuffer) {
             continue;
         }
         commit_batch(&conn, batch, pending_touches);
+        let pages = WAL_PAGES.with(Cell::get);
+        if pages < checkpoints.soft {
+            asked = None;
+            continue;
+        }
+        let done = checkpoints_done.load(Ordering::SeqCst);
+        match asked {
+            None if pages < checkpoints.hard => {
+                asked = Some(done);
+                // Full: a checkpoint is asked for already.
+                let _ = ask_checkpoint.try_send(());
+            }
+            Some(at) if done == at && pages < checkpoints.hard => {}
+            _ => {
+                asked = None;
+                if let Err(e) = checkpoint(&conn) {
+                    tracing::warn!(error = %e, pages, "WAL checkpoint failed; the next commit tries again");
+                }
+            }
+        }
     }
     tracing::debug!("sqlite writer stopped");
 }
@@ -258,5 +378,84 @@ fn commit_batch(
     }
     for job in batch {
         job.complete(committed.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 4096;
+
+    fn file_len(p: &std::path::Path) -> u64 {
+        std::fs::metadata(p).map_or(0, |m| m.len())
+    }
+
+    /// Under a steady stream of commits from many callers, the checkpoint thread and the
+    /// writer's own checkpoints keep the WAL file near `soft` pages, and what was written
+    /// reaches the database file while the writer is still running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_small_while_writes_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = crate::open_conn(&path, false, 1024).unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL)")
+            .unwrap();
+        let limits = Checkpoints {
+            soft: 32,
+            hard: 128,
+        };
+        let writer = Arc::new(Writer::start(
+            conn,
+            crate::open_conn(&path, false, 1024).unwrap(),
+            limits,
+        ));
+        let wal = dir.path().join("w.db-wal");
+        // Each write adds about one page; 8 callers at a time, so commits hold 1–8 writes.
+        let (callers, each) = (8, 150);
+        let mut tasks = Vec::new();
+        for _ in 0..callers {
+            let (w, wal) = (writer.clone(), wal.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut widest = 0;
+                for _ in 0..each {
+                    w.write("t", |c, _| {
+                        c.execute("INSERT INTO t (b) VALUES (zeroblob(3000))", [])
+                            .map_err(db_err)
+                    })
+                    .await
+                    .unwrap();
+                    widest = widest.max(file_len(&wal));
+                }
+                widest
+            }));
+        }
+        let mut widest = 0;
+        for t in tasks {
+            widest = widest.max(t.await.unwrap());
+        }
+        let written = (callers * each) as u64 * 3000;
+        // The WAL's header, and per page a frame header; `hard` pages plus one commit of
+        // each caller is the most it may hold.
+        let bound = 32 + (limits.hard as u64 + 2 * callers as u64) * (PAGE + 24);
+        assert!(widest > 0, "the WAL was never written");
+        assert!(
+            widest <= bound,
+            "the WAL grew to {widest} bytes, over {bound}"
+        );
+        let db = file_len(&path);
+        assert!(
+            db + bound >= written,
+            "only {db} bytes reached the database file of {written} written"
+        );
+
+        // Every acknowledged write is there, read through another connection.
+        let reader = crate::open_conn(&path, true, 1024).unwrap();
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, (callers * each) as i64);
+        drop(reader);
+        writer.close();
     }
 }
