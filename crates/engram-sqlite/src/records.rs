@@ -9,7 +9,7 @@ use engram_core::{ChangeOp, MirrorWrite, RecordStore, StoreError, TenantId};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::rows::{append_change, insert_row};
+use crate::rows::NewRow;
 use crate::{db_err, replace_memory, SqliteStore};
 
 const COLUMNS: &str = "id, tenant, kind, user_id, agent_id, project, domain, session_id, \
@@ -102,10 +102,7 @@ fn write_mirror(
         ));
     }
     match mirror {
-        MirrorWrite::Insert(m) => {
-            insert_row(conn, m)?;
-            append_change(conn, m, ChangeOp::Created)
-        }
+        MirrorWrite::Insert(m) => NewRow::of(m)?.insert(conn, m).map(|_| ()),
         MirrorWrite::Replace {
             next,
             expected_version,

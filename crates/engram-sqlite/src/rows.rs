@@ -159,15 +159,9 @@ static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Inserts a new memory row and its tags, and queues its session's context vectors;
-/// returns the row id.
-pub(crate) fn insert_row(conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
-    insert_row_with(conn, m, &values(m)?)
-}
-
-/// A new memory's column values and change record, made before the write reaches the
-/// writer thread: everything a write job needs that takes no lock, done off the one
-/// thread all writes wait for.
+/// A new memory's column values and change record. The store makes them before the write
+/// reaches the writer thread: everything a write job needs that takes no lock, done off
+/// the one thread all writes wait for.
 pub(crate) struct NewRow {
     values: Vec<Value>,
     change: String,
@@ -181,16 +175,18 @@ impl NewRow {
         })
     }
 
-    /// Inserts the row ([`insert_row`]) and appends its `Created` change record.
+    /// Inserts the row and its tags, queues its session's context vectors, and appends
+    /// its `Created` change record; returns the row id.
     pub(crate) fn insert(&self, conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
-        let rid = insert_row_with(conn, m, &self.values)?;
+        let rid = insert_row(conn, m, &self.values)?;
         append_change_with(conn, m, engram_core::ChangeOp::Created, &self.change)?;
         Ok(rid)
     }
 }
 
-/// [`insert_row`] with the column values already made (`values(m)`).
-fn insert_row_with(conn: &Connection, m: &Memory, vals: &[Value]) -> Result<i64, StoreError> {
+/// Inserts a new memory row (its column values `vals`, as `values(m)` makes them) and its
+/// tags, and queues its session's context vectors; returns the row id.
+fn insert_row(conn: &Connection, m: &Memory, vals: &[Value]) -> Result<i64, StoreError> {
     conn.prepare_cached(&INSERT_SQL)
         .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
         .map_err(db_err)?;

@@ -122,6 +122,72 @@ fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
         .map_err(db_err)
 }
 
+/// The writer's side of [`Checkpoints`]: asks the checkpoint thread, and finishes its work.
+struct Checkpointer {
+    limits: Checkpoints,
+    ask: SyncSender<()>,
+    /// Checkpoints the checkpoint thread has done.
+    done: Arc<AtomicU64>,
+    /// `done` when the writer last asked for one, until it finished it.
+    asked: Option<u64>,
+}
+
+impl Checkpointer {
+    /// Starts the checkpoint thread on `conn`; it ends when the returned side is dropped.
+    fn spawn(conn: Connection, limits: Checkpoints) -> (Checkpointer, JoinHandle<()>) {
+        // One request waiting is enough: the checkpoint it starts covers every commit
+        // before it.
+        let (ask, asked) = mpsc::sync_channel::<()>(1);
+        let done = Arc::new(AtomicU64::new(0));
+        let counted = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("engram-sqlite-checkpoint".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    if let Err(e) = checkpoint(&conn) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints");
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .expect("spawn the sqlite checkpoint thread");
+        let side = Checkpointer {
+            limits,
+            ask,
+            done,
+            asked: None,
+        };
+        (side, thread)
+    }
+
+    /// After each commit on the writer's connection `conn`, whose WAL hook has noted the
+    /// pages now in the WAL.
+    fn after_commit(&mut self, conn: &Connection) {
+        let pages = WAL_PAGES.with(Cell::get);
+        let done = self.done.load(Ordering::SeqCst);
+        let finish = match self.asked {
+            _ if pages >= self.limits.hard => true,
+            _ if pages < self.limits.soft => false,
+            None => {
+                self.asked = Some(done);
+                // Full: a checkpoint is asked for already.
+                let _ = self.ask.try_send(());
+                false
+            }
+            // Done since it was asked: what is left is the last commits' pages.
+            Some(at) => done != at,
+        };
+        if pages < self.limits.soft || finish {
+            self.asked = None;
+        }
+        if finish {
+            if let Err(e) = checkpoint(conn) {
+                tracing::warn!(error = %e, pages, "WAL checkpoint failed; the next commit tries again");
+            }
+        }
+    }
+}
+
 pub(crate) struct Writer {
     tx: Mutex<Option<Sender<Box<dyn Job>>>>,
     handle: Mutex<Option<JoinHandle<()>>>,
@@ -138,23 +204,7 @@ impl Writer {
         checkpoints: Checkpoints,
     ) -> Writer {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
-        // One request waiting is enough: the checkpoint it starts covers every commit
-        // before it.
-        let (ask, asked) = mpsc::sync_channel::<()>(1);
-        let done = Arc::new(AtomicU64::new(0));
-        let done_by_checkpointer = done.clone();
-        let checkpointer = std::thread::Builder::new()
-            .name("engram-sqlite-checkpoint".into())
-            .spawn(move || {
-                // Ends when the writer thread ends (and drops `ask`).
-                while asked.recv().is_ok() {
-                    if let Err(e) = checkpoint(&checkpoints_conn) {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints");
-                    }
-                    done_by_checkpointer.fetch_add(1, Ordering::SeqCst);
-                }
-            })
-            .expect("spawn the sqlite checkpoint thread");
+        let (checkpoints, checkpointer) = Checkpointer::spawn(checkpoints_conn, checkpoints);
         let touches: TouchBuffer = Arc::default();
         let t = touches.clone();
         let handle = std::thread::Builder::new()
@@ -162,7 +212,7 @@ impl Writer {
             .spawn(move || {
                 // Replaces SQLite's automatic checkpoint on this connection.
                 conn.wal_hook(Some(note_wal_pages));
-                run(conn, rx, t, ask, done, checkpoints)
+                run(conn, rx, t, checkpoints)
             })
             .expect("spawn the sqlite writer thread");
         Writer {
@@ -254,14 +304,10 @@ fn run(
     conn: Connection,
     rx: Receiver<Box<dyn Job>>,
     touches: TouchBuffer,
-    ask_checkpoint: SyncSender<()>,
-    checkpoints_done: Arc<AtomicU64>,
-    checkpoints: Checkpoints,
+    mut checkpoints: Checkpointer,
 ) {
     let mut last_touch_flush = Instant::now();
     let mut open = true;
-    // The checkpoint thread's count of checkpoints done when it was last asked for one.
-    let mut asked: Option<u64> = None;
     while open {
         let mut batch = Vec::new();
         match rx.recv_timeout(TOUCH_FLUSH) {
@@ -286,31 +332,7 @@ fn run(
             continue;
         }
         commit_batch(&conn, batch, pending_touches);
-        let pages = WAL_PAGES.with(Cell::get);
-        let finish = if pages >= checkpoints.hard {
-            true
-        } else if pages < checkpoints.soft {
-            false
-        } else {
-            match asked {
-                None => {
-                    asked = Some(checkpoints_done.load(Ordering::SeqCst));
-                    // Full: a checkpoint is asked for already.
-                    let _ = ask_checkpoint.try_send(());
-                    false
-                }
-                // Done since it was asked: what is left is the last commits' pages.
-                Some(at) => checkpoints_done.load(Ordering::SeqCst) != at,
-            }
-        };
-        if pages < checkpoints.soft || finish {
-            asked = None;
-        }
-        if finish {
-            if let Err(e) = checkpoint(&conn) {
-                tracing::warn!(error = %e, pages, "WAL checkpoint failed; the next commit tries again");
-            }
-        }
+        checkpoints.after_commit(&conn);
     }
     tracing::debug!("sqlite writer stopped");
 }
