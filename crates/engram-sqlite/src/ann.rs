@@ -696,13 +696,16 @@ impl Ann {
         // lists held in memory when one of the filter's conditions has one, else from
         // SQLite's indexes.
         let exact_max = self.exact_max;
+        // With conditions SQLite checks, the memories passing the others.
+        let within = attrs.held_part(filter, &wanted);
         let candidates: Option<Vec<i64>> = if only_tenant && tenant_size > exact_max {
             None
         } else if let Some(listed) = attrs.passing(filter, &wanted, exact_max) {
             listed
         } else {
             // One more than the bound tells a filter over it; no bound lists them all.
-            let rids = filter_rids(conn, tenant, filter, exact_max.checked_add(1))?;
+            let limit = exact_max.checked_add(1);
+            let rids = filter_rids(conn, tenant, filter, limit, within.as_deref())?;
             (rids.len() <= exact_max).then_some(rids)
         };
         let hits = match candidates {
@@ -729,9 +732,10 @@ impl Ann {
             }
             None if needs_sql => {
                 // Not held in memory: every candidate from SQLite, then the graph.
-                let rids: HashSet<i64> = filter_rids(conn, tenant, filter, None)?
-                    .into_iter()
-                    .collect();
+                let rids: HashSet<i64> =
+                    filter_rids(conn, tenant, filter, None, within.as_deref())?
+                        .into_iter()
+                        .collect();
                 let pass = |k: u64| rids.contains(&rid_of(k));
                 loaded
                     .index

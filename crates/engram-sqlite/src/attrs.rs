@@ -51,6 +51,11 @@ impl Fields {
         self.tenant
     }
 
+    /// When the memory was created, in microseconds.
+    pub fn created_at(&self) -> i64 {
+        self.created_at
+    }
+
     pub fn session_id(&self) -> Name {
         self.scope[SESSION_AT]
     }
@@ -95,26 +100,65 @@ pub(crate) fn needs_sql(f: &MemoryFilter) -> bool {
     !f.metadata.is_empty() || f.embedding_status.is_some()
 }
 
-/// The row ids of `tenant`'s live memories that pass `f`, listed through SQLite's indexes;
-/// at most `limit` of them when one is given.
+/// The row ids of `tenant`'s live memories that pass `f`, listed through SQLite; at most
+/// `limit` of them when one is given. With `within` (the memories passing the conditions
+/// of `f` that held fields answer, from [`FieldMap::held_part`]), only those rows are
+/// read and checked against the rest of `f`, instead of every row of the tenant's.
 pub(crate) fn filter_rids(
     conn: &rusqlite::Connection,
     tenant: &str,
     f: &MemoryFilter,
     limit: Option<usize>,
+    within: Option<&[i64]>,
 ) -> Result<Vec<i64>, StoreError> {
     let (cond, args) = crate::filter_sql(tenant, f);
-    // SQLite's LIMIT is a signed 64-bit integer; a larger bound is no bound.
-    let limit = limit
-        .filter(|n| i64::try_from(*n).is_ok())
-        .map_or(String::new(), |n| format!(" LIMIT {n}"));
-    conn.prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}{limit}"))
-        .and_then(|mut s| {
-            s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
-                .collect::<Result<Vec<i64>, _>>()
-        })
-        .map_err(db_err)
+    let Some(within) = within else {
+        // SQLite's LIMIT is a signed 64-bit integer; a larger bound is no bound.
+        let limit = limit
+            .filter(|n| i64::try_from(*n).is_ok())
+            .map_or(String::new(), |n| format!(" LIMIT {n}"));
+        return conn
+            .prepare_cached(&format!("SELECT m.rid FROM memories m WHERE {cond}{limit}"))
+            .and_then(|mut s| {
+                s.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+                    .collect::<Result<Vec<i64>, _>>()
+            })
+            .map_err(db_err);
+    };
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    for chunk in within.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len())
+            .map(|i| format!("?{}", args.len() + i))
+            .collect();
+        let sql = format!(
+            "SELECT m.rid FROM memories m WHERE m.rid IN ({}) AND {cond}",
+            marks.join(", ")
+        );
+        let bound = args
+            .iter()
+            .cloned()
+            .chain(chunk.iter().map(|r| rusqlite::types::Value::Integer(*r)));
+        let rids = conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(rusqlite::params_from_iter(bound), |r| r.get(0))?
+                    .collect::<Result<Vec<i64>, _>>()
+            })
+            .map_err(db_err)?;
+        out.extend(rids);
+        if out.len() >= limit {
+            out.truncate(limit);
+            break;
+        }
+    }
+    Ok(out)
 }
+
+/// [`FieldMap::held_part`] lists at most this many memories for SQLite to check the rest of
+/// a filter on (a point read each); a filter whose held conditions pass more is listed
+/// by SQLite alone.
+const HELD_PART_MAX: usize = 50_000;
 
 /// Numbers each distinct string (tenants, scope values, tags, speakers) once, from 1.
 /// Shared by reference and locked inside, briefly, per call; its lock is always the last
@@ -393,6 +437,22 @@ impl<T: HasFields> FieldMap<T> {
         Some(row)
     }
 
+    /// For a filter with conditions the fields do not hold ([`needs_sql`]): the row ids of
+    /// the memories that pass its other conditions (resolved as `f`), for SQLite to check
+    /// the rest on ([`filter_rids`]). `None` when no condition has a posting list, or more
+    /// than [`HELD_PART_MAX`] pass.
+    pub fn held_part(&self, filter: &MemoryFilter, f: &Resolved) -> Option<Vec<i64>> {
+        if !needs_sql(filter) {
+            return None;
+        }
+        let held = MemoryFilter {
+            metadata: Vec::new(),
+            embedding_status: None,
+            ..filter.clone()
+        };
+        self.passing(&held, f, HELD_PART_MAX).flatten()
+    }
+
     /// The row ids of the memories that pass `filter` (resolved as `f`): `Some(Some(rids))`
     /// when at most `max` pass, `Some(None)` when more do, `None` when no equality
     /// condition of `filter` has a list here, or it has conditions in [`needs_sql`] (the
@@ -414,21 +474,23 @@ impl<T: HasFields> FieldMap<T> {
                 .and_then(|l| l[field].get(&value))
                 .map_or(empty, Vec::as_slice)
         };
-        let one_type = match f.memory_types.as_slice() {
-            [t] => Some(*t as u32),
-            _ => None,
-        };
-        let shortest = f
+        // Several types: their lists together (a memory has one type, so they are
+        // disjoint).
+        let mut types: Vec<u32> = f.memory_types.iter().map(|t| *t as u32).collect();
+        types.sort_unstable();
+        types.dedup();
+        let types: Vec<&[u32]> = types.into_iter().map(|t| list(TYPE, t)).collect();
+        let shortest: Vec<&[u32]> = f
             .scope
             .iter()
             .enumerate()
-            .filter_map(|(field, v)| v.map(|v| list(field, v)))
-            .chain(one_type.map(|t| list(TYPE, t)))
-            .chain(f.source.map(|s| list(SOURCE, s as u32)))
-            .chain(f.tags.iter().map(|t| list(TAG, *t)))
-            .min_by_key(|l| l.len())?;
+            .filter_map(|(field, v)| v.map(|v| vec![list(field, v)]))
+            .chain((!types.is_empty()).then_some(types))
+            .chain(f.source.map(|s| vec![list(SOURCE, s as u32)]))
+            .chain(f.tags.iter().map(|t| vec![list(TAG, *t)]))
+            .min_by_key(|lists| lists.iter().map(|l| l.len()).sum::<usize>())?;
         let mut out = Vec::new();
-        for &rid in shortest {
+        for &rid in shortest.into_iter().flatten() {
             let rid = i64::from(rid);
             if self.get(&rid).is_some_and(|r| r.fields().matches(f)) {
                 if out.len() == max {
@@ -631,7 +693,7 @@ mod tests {
                     || f.project.is_some()
                     || f.domain.is_some()
                     || f.session_id.is_some()
-                    || f.memory_types.len() == 1
+                    || !f.memory_types.is_empty()
                     || f.source.is_some()
                     || !f.tags.is_empty();
                 let resolved = names.resolve(tenant, &f);

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use foldhash::fast::RandomState;
 
+use engram_core::filter::{ListQuery, ListResult, Position, SortBy, SortOrder};
 use engram_core::time::{from_micros, Timestamp};
 use engram_core::{MemoryFilter, MemoryId, RerankFields, Scored, StoreError};
 use engram_index::keyword::{Bm25Params, KeywordIndex};
@@ -35,6 +36,11 @@ const CHUNK: usize = 5000;
 /// SQLite's indexes and scored one by one; a wider one through the postings, with the
 /// filter checked for memories that would enter the top k.
 const WITHIN_MAX: usize = 10_000;
+
+/// A filtered list ordered by a key the held fields lack (`updated_at`, `accessed_at`)
+/// reads that key from SQLite for each candidate, one point read each: a filter with more
+/// candidates than this is listed through SQLite instead.
+const LIST_READ_MAX: usize = 5_000;
 
 /// How far `ann_log` was truncated: entries up to it are gone.
 pub(crate) fn log_floor(conn: &Connection) -> Result<i64, StoreError> {
@@ -480,6 +486,136 @@ impl Keywords {
         Ok(())
     }
 
+    /// A page of the list `q` of `tenant`'s memories, from the fields this index holds:
+    /// the filter's candidates come from the posting lists, are counted, ordered and paged
+    /// here, and only the page's memories are read from SQLite. Conditions the fields do
+    /// not hold ([`needs_sql`]: metadata, embedding status) are checked on the rows of the
+    /// candidates of the others. `None` (the caller lists through SQLite) when the index
+    /// is not built (a list never builds it), when the filter has no condition with a
+    /// posting list (a tenant's whole list is SQLite's `memories_created`), and when more
+    /// than [`LIST_READ_MAX`] candidates would each be read from SQLite (for such
+    /// conditions, or a sort key the fields lack).
+    ///
+    /// The order is SQLite's: by the sort key, then by the id's bytes, both in the asked
+    /// direction; a cursor resumes strictly after its (key, id).
+    pub fn list(
+        &self,
+        conn: &Connection,
+        tenant: &str,
+        q: &ListQuery,
+    ) -> Result<Option<ListResult>, StoreError> {
+        let built = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if !built {
+            return Ok(None);
+        }
+        self.catch_up(conn)?;
+        // Conditions checked on the rows, for the candidates of the others.
+        let sql_checks = needs_sql(&q.filter);
+        // (sort key, id, row id) of every candidate.
+        let mut keyed: Vec<(i64, [u8; 16], i64)> = {
+            let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let Some(st) = guard.as_ref() else {
+                return Ok(None);
+            };
+            let Some(wanted) = st.names.resolve(tenant, &q.filter) else {
+                // A value no memory held here ever had: nothing passes.
+                return Ok(Some(ListResult {
+                    items: Vec::new(),
+                    total: 0,
+                    has_more: false,
+                }));
+            };
+            let rids = if sql_checks {
+                st.held.held_part(&q.filter, &wanted)
+            } else {
+                st.held.passing(&q.filter, &wanted, usize::MAX).flatten()
+            };
+            let Some(rids) = rids else {
+                return Ok(None);
+            };
+            if (sql_checks || q.sort_by != SortBy::CreatedAt) && rids.len() > LIST_READ_MAX {
+                return Ok(None);
+            }
+            rids.into_iter()
+                .map(|rid| {
+                    let f = &st.held[&rid].fields;
+                    (f.created_at(), *f.id.as_bytes(), rid)
+                })
+                .collect()
+        };
+        if sql_checks {
+            let rids: Vec<i64> = keyed.iter().map(|k| k.2).collect();
+            let pass: HashSet<i64> = filter_rids(conn, tenant, &q.filter, None, Some(&rids))?
+                .into_iter()
+                .collect();
+            keyed.retain(|k| pass.contains(&k.2));
+        }
+        if q.sort_by != SortBy::CreatedAt {
+            let keys = sort_keys(conn, q.sort_by, keyed.iter().map(|k| k.2))?;
+            // A memory deleted since the index caught up is gone from the list.
+            keyed.retain_mut(|k| keys.get(&k.2).map(|v| k.0 = *v).is_some());
+        }
+        let total = keyed.len() as u64;
+        let ord = |a: &(i64, [u8; 16], i64), b: &(i64, [u8; 16], i64)| {
+            let o = (a.0, a.1).cmp(&(b.0, b.1));
+            match q.sort_order {
+                SortOrder::Asc => o,
+                SortOrder::Desc => o.reverse(),
+            }
+        };
+        let skip = match q.position {
+            Position::Page(p) => p.saturating_sub(1) as usize * q.per_page as usize,
+            Position::After { sort_key, id, .. } => {
+                let at = (sort_key, *id.as_bytes(), 0);
+                keyed.retain(|k| ord(k, &at) == std::cmp::Ordering::Greater);
+                0
+            }
+        };
+        // The page and one more (whether another page follows), in order.
+        let want = skip.saturating_add(q.per_page as usize + 1);
+        if keyed.len() > want {
+            keyed.select_nth_unstable_by(want, ord);
+            keyed.truncate(want);
+        }
+        keyed.sort_unstable_by(ord);
+        let page: Vec<MemoryId> = keyed
+            .iter()
+            .skip(skip)
+            .take(q.per_page as usize)
+            .map(|k| MemoryId::from_bytes(&k.1).expect("16 bytes"))
+            .collect();
+        let has_more = keyed.len() > skip.saturating_add(q.per_page as usize);
+        let mut found: HashMap<MemoryId, engram_core::Memory> =
+            crate::search::get_many(conn, tenant, &page)?
+                .into_iter()
+                .map(|m| (m.id, m))
+                .collect();
+        // A memory changed since the index caught up is checked once more.
+        let items = page
+            .iter()
+            .filter_map(|id| found.remove(id))
+            .filter(|m| q.filter.matches(m))
+            .collect();
+        Ok(Some(ListResult {
+            items,
+            total,
+            has_more,
+        }))
+    }
+
+    /// [`FieldMap::held_part`] of the held fields, for tests.
+    #[cfg(test)]
+    pub(crate) fn held_part(&self, tenant: &str, filter: &MemoryFilter) -> Option<Vec<i64>> {
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = guard.as_ref()?;
+        st.held
+            .held_part(filter, &st.names.resolve(tenant, filter)?)
+    }
+
     /// The best `limit` live memories of `tenant` passing `filter` for the query `words`,
     /// best first.
     pub fn search(
@@ -497,7 +633,7 @@ impl Keywords {
         }
         // A selective filter's candidates, when one of its conditions has a posting list
         // held in memory (see `within` below).
-        let (tenant_size, held, wanted) = {
+        let (tenant_size, held, part, wanted) = {
             let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
             let Some(st) = guard.as_ref() else {
                 return Ok(Vec::new());
@@ -509,6 +645,7 @@ impl Keywords {
             (
                 st.held.tenant_len(wanted.tenant),
                 st.held.passing(filter, &wanted, WITHIN_MAX),
+                st.held.held_part(filter, &wanted),
                 (st.names.clone(), wanted),
             )
         };
@@ -516,7 +653,7 @@ impl Keywords {
             return Ok(Vec::new());
         }
         let only_tenant = *filter == MemoryFilter::default();
-        let list = |limit| filter_rids(conn, tenant, filter, limit);
+        let list = |limit| filter_rids(conn, tenant, filter, limit, part.as_deref());
         // A selective filter: its candidates (from the posting lists, else from SQLite's
         // indexes), scored one by one.
         let within = if only_tenant && tenant_size > WITHIN_MAX {
@@ -576,6 +713,39 @@ impl Keywords {
             })
             .collect())
     }
+}
+
+/// The `by` key (`updated_at` or `accessed_at`) of each of the live memories `rids`.
+fn sort_keys(
+    conn: &Connection,
+    by: SortBy,
+    rids: impl Iterator<Item = i64>,
+) -> Result<HashMap<i64, i64>, StoreError> {
+    let col = match by {
+        SortBy::CreatedAt => "created_at",
+        SortBy::UpdatedAt => "updated_at",
+        SortBy::AccessedAt => "accessed_at",
+    };
+    let rids: Vec<Value> = rids.map(Value::Integer).collect();
+    let mut out = HashMap::with_capacity(rids.len());
+    for chunk in rids.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "SELECT rid, {col} FROM memories WHERE rid IN ({}) AND deleted_at IS NULL",
+            marks.join(", ")
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(db_err)?;
+        for r in rows {
+            let (rid, key) = r.map_err(db_err)?;
+            out.insert(rid, key);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

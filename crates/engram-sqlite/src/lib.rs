@@ -560,7 +560,7 @@ pub(crate) fn filter_sql(tenant: &str, f: &MemoryFilter) -> (String, Vec<Value>)
         push(
             &mut cond,
             &mut args,
-            " AND m.rid IN (SELECT rid FROM memory_tags WHERE tenant = ?1 AND tag = {})",
+            " AND EXISTS (SELECT 1 FROM json_each(m.tags) WHERE json_each.value = {})",
             text(tag),
         );
     }
@@ -654,9 +654,6 @@ fn purge(conn: &Connection, tenant: &str, user: Option<&str>) -> Result<u64, Sto
         "DELETE FROM changes WHERE tenant = ?1 AND memory_id IN (SELECT id FROM memories WHERE {scope})"
     ))?;
     records::purge(conn, tenant, user)?;
-    bind(&format!(
-        "DELETE FROM memory_tags WHERE tenant = ?1 AND rid IN (SELECT rid FROM memories WHERE {scope})"
-    ))?;
     bind(&format!(
         "DELETE FROM memory_vectors WHERE rid IN (SELECT rid FROM memories WHERE {scope})"
     ))?;
@@ -799,9 +796,15 @@ impl MemoryStore for SqliteStore {
     async fn list(&self, tenant: &TenantId, query: &ListQuery) -> Result<ListResult, StoreError> {
         let tenant = tenant_str(tenant);
         let q = query.clone();
+        let keywords = self.inner.keywords.clone();
         self.inner
             .readers
-            .run("list", move |conn| list_rows(conn, &tenant, &q))
+            .run("list", move |conn| {
+                match keywords.list(conn, &tenant, &q)? {
+                    Some(page) => Ok(page),
+                    None => list_rows(conn, &tenant, &q),
+                }
+            })
             .await
     }
 
@@ -1064,7 +1067,9 @@ impl KeyStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engram_core::{EmbeddingStore, MemoryFilter, MemoryService, ModelInfo, NewMemory};
+    use engram_core::{
+        EmbeddingStore, MemoryFilter, MemoryService, MemoryType, ModelInfo, NewMemory, Source,
+    };
 
     fn model() -> ModelInfo {
         ModelInfo {
@@ -1103,6 +1108,255 @@ mod tests {
             .await
             .unwrap();
         ids
+    }
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
+        }
+        /// One of `values`, or none (one time in `values.len() + 1`).
+        fn pick(&mut self, values: &[&str]) -> Option<String> {
+            values
+                .get(self.below(values.len() + 1))
+                .map(|v| v.to_string())
+        }
+    }
+
+    const TYPES: [MemoryType; 3] = [MemoryType::Note, MemoryType::Task, MemoryType::Fact];
+    const SOURCES: [Source; 2] = [Source::Chat, Source::Manual];
+    const TAGS: [&str; 4] = ["red", "green", "blue", "grey"];
+
+    /// A memory of `tenant` with random fields; its times are one of a few, so that many
+    /// share a sort key and the id decides their order.
+    fn random_memory(rng: &mut Rng, tenant: &TenantId, i: usize) -> Memory {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000 + rng.below(12) as i64, 0).unwrap();
+        let mut m = NewMemory::note(&format!("memory {i}"))
+            .unwrap()
+            .into_memory(tenant.clone(), at);
+        m.scope.user_id = rng.pick(&["u0", "u1", "u2"]);
+        m.scope.agent_id = rng.pick(&["a0", "a1"]);
+        m.scope.project = rng.pick(&["p0"]);
+        m.scope.domain = rng.pick(&["d0", "d1"]);
+        m.scope.session_id = rng.pick(&["s0", "s1", "s2", "s3"]);
+        m.memory_type = TYPES[rng.below(3)];
+        m.source = SOURCES[rng.below(2)];
+        m.tags = TAGS
+            .iter()
+            .filter(|_| rng.below(2) == 0)
+            .map(|t| t.to_string())
+            .collect();
+        m.accessed_at = at + chrono::Duration::seconds(rng.below(5) as i64);
+        m.metadata = serde_json::json!({ "k": rng.below(3) })
+            .as_object()
+            .cloned()
+            .unwrap();
+        m
+    }
+
+    fn random_filter(rng: &mut Rng) -> MemoryFilter {
+        let time = |rng: &mut Rng| {
+            (rng.below(3) == 0).then(|| {
+                chrono::DateTime::from_timestamp(1_700_000_000 + rng.below(12) as i64, 0).unwrap()
+            })
+        };
+        MemoryFilter {
+            memory_types: TYPES.into_iter().filter(|_| rng.below(4) == 0).collect(),
+            tags: TAGS
+                .iter()
+                .filter(|_| rng.below(5) == 0)
+                .map(|t| t.to_string())
+                .collect(),
+            source: (rng.below(4) == 0).then(|| SOURCES[rng.below(2)]),
+            // "zz" is a value no memory has.
+            user_id: rng
+                .pick(&["u0", "u1", "u2", "zz", "", ""])
+                .filter(|s| !s.is_empty()),
+            agent_id: rng
+                .pick(&["a0", "a1", "", "", ""])
+                .filter(|s| !s.is_empty()),
+            project: rng.pick(&["p0", "", "", ""]).filter(|s| !s.is_empty()),
+            domain: rng.pick(&["d0", "", "", ""]).filter(|s| !s.is_empty()),
+            session_id: rng
+                .pick(&["s1", "s2", "", "", ""])
+                .filter(|s| !s.is_empty()),
+            created_after: time(rng),
+            created_before: time(rng),
+            metadata: match rng.below(6) {
+                0 => vec![("k".into(), serde_json::json!(rng.below(3)))],
+                _ => Vec::new(),
+            },
+            embedding_status: match rng.below(8) {
+                0 => Some(engram_core::EmbeddingStatus::Pending),
+                1 => Some(engram_core::EmbeddingStatus::Completed),
+                _ => None,
+            },
+        }
+    }
+
+    /// Every page of `q`'s list, by cursor or by page number, through `list`; with the
+    /// totals and `has_more` flags seen.
+    fn all_pages(
+        mut list: impl FnMut(&ListQuery) -> ListResult,
+        q: &ListQuery,
+        by_cursor: bool,
+    ) -> (Vec<MemoryId>, Vec<(u64, bool)>) {
+        let (mut ids, mut seen) = (Vec::new(), Vec::new());
+        let mut q = q.clone();
+        for page in 1..=400u32 {
+            let r = list(&q);
+            seen.push((r.total, r.has_more));
+            let last = r.items.last().cloned();
+            ids.extend(r.items.iter().map(|m| m.id));
+            match (r.has_more, last) {
+                (true, Some(m)) => {
+                    q.position = if by_cursor {
+                        Position::After {
+                            sort_key: q.sort_by.key_of(&m),
+                            id: m.id,
+                            page: page + 1,
+                        }
+                    } else {
+                        Position::Page(page + 1)
+                    }
+                }
+                _ => break,
+            }
+        }
+        (ids, seen)
+    }
+
+    #[tokio::test]
+    async fn lists_from_the_keyword_index_agree_with_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        // No upkeep thread: the keyword index is built below, when the test says.
+        let store = SqliteStore::open(&SqliteConfig {
+            vector_index: false,
+            ..SqliteConfig::new(dir.path())
+        })
+        .unwrap();
+        let (t, other) = (
+            TenantId::parse("t1").unwrap(),
+            TenantId::parse("t2").unwrap(),
+        );
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut insert = |tenant: &TenantId, from: usize, n: usize| {
+            (from..from + n)
+                .map(|i| InsertMemory {
+                    memory: random_memory(&mut rng, tenant, i),
+                    idempotency: None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let (mine, theirs) = (insert(&t, 0, 300), insert(&other, 300, 60));
+        let mut all: Vec<Memory> = mine.iter().map(|i| i.memory.clone()).collect();
+        for (tenant, items) in [(&t, mine), (&other, theirs)] {
+            for r in store.insert(tenant, items).await.unwrap() {
+                r.unwrap();
+            }
+        }
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let keywords = store.inner.keywords.clone();
+        let q0 = ListQuery::default();
+        assert!(
+            keywords.list(&conn, "t1", &q0).unwrap().is_none(),
+            "not built yet"
+        );
+        keywords.catch_up(&conn).unwrap();
+
+        // Changes after the build reach lists at once: moved, retagged, deleted.
+        for (n, m) in all.iter_mut().enumerate().filter(|(n, _)| n % 7 == 0) {
+            let before = m.version;
+            m.version += 1;
+            m.updated_at += chrono::Duration::seconds(30 + (n % 3) as i64);
+            if n % 2 == 0 {
+                m.deleted_at = Some(m.updated_at);
+            } else {
+                m.scope.user_id = Some("u2".into());
+                m.tags = vec!["grey".into()];
+            }
+            store.replace(m, before, ChangeOp::Updated).await.unwrap();
+        }
+
+        let mut in_memory = 0;
+        for round in 0..150 {
+            let filter = random_filter(&mut rng);
+            let q = ListQuery {
+                filter,
+                sort_by: [SortBy::CreatedAt, SortBy::UpdatedAt, SortBy::AccessedAt][round % 3],
+                sort_order: [SortOrder::Asc, SortOrder::Desc][(round / 3) % 2],
+                per_page: [1, 7, 20, 100][rng.below(4)],
+                position: Position::Page(1),
+            };
+            let mut reference: Vec<&Memory> = all.iter().filter(|m| q.filter.matches(m)).collect();
+            reference.sort_by_key(|m| (q.sort_by.key_of(m), *m.id.as_bytes()));
+            if q.sort_order == SortOrder::Desc {
+                reference.reverse();
+            }
+            let reference: Vec<MemoryId> = reference.into_iter().map(|m| m.id).collect();
+            for by_cursor in [false, true] {
+                let held = all_pages(
+                    |q| {
+                        let r = keywords.list(&conn, "t1", q).unwrap();
+                        in_memory += usize::from(r.is_some());
+                        r.unwrap_or_else(|| list_rows(&conn, "t1", q).unwrap())
+                    },
+                    &q,
+                    by_cursor,
+                );
+                let sql = all_pages(|q| list_rows(&conn, "t1", q).unwrap(), &q, by_cursor);
+                assert_eq!(held.0, reference, "{q:?}");
+                assert_eq!(held, sql, "{q:?}");
+            }
+        }
+        assert!(
+            in_memory > 300,
+            "the held fields answered {in_memory} pages"
+        );
+
+        // Filters with a condition only SQLite checks: the held conditions' memories are
+        // listed, and SQLite reads only those rows.
+        let mut narrowed = 0;
+        for round in 0..100 {
+            let mut filter = random_filter(&mut rng);
+            if round % 2 == 0 {
+                filter.metadata = vec![("k".into(), serde_json::json!(rng.below(3)))];
+            } else {
+                filter.embedding_status = Some(engram_core::EmbeddingStatus::Pending);
+            }
+            let mut reference: Vec<i64> = Vec::new();
+            let mut all_rids = attrs::filter_rids(&conn, "t1", &filter, None, None).unwrap();
+            let within = keywords.held_part("t1", &filter);
+            narrowed += usize::from(within.is_some());
+            let mut rids =
+                attrs::filter_rids(&conn, "t1", &filter, None, within.as_deref()).unwrap();
+            for m in all.iter().filter(|m| filter.matches(m)) {
+                let rid: i64 = conn
+                    .query_row(
+                        "SELECT rid FROM memories WHERE id = ?1",
+                        [m.id.as_bytes()],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                reference.push(rid);
+            }
+            for v in [&mut reference, &mut all_rids, &mut rids] {
+                v.sort_unstable();
+            }
+            assert_eq!(all_rids, reference, "{filter:?}");
+            assert_eq!(rids, reference, "{filter:?}");
+            if !reference.is_empty() {
+                let one =
+                    attrs::filter_rids(&conn, "t1", &filter, Some(1), within.as_deref()).unwrap();
+                assert_eq!(one.len(), 1);
+                assert!(reference.contains(&one[0]), "{filter:?}");
+            }
+        }
+        assert!(narrowed > 30, "held conditions narrowed {narrowed} filters");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use engram_core::{EmbeddingStatus, Memory, MemoryId, MemoryType, Scope, Source, 
 use rusqlite::types::Value;
 use std::sync::LazyLock;
 
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{Connection, Row};
 
 use crate::{db_err, StoreError};
 
@@ -175,7 +175,7 @@ impl NewRow {
         })
     }
 
-    /// Inserts the row and its tags, queues its session's context vectors, and appends
+    /// Inserts the row, queues its session's context vectors, and appends
     /// its `Created` change record; returns the row id.
     pub(crate) fn insert(&self, conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
         let rid = insert_row(conn, m, &self.values)?;
@@ -184,14 +184,13 @@ impl NewRow {
     }
 }
 
-/// Inserts a new memory row (its column values `vals`, as `values(m)` makes them) and its
-/// tags, and queues its session's context vectors; returns the row id.
+/// Inserts a new memory row (its column values `vals`, as `values(m)` makes them) and
+/// queues its session's context vectors; returns the row id.
 fn insert_row(conn: &Connection, m: &Memory, vals: &[Value]) -> Result<i64, StoreError> {
     conn.prepare_cached(&INSERT_SQL)
         .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
         .map_err(db_err)?;
     let rid = conn.last_insert_rowid();
-    write_tags(conn, m, rid)?;
     // What a trigger on `memories` did before migration 10 (a trigger made every insert
     // pay for a statement journal): a new turn changes its neighbours' windows.
     if let (Some(session), None) = (&m.scope.session_id, m.deleted_at) {
@@ -205,29 +204,13 @@ fn insert_row(conn: &Connection, m: &Memory, vals: &[Value]) -> Result<i64, Stor
     Ok(rid)
 }
 
-/// Overwrites every column of an existing row (matched by id and version) and its tags.
-/// Returns whether a row matched.
+/// Overwrites every column of an existing row (matched by id and version); a deleted
+/// memory's vectors go too. Returns the row id when a row matched.
 pub(crate) fn update_row(
     conn: &Connection,
     m: &Memory,
     expected_version: i64,
 ) -> Result<Option<i64>, StoreError> {
-    // The tags the row has now, to remove their memory_tags rows by key.
-    let old_tags: Option<String> = conn
-        .prepare_cached("SELECT tags FROM memories WHERE id = ?1 AND tenant = ?2 AND version = ?3 AND deleted_at IS NULL")
-        .and_then(|mut s| {
-            s.query_row(
-                rusqlite::params![m.id.as_bytes().as_slice(), m.tenant.as_str(), expected_version],
-                |r| r.get(0),
-            )
-            .optional()
-        })
-        .map_err(db_err)?;
-    let Some(old_tags) = old_tags else {
-        return Ok(None);
-    };
-    let old_tags: Vec<String> = serde_json::from_str(&old_tags)
-        .map_err(|e| StoreError::Other(format!("corrupt tags: {e}")))?;
     let mut params = values(m)?;
     params.push(Value::Integer(expected_version));
     let rid: Option<i64> = conn
@@ -237,38 +220,13 @@ pub(crate) fn update_row(
             rows.next()?.map(|r| r.get(0)).transpose()
         })
         .map_err(db_err)?;
-    if let Some(rid) = rid {
-        let mut del = conn
-            .prepare_cached("DELETE FROM memory_tags WHERE tenant = ?1 AND tag = ?2 AND rid = ?3")
+    if let (Some(rid), Some(_)) = (rid, m.deleted_at) {
+        // Deleted means deleted from the derived state too.
+        conn.prepare_cached("DELETE FROM memory_vectors WHERE rid = ?1")
+            .and_then(|mut s| s.execute([rid]))
             .map_err(db_err)?;
-        for t in &old_tags {
-            del.execute(rusqlite::params![m.tenant.as_str(), t, rid])
-                .map_err(db_err)?;
-        }
-        if m.deleted_at.is_none() {
-            write_tags(conn, m, rid)?;
-        } else {
-            // Deleted means deleted from the derived state too.
-            conn.prepare_cached("DELETE FROM memory_vectors WHERE rid = ?1")
-                .and_then(|mut s| s.execute([rid]))
-                .map_err(db_err)?;
-        }
     }
     Ok(rid)
-}
-
-fn write_tags(conn: &Connection, m: &Memory, rid: i64) -> Result<(), StoreError> {
-    if m.tags.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = conn
-        .prepare_cached("INSERT OR IGNORE INTO memory_tags (tenant, tag, rid) VALUES (?1, ?2, ?3)")
-        .map_err(db_err)?;
-    for t in &m.tags {
-        stmt.execute(rusqlite::params![m.tenant.as_str(), t, rid])
-            .map_err(db_err)?;
-    }
-    Ok(())
 }
 
 /// Appends a change record holding the memory's state after the change.
