@@ -37,9 +37,10 @@ const CHUNK: usize = 5000;
 /// filter checked for memories that would enter the top k.
 const WITHIN_MAX: usize = 10_000;
 
-/// A filtered list ordered by a key the held fields lack (`updated_at`, `accessed_at`)
-/// reads that key from SQLite for each candidate, one point read each: a filter with more
-/// candidates than this is listed through SQLite instead.
+/// A filtered list ordered by a key the held fields lack (`updated_at`, `accessed_at`), or
+/// with conditions they lack (metadata, embedding status), reads each candidate's row
+/// from SQLite, one point read each: a filter with more candidates than this is listed
+/// through SQLite instead.
 const LIST_READ_MAX: usize = 5_000;
 
 /// How far `ann_log` was truncated: entries up to it are gone.
