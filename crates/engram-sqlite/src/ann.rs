@@ -13,7 +13,8 @@
 //! A vector's key is `rid << 8 | window`; window 255 is the memory's context vector (its
 //! session window), whose similarity is mixed with the best window's. Filters are applied inside the graph walk with
 //! each memory's filterable fields held in memory; a selective filter (few candidates, as
-//! counted by SQLite's indexes) is searched exactly over its candidates instead.
+//! listed from the posting lists held beside them, else by SQLite) is searched exactly
+//! over its candidates instead.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -693,8 +694,8 @@ impl Ann {
             return Ok(Some(Vec::new()));
         }
         // A selective filter: its candidates, searched exactly. They come from the posting
-        // lists held in memory when one of the filter's conditions has one, else from
-        // SQLite's indexes.
+        // lists held in memory when one of the filter's conditions has one (with the
+        // conditions only SQLite checks checked on those rows), else from SQLite.
         let exact_max = self.exact_max;
         // With conditions SQLite checks, the memories passing the others.
         let within = attrs.held_part(filter, &wanted);

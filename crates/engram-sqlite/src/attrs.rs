@@ -298,7 +298,8 @@ type Lists = [HashMap<u32, Vec<u32>, RandomState>; LISTED];
 /// the memories holding that user, agent, project, domain, session, type, source or tag.
 /// A selective filter's candidates then come from the shortest list of its conditions
 /// instead of a query through SQLite's indexes (which cost about 1,000 instructions per
-/// row listed).
+/// row listed); since migration 12 SQLite has no index for most of these conditions, and
+/// filtered lists are answered from here too (`Keywords::list`).
 ///
 /// The memories themselves are kept densely, in a vector with a map from row id to
 /// position beside it, rather than as the values of a hash map: a hash table keeps its

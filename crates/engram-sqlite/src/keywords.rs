@@ -32,8 +32,8 @@ use crate::db_err;
 /// Rows read per statement while building or catching up.
 const CHUNK: usize = 5000;
 
-/// A filter with at most this many memories is searched over its candidates, listed by
-/// SQLite's indexes and scored one by one; a wider one through the postings, with the
+/// A filter with at most this many memories is searched over its candidates, listed from
+/// the posting lists (else by SQLite) and scored one by one; a wider one through the postings, with the
 /// filter checked for memories that would enter the top k.
 const WITHIN_MAX: usize = 10_000;
 
@@ -655,8 +655,8 @@ impl Keywords {
         }
         let only_tenant = *filter == MemoryFilter::default();
         let list = |limit| filter_rids(conn, tenant, filter, limit, part.as_deref());
-        // A selective filter: its candidates (from the posting lists, else from SQLite's
-        // indexes), scored one by one.
+        // A selective filter: its candidates (from the posting lists, else from SQLite),
+        // scored one by one.
         let within = if only_tenant && tenant_size > WITHIN_MAX {
             None
         } else if let Some(held) = held {
