@@ -513,7 +513,7 @@ impl<T> std::ops::Index<&i64> for FieldMap<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     struct Row(Fields);
@@ -523,16 +523,21 @@ mod tests {
         }
     }
 
-    /// A small deterministic generator (xorshift64*).
-    struct Rng(u64);
+    /// A small deterministic generator (xorshift64*), for this crate's randomised tests.
+    pub(crate) struct Rng(pub u64);
     impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
+        pub fn below(&mut self, n: u64) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
         }
-        fn pick(&mut self, values: &[&str]) -> Option<String> {
+        /// [`Rng::below`] for positions.
+        pub fn index(&mut self, n: usize) -> usize {
+            self.below(n as u64) as usize
+        }
+        /// One of `values`, or none (one time in `values.len() + 1`).
+        pub fn pick(&mut self, values: &[&str]) -> Option<String> {
             let i = self.below(values.len() as u64 + 1) as usize;
             values.get(i).map(|v| v.to_string())
         }

@@ -1110,22 +1110,7 @@ mod tests {
         ids
     }
 
-    /// A small deterministic generator (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
-        }
-        /// One of `values`, or none (one time in `values.len() + 1`).
-        fn pick(&mut self, values: &[&str]) -> Option<String> {
-            values
-                .get(self.below(values.len() + 1))
-                .map(|v| v.to_string())
-        }
-    }
+    use crate::attrs::tests::Rng;
 
     const TYPES: [MemoryType; 3] = [MemoryType::Note, MemoryType::Task, MemoryType::Fact];
     const SOURCES: [Source; 2] = [Source::Chat, Source::Manual];
@@ -1134,7 +1119,7 @@ mod tests {
     /// A memory of `tenant` with random fields; its times are one of a few, so that many
     /// share a sort key and the id decides their order.
     fn random_memory(rng: &mut Rng, tenant: &TenantId, i: usize) -> Memory {
-        let at = chrono::DateTime::from_timestamp(1_700_000_000 + rng.below(12) as i64, 0).unwrap();
+        let at = chrono::DateTime::from_timestamp(1_700_000_000 + rng.index(12) as i64, 0).unwrap();
         let mut m = NewMemory::note(&format!("memory {i}"))
             .unwrap()
             .into_memory(tenant.clone(), at);
@@ -1143,15 +1128,15 @@ mod tests {
         m.scope.project = rng.pick(&["p0"]);
         m.scope.domain = rng.pick(&["d0", "d1"]);
         m.scope.session_id = rng.pick(&["s0", "s1", "s2", "s3"]);
-        m.memory_type = TYPES[rng.below(3)];
-        m.source = SOURCES[rng.below(2)];
+        m.memory_type = TYPES[rng.index(3)];
+        m.source = SOURCES[rng.index(2)];
         m.tags = TAGS
             .iter()
-            .filter(|_| rng.below(2) == 0)
+            .filter(|_| rng.index(2) == 0)
             .map(|t| t.to_string())
             .collect();
-        m.accessed_at = at + chrono::Duration::seconds(rng.below(5) as i64);
-        m.metadata = serde_json::json!({ "k": rng.below(3) })
+        m.accessed_at = at + chrono::Duration::seconds(rng.index(5) as i64);
+        m.metadata = serde_json::json!({ "k": rng.index(3) })
             .as_object()
             .cloned()
             .unwrap();
@@ -1160,18 +1145,18 @@ mod tests {
 
     fn random_filter(rng: &mut Rng) -> MemoryFilter {
         let time = |rng: &mut Rng| {
-            (rng.below(3) == 0).then(|| {
-                chrono::DateTime::from_timestamp(1_700_000_000 + rng.below(12) as i64, 0).unwrap()
+            (rng.index(3) == 0).then(|| {
+                chrono::DateTime::from_timestamp(1_700_000_000 + rng.index(12) as i64, 0).unwrap()
             })
         };
         MemoryFilter {
-            memory_types: TYPES.into_iter().filter(|_| rng.below(4) == 0).collect(),
+            memory_types: TYPES.into_iter().filter(|_| rng.index(4) == 0).collect(),
             tags: TAGS
                 .iter()
-                .filter(|_| rng.below(5) == 0)
+                .filter(|_| rng.index(5) == 0)
                 .map(|t| t.to_string())
                 .collect(),
-            source: (rng.below(4) == 0).then(|| SOURCES[rng.below(2)]),
+            source: (rng.index(4) == 0).then(|| SOURCES[rng.index(2)]),
             // "zz" is a value no memory has.
             user_id: rng
                 .pick(&["u0", "u1", "u2", "zz", "", ""])
@@ -1186,11 +1171,11 @@ mod tests {
                 .filter(|s| !s.is_empty()),
             created_after: time(rng),
             created_before: time(rng),
-            metadata: match rng.below(6) {
-                0 => vec![("k".into(), serde_json::json!(rng.below(3)))],
+            metadata: match rng.index(6) {
+                0 => vec![("k".into(), serde_json::json!(rng.index(3)))],
                 _ => Vec::new(),
             },
-            embedding_status: match rng.below(8) {
+            embedding_status: match rng.index(8) {
                 0 => Some(engram_core::EmbeddingStatus::Pending),
                 1 => Some(engram_core::EmbeddingStatus::Completed),
                 _ => None,
@@ -1289,7 +1274,7 @@ mod tests {
                 filter,
                 sort_by: [SortBy::CreatedAt, SortBy::UpdatedAt, SortBy::AccessedAt][round % 3],
                 sort_order: [SortOrder::Asc, SortOrder::Desc][(round / 3) % 2],
-                per_page: [1, 7, 20, 100][rng.below(4)],
+                per_page: [1, 7, 20, 100][rng.index(4)],
                 position: Position::Page(1),
             };
             let mut reference: Vec<&Memory> = all.iter().filter(|m| q.filter.matches(m)).collect();
@@ -1324,7 +1309,7 @@ mod tests {
         for round in 0..100 {
             let mut filter = random_filter(&mut rng);
             if round % 2 == 0 {
-                filter.metadata = vec![("k".into(), serde_json::json!(rng.below(3)))];
+                filter.metadata = vec![("k".into(), serde_json::json!(rng.index(3)))];
             } else {
                 filter.embedding_status = Some(engram_core::EmbeddingStatus::Pending);
             }
