@@ -1067,6 +1067,7 @@ impl KeyStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attrs::tests::Rng;
     use engram_core::{
         EmbeddingStore, MemoryFilter, MemoryService, MemoryType, ModelInfo, NewMemory, Source,
     };
@@ -1109,8 +1110,6 @@ mod tests {
             .unwrap();
         ids
     }
-
-    use crate::attrs::tests::Rng;
 
     const TYPES: [MemoryType; 3] = [MemoryType::Note, MemoryType::Task, MemoryType::Fact];
     const SOURCES: [Source; 2] = [Source::Chat, Source::Manual];
