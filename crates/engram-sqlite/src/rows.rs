@@ -2,7 +2,6 @@
 
 use engram_core::time::{from_micros, to_micros};
 use engram_core::{EmbeddingStatus, Memory, MemoryId, MemoryType, Scope, Source, TenantId};
-use rusqlite::types::Value;
 use std::sync::LazyLock;
 
 use rusqlite::{Connection, Row};
@@ -68,51 +67,74 @@ pub(crate) fn row_to_memory(r: &Row<'_>) -> rusqlite::Result<Memory> {
     })
 }
 
-fn opt_ts(t: Option<engram_core::Timestamp>) -> Value {
-    t.map(|t| Value::Integer(to_micros(t)))
-        .unwrap_or(Value::Null)
-}
-
-fn opt_text(s: &Option<String>) -> Value {
-    s.clone().map(Value::Text).unwrap_or(Value::Null)
-}
-
 fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
-/// The values of every column but `rid`, in `COLUMNS` order.
-fn values(m: &Memory) -> Result<Vec<Value>, StoreError> {
-    Ok(vec![
-        Value::Blob(m.id.as_bytes().to_vec()),
-        Value::Text(m.tenant.as_str().to_owned()),
-        opt_text(&m.scope.user_id),
-        opt_text(&m.scope.agent_id),
-        opt_text(&m.scope.project),
-        opt_text(&m.scope.domain),
-        opt_text(&m.scope.session_id),
-        Value::Text(m.content.clone()),
-        Value::Text(m.memory_type.as_str().into()),
-        Value::Text(m.source.as_str().into()),
-        opt_text(&m.source_ref),
-        opt_text(&m.title),
-        Value::Text(json(&m.tags)?),
-        Value::Text(json(&m.metadata)?),
-        Value::Text(m.content_hash.clone()),
-        Value::Text(m.embedding_status.as_str().into()),
-        opt_text(&m.embedding_model),
-        opt_ts(m.embedding_updated_at),
-        opt_text(&m.embedding_error),
-        Value::Integer(to_micros(m.created_at)),
-        Value::Integer(to_micros(m.updated_at)),
-        Value::Integer(to_micros(m.accessed_at)),
-        opt_ts(m.deleted_at),
-        opt_ts(m.valid_from),
-        opt_ts(m.valid_to),
-        Value::Integer(m.version),
-        Value::Text(json(&m.related_ids)?),
-        opt_text(&m.conversation_id),
-    ])
+/// What a memory's row holds that its fields do not hold as they are: the JSON of its
+/// lists and metadata.
+pub(crate) struct RowJson {
+    tags: String,
+    metadata: String,
+    related_ids: String,
+}
+
+impl RowJson {
+    fn of(m: &Memory) -> Result<RowJson, StoreError> {
+        Ok(RowJson {
+            tags: json(&m.tags)?,
+            metadata: json(&m.metadata)?,
+            related_ids: json(&m.related_ids)?,
+        })
+    }
+}
+
+/// How many columns [`bind_columns`] binds.
+const BOUND: usize = 28;
+
+/// Binds every column of `m`'s row but `rid`, in `COLUMNS` order, as `?1`–`?28` of `stmt`,
+/// borrowing the memory's strings (SQLite copies them as it binds).
+fn bind_columns(
+    stmt: &mut rusqlite::Statement<'_>,
+    m: &Memory,
+    j: &RowJson,
+) -> rusqlite::Result<()> {
+    let ts = |t: Option<engram_core::Timestamp>| t.map(to_micros);
+    let id: &[u8] = m.id.as_bytes();
+    let columns: [&dyn rusqlite::ToSql; BOUND] = [
+        &id,
+        &m.tenant.as_str(),
+        &m.scope.user_id,
+        &m.scope.agent_id,
+        &m.scope.project,
+        &m.scope.domain,
+        &m.scope.session_id,
+        &m.content,
+        &m.memory_type.as_str(),
+        &m.source.as_str(),
+        &m.source_ref,
+        &m.title,
+        &j.tags,
+        &j.metadata,
+        &m.content_hash,
+        &m.embedding_status.as_str(),
+        &m.embedding_model,
+        &ts(m.embedding_updated_at),
+        &m.embedding_error,
+        &to_micros(m.created_at),
+        &to_micros(m.updated_at),
+        &to_micros(m.accessed_at),
+        &ts(m.deleted_at),
+        &ts(m.valid_from),
+        &ts(m.valid_to),
+        &m.version,
+        &j.related_ids,
+        &m.conversation_id,
+    ];
+    for (i, v) in columns.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, v)?;
+    }
+    Ok(())
 }
 
 fn column_names() -> Vec<&'static str> {
@@ -163,14 +185,14 @@ static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
 /// reaches the writer thread: everything a write job needs that takes no lock, done off
 /// the one thread all writes wait for.
 pub(crate) struct NewRow {
-    values: Vec<Value>,
+    json: RowJson,
     change: String,
 }
 
 impl NewRow {
     pub(crate) fn of(m: &Memory) -> Result<NewRow, StoreError> {
         Ok(NewRow {
-            values: values(m)?,
+            json: RowJson::of(m)?,
             change: json(m)?,
         })
     }
@@ -178,17 +200,20 @@ impl NewRow {
     /// Inserts the row, queues its session's context vectors, and appends
     /// its `Created` change record; returns the row id.
     pub(crate) fn insert(&self, conn: &Connection, m: &Memory) -> Result<i64, StoreError> {
-        let rid = insert_row(conn, m, &self.values)?;
+        let rid = insert_row(conn, m, &self.json)?;
         append_change_with(conn, m, engram_core::ChangeOp::Created, &self.change)?;
         Ok(rid)
     }
 }
 
-/// Inserts a new memory row (its column values `vals`, as `values(m)` makes them) and
-/// queues its session's context vectors; returns the row id.
-fn insert_row(conn: &Connection, m: &Memory, vals: &[Value]) -> Result<i64, StoreError> {
+/// Inserts a new memory row (`j`: its JSON columns) and queues its session's context
+/// vectors; returns the row id.
+fn insert_row(conn: &Connection, m: &Memory, j: &RowJson) -> Result<i64, StoreError> {
     conn.prepare_cached(&INSERT_SQL)
-        .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
+        .and_then(|mut s| {
+            bind_columns(&mut s, m, j)?;
+            s.raw_execute()
+        })
         .map_err(db_err)?;
     let rid = conn.last_insert_rowid();
     // What a trigger on `memories` did before migration 10 (a trigger made every insert
@@ -211,12 +236,13 @@ pub(crate) fn update_row(
     m: &Memory,
     expected_version: i64,
 ) -> Result<Option<i64>, StoreError> {
-    let mut params = values(m)?;
-    params.push(Value::Integer(expected_version));
+    let j = RowJson::of(m)?;
     let rid: Option<i64> = conn
         .prepare_cached(&UPDATE_SQL)
         .and_then(|mut s| {
-            let mut rows = s.query(rusqlite::params_from_iter(params))?;
+            bind_columns(&mut s, m, &j)?;
+            s.raw_bind_parameter(BOUND + 1, expected_version)?;
+            let mut rows = s.raw_query();
             rows.next()?.map(|r| r.get(0)).transpose()
         })
         .map_err(db_err)?;
