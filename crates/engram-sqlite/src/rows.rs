@@ -181,9 +181,10 @@ static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// A new memory's column values and change record. The store makes them before the write
+/// A new memory's JSON columns and change record. The store makes them before the write
 /// reaches the writer thread: everything a write job needs that takes no lock, done off
-/// the one thread all writes wait for.
+/// the one thread all writes wait for. The other columns are bound from the memory itself
+/// ([`bind_columns`]), without copies.
 pub(crate) struct NewRow {
     json: RowJson,
     change: String,
