@@ -307,3 +307,22 @@ pub(crate) fn get_by_id(
         None => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bind_columns` binds one value per column `row_to_memory` reads, and the
+    /// statements have exactly those parameters (the update one more: the version).
+    #[test]
+    fn every_column_is_bound() {
+        assert_eq!(column_names().len(), BOUND);
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::migrate::migrate(&mut conn).unwrap();
+        assert_eq!(conn.prepare(&INSERT_SQL).unwrap().parameter_count(), BOUND);
+        assert_eq!(
+            conn.prepare(&UPDATE_SQL).unwrap().parameter_count(),
+            BOUND + 1
+        );
+    }
+}
