@@ -125,28 +125,52 @@ pub(crate) fn filter_rids(
             })
             .map_err(db_err);
     };
-    let limit = limit.unwrap_or(usize::MAX);
+    let rows = rows_passing(
+        conn,
+        tenant,
+        f,
+        within,
+        "m.rid",
+        limit.unwrap_or(usize::MAX),
+    )?;
+    Ok(rows.into_iter().map(|(rid, _)| rid).collect())
+}
+
+/// Of the memories `rids`, at most `limit` of those that are `tenant`'s, live and pass
+/// `f`, each with its integer column `key` (e.g. `m.updated_at`): read by row id, a
+/// chunk of row ids per statement.
+pub(crate) fn rows_passing(
+    conn: &rusqlite::Connection,
+    tenant: &str,
+    f: &MemoryFilter,
+    rids: &[i64],
+    key: &str,
+    limit: usize,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let (cond, args) = crate::filter_sql(tenant, f);
     let mut out = Vec::new();
-    for chunk in within.chunks(500) {
+    for chunk in rids.chunks(500) {
         let marks: Vec<String> = (1..=chunk.len())
             .map(|i| format!("?{}", args.len() + i))
             .collect();
         let sql = format!(
-            "SELECT m.rid FROM memories m WHERE m.rid IN ({}) AND {cond}",
+            "SELECT m.rid, {key} FROM memories m WHERE m.rid IN ({}) AND {cond}",
             marks.join(", ")
         );
         let bound = args
             .iter()
             .cloned()
             .chain(chunk.iter().map(|r| rusqlite::types::Value::Integer(*r)));
-        let rids = conn
+        let rows = conn
             .prepare_cached(&sql)
             .and_then(|mut s| {
-                s.query_map(rusqlite::params_from_iter(bound), |r| r.get(0))?
-                    .collect::<Result<Vec<i64>, _>>()
+                s.query_map(rusqlite::params_from_iter(bound), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<Vec<(i64, i64)>, _>>()
             })
             .map_err(db_err)?;
-        out.extend(rids);
+        out.extend(rows);
         if out.len() >= limit {
             out.truncate(limit);
             break;

@@ -25,7 +25,8 @@ use rusqlite::types::Value;
 use rusqlite::Connection;
 
 use crate::attrs::{
-    fields_of, filter_rids, needs_sql, FieldMap, Fields, HasFields, Interner, Name, COLUMNS,
+    fields_of, filter_rids, needs_sql, rows_passing, FieldMap, Fields, HasFields, Interner, Name,
+    COLUMNS,
 };
 use crate::db_err;
 
@@ -548,16 +549,15 @@ impl Keywords {
                 })
                 .collect()
         };
-        if sql_checks {
+        if sql_checks || q.sort_by != SortBy::CreatedAt {
+            // One read of each candidate's row: the conditions the fields lack, and the
+            // sort key. A memory deleted since the index caught up is gone from the list.
             let rids: Vec<i64> = keyed.iter().map(|k| k.2).collect();
-            let pass: HashSet<i64> = filter_rids(conn, tenant, &q.filter, None, Some(&rids))?
-                .into_iter()
-                .collect();
-            keyed.retain(|k| pass.contains(&k.2));
-        }
-        if q.sort_by != SortBy::CreatedAt {
-            let keys = sort_keys(conn, q.sort_by, keyed.iter().map(|k| k.2))?;
-            // A memory deleted since the index caught up is gone from the list.
+            let col = crate::sort_column(q.sort_by);
+            let keys: HashMap<i64, i64> =
+                rows_passing(conn, tenant, &q.filter, &rids, col, usize::MAX)?
+                    .into_iter()
+                    .collect();
             keyed.retain_mut(|k| keys.get(&k.2).map(|v| k.0 = *v).is_some());
         }
         let total = keyed.len() as u64;
@@ -714,39 +714,6 @@ impl Keywords {
             })
             .collect())
     }
-}
-
-/// The `by` key (`updated_at` or `accessed_at`) of each of the live memories `rids`.
-fn sort_keys(
-    conn: &Connection,
-    by: SortBy,
-    rids: impl Iterator<Item = i64>,
-) -> Result<HashMap<i64, i64>, StoreError> {
-    let col = match by {
-        SortBy::CreatedAt => "created_at",
-        SortBy::UpdatedAt => "updated_at",
-        SortBy::AccessedAt => "accessed_at",
-    };
-    let rids: Vec<Value> = rids.map(Value::Integer).collect();
-    let mut out = HashMap::with_capacity(rids.len());
-    for chunk in rids.chunks(500) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("?{i}")).collect();
-        let sql = format!(
-            "SELECT rid, {col} FROM memories WHERE rid IN ({}) AND deleted_at IS NULL",
-            marks.join(", ")
-        );
-        let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            })
-            .map_err(db_err)?;
-        for r in rows {
-            let (rid, key) = r.map_err(db_err)?;
-            out.insert(rid, key);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -482,7 +482,7 @@ pub(crate) fn replace_memory(
     }
 }
 
-fn sort_column(s: SortBy) -> &'static str {
+pub(crate) fn sort_column(s: SortBy) -> &'static str {
     match s {
         SortBy::CreatedAt => "m.created_at",
         SortBy::UpdatedAt => "m.updated_at",

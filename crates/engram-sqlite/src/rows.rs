@@ -73,7 +73,7 @@ fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
 
 /// What a memory's row holds that its fields do not hold as they are: the JSON of its
 /// lists and metadata.
-pub(crate) struct RowJson {
+struct RowJson {
     tags: String,
     metadata: String,
     related_ids: String,
