@@ -178,7 +178,20 @@ impl ReadPool {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let started = Instant::now();
-        let _permit = self
+        let (_permit, conn) = self.checkout().await?;
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&conn);
+            (conn, out)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("read task failed: {e}")))?;
+        self.give_back(conn, op, started);
+        out
+    }
+
+    /// A permit and an idle connection (or a new one).
+    async fn checkout(&self) -> Result<(tokio::sync::SemaphorePermit<'_>, Connection), StoreError> {
+        let permit = self
             .permits
             .acquire()
             .await
@@ -187,12 +200,28 @@ impl ReadPool {
             Some(c) => c,
             None => open_conn(&self.path, true, READER_CACHE_KIB)?,
         };
-        let (conn, out) = tokio::task::spawn_blocking(move || {
-            let out = f(&conn);
-            (conn, out)
-        })
-        .await
-        .map_err(|e| StoreError::Other(format!("read task failed: {e}")))?;
+        Ok((permit, conn))
+    }
+
+    /// Runs `f`, a read that takes a millisecond of CPU or so (a vector search), on the
+    /// calling thread when the runtime has several workers: `block_in_place` hands this
+    /// worker's other tasks to another thread, and the read starts and returns without
+    /// waking a blocking thread and then the task (on a virtual machine each wake-up of
+    /// an idle CPU costs tens of µs, and a thread woken on another core starts with cold
+    /// caches). On a single-threaded runtime it runs as `run` does.
+    async fn run_here<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi {
+            return self.run(op, f).await;
+        }
+        let started = Instant::now();
+        let (_permit, conn) = self.checkout().await?;
+        let out = tokio::task::block_in_place(|| f(&conn));
         self.give_back(conn, op, started);
         out
     }
@@ -958,7 +987,9 @@ impl SearchIndex for SqliteStore {
         let ann = self.inner.ann.clone();
         self.inner
             .readers
-            .run("vector_search", move |conn| {
+            // On this thread: a hybrid search starts its keyword half first, on a
+            // blocking thread, so the two halves still run at the same time.
+            .run_here("vector_search", move |conn| {
                 if let Some(ann) = ann {
                     let q = ann::VectorQuery {
                         model: &model,
