@@ -150,7 +150,11 @@ pub struct Memory {
 
 /// Hex SHA-256 of a memory's content.
 pub fn content_hash(content: &str) -> String {
-    hex::encode(Sha256::digest(content.as_bytes()))
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(content.as_bytes()), &mut hex)
+        .expect("a SHA-256 digest is 32 bytes, 64 hex digits");
+    // Hex digits are ASCII: one pass over a stack buffer instead of a char at a time.
+    String::from_utf8_lossy(&hex).into_owned()
 }
 
 /// A validated request to remember something.
@@ -365,6 +369,14 @@ impl MemoryPatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_hash_is_lowercase_hex_sha256() {
+        assert_eq!(
+            content_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     fn memory() -> Memory {
         NewMemory::note("hello")

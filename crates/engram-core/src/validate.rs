@@ -2,7 +2,6 @@
 //! by construction, so the core and the stores never re-check it. Every error names the
 //! field it is about.
 
-use std::collections::HashSet;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -166,11 +165,17 @@ impl Tags {
                 format!("{} tags given; the maximum is {TAGS_MAX}", items.len()),
             ));
         }
-        let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(items.len());
+        let mut out: Vec<Tag> = Vec::with_capacity(items.len());
         for (i, s) in items.iter().enumerate() {
-            let tag = Tag::parse(s.as_ref(), &format!("{field}[{i}]"))?;
-            if seen.insert(tag.0.clone()) {
+            // The field's name with the index is made only for an error.
+            let tag = Tag::parse(s.as_ref(), field).map_err(|e| match e {
+                CoreError::Validation { message, .. } => {
+                    CoreError::validation(format!("{field}[{i}]"), message)
+                }
+                other => other,
+            })?;
+            // At most 50: comparing with those kept costs less than hashing each.
+            if !out.iter().any(|t| t.0 == tag.0) {
                 out.push(tag);
             }
         }
@@ -195,9 +200,7 @@ impl Metadata {
         let Value::Object(map) = v else {
             return Err(CoreError::validation(field, "must be a JSON object"));
         };
-        let size = serde_json::to_vec(&map)
-            .map(|b| b.len())
-            .unwrap_or(usize::MAX);
+        let size = serialized_len(&map);
         if size > METADATA_MAX_BYTES {
             return Err(CoreError::validation(
                 field,
@@ -212,6 +215,25 @@ impl Metadata {
     }
     pub fn into_inner(self) -> Map<String, Value> {
         self.0
+    }
+}
+
+/// How many bytes `v` takes as JSON, counted without making the text.
+fn serialized_len(v: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    match serde_json::to_writer(&mut n, v) {
+        Ok(()) => n.0,
+        Err(_) => usize::MAX,
     }
 }
 
@@ -315,6 +337,19 @@ mod tests {
         assert!(Metadata::parse(json!({ "k": v }), "metadata").is_err());
         let big = "x".repeat(METADATA_MAX_BYTES);
         assert!(Metadata::parse(json!({ "k": big }), "metadata").is_err());
+        // The bound is on the serialised bytes: `{"k":"…"}` is 8 bytes around the string.
+        let at = |n: usize| json!({ "k": "x".repeat(n) });
+        assert_eq!(
+            serde_json::to_vec(&at(METADATA_MAX_BYTES - 8))
+                .unwrap()
+                .len(),
+            METADATA_MAX_BYTES
+        );
+        assert!(Metadata::parse(at(METADATA_MAX_BYTES - 8), "metadata").is_ok());
+        assert!(Metadata::parse(at(METADATA_MAX_BYTES - 7), "metadata").is_err());
+        // Escapes count as written: a newline is two bytes.
+        let escaped = json!({ "k": "\n".repeat((METADATA_MAX_BYTES - 8) / 2 + 1) });
+        assert!(Metadata::parse(escaped, "metadata").is_err());
         assert!(Metadata::parse(json!({ "k\u{0}": 1 }), "metadata").is_err());
         assert!(Metadata::parse(json!({ "k": ["a\u{0}"] }), "metadata").is_err());
     }

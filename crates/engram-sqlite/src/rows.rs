@@ -71,6 +71,17 @@ fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
+/// A change record's payload: the memory as JSON, written into a buffer sized for it
+/// up front (the content and about a kilobyte of other fields) rather than grown by
+/// doubling from 128 bytes.
+fn change_json(m: &Memory) -> Result<String, StoreError> {
+    let extra =
+        m.title.as_ref().map_or(0, String::len) + m.tags.iter().map(String::len).sum::<usize>();
+    let mut buf = Vec::with_capacity(m.content.len() + extra + 1024);
+    serde_json::to_writer(&mut buf, m).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    String::from_utf8(buf).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
 /// What a memory's row holds that its fields do not hold as they are: the JSON of its
 /// lists and metadata.
 struct RowJson {
@@ -194,7 +205,7 @@ impl NewRow {
     pub(crate) fn of(m: &Memory) -> Result<NewRow, StoreError> {
         Ok(NewRow {
             json: RowJson::of(m)?,
-            change: json(m)?,
+            change: change_json(m)?,
         })
     }
 
@@ -262,10 +273,10 @@ pub(crate) fn append_change(
     m: &Memory,
     op: engram_core::ChangeOp,
 ) -> Result<(), StoreError> {
-    append_change_with(conn, m, op, &json(m)?)
+    append_change_with(conn, m, op, &change_json(m)?)
 }
 
-/// [`append_change`] with the payload already made (`json(m)`).
+/// [`append_change`] with the payload already made (`change_json(m)`).
 fn append_change_with(
     conn: &Connection,
     m: &Memory,
