@@ -2,7 +2,6 @@
 //! by construction, so the core and the stores never re-check it. Every error names the
 //! field it is about.
 
-
 use serde::Serialize;
 use serde_json::{Map, Value};
 
