@@ -628,19 +628,69 @@ pub struct BulkCreateResponse {
     pub errors: Vec<BulkError>,
 }
 
+/// A bulk body whose every item is well formed: parsed in one pass.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WellFormedBulk {
+    memories: Vec<ObjectOnly<CreateMemoryRequest>>,
+}
+
+/// `T` from a JSON object only: serde's derived structs also accept an array of the
+/// fields in order, which the API does not.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
+fn check_bulk_len(n: usize) -> Result<(), CoreError> {
+    if n > engram_core::BULK_MAX {
+        return Err(CoreError::validation(
+            "memories",
+            format!(
+                "{n} memories given; the maximum per request is {}",
+                engram_core::BULK_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl BulkCreateRequest {
+    /// Parses a bulk body: `Err` when the body itself is not a bulk request, else one
+    /// result per item, where an item that is not a valid memory is an error at its index.
+    /// A body whose items all have the shape of a memory is parsed in one pass; otherwise
+    /// each item is parsed alone, so that each bad one is named.
+    pub fn parse_items(
+        bytes: &[u8],
+    ) -> Result<Result<Vec<Result<NewMemory, CoreError>>, CoreError>, crate::JsonError> {
+        if let Ok(ObjectOnly(bulk)) = serde_json::from_slice::<ObjectOnly<WellFormedBulk>>(bytes) {
+            return Ok(check_bulk_len(bulk.memories.len()).map(|()| {
+                bulk.memories
+                    .into_iter()
+                    .map(|ObjectOnly(item)| item.into_domain())
+                    .collect()
+            }));
+        }
+        crate::parse_json::<BulkCreateRequest>(bytes).map(BulkCreateRequest::into_domain)
+    }
+
     /// Parses each item; an item that is not a valid memory becomes an error at its index.
     pub fn into_domain(self) -> Result<Vec<Result<NewMemory, CoreError>>, CoreError> {
-        if self.memories.len() > engram_core::BULK_MAX {
-            return Err(CoreError::validation(
-                "memories",
-                format!(
-                    "{} memories given; the maximum per request is {}",
-                    self.memories.len(),
-                    engram_core::BULK_MAX
-                ),
-            ));
-        }
+        check_bulk_len(self.memories.len())?;
         Ok(self
             .memories
             .into_iter()
@@ -735,6 +785,72 @@ mod tests {
             JsonError::Data { field, .. } => field,
             other => panic!("expected a data error, got {other:?}"),
         }
+    }
+
+    /// The one-pass parse of a bulk body gives what parsing each item alone gives.
+    #[test]
+    fn bulk_bodies_parse_alike_in_one_pass_or_item_by_item() {
+        let item = |i: usize| {
+            serde_json::json!({
+                "content": format!("memory {i}"), "memory_type": "fact", "source": "chat",
+                "title": "t", "tags": ["a", "b", " a "], "metadata": {"seq": i, "x": [1, {"y": null}]},
+                "user_id": "u", "session_id": "s", "valid_from": "2026-01-02T03:04:05Z"
+            })
+        };
+        let valid = serde_json::json!({ "memories": (0..3).map(item).collect::<Vec<_>>() });
+        let valid = serde_json::to_vec(&valid).unwrap();
+        assert!(serde_json::from_slice::<ObjectOnly<WellFormedBulk>>(&valid).is_ok());
+        let too_many = serde_json::json!({ "memories": (0..=engram_core::BULK_MAX).map(item).collect::<Vec<_>>() });
+        let bodies: Vec<Vec<u8>> = vec![
+            valid,
+            serde_json::to_vec(&too_many).unwrap(),
+            br#"{"memories": []}"#.to_vec(),
+            br#"{"memories": [{"content": "x"}, {"content": "y", "colour": 1}, {"content": "z"}]}"#
+                .to_vec(),
+            br#"{"memories": [{"content": "x", "memory_type": "banana"}, {"content": ""}]}"#
+                .to_vec(),
+            br#"{"memories": [{"content": "x"}, 5, "s", null]}"#.to_vec(),
+            br#"{"memories": [{"content": "x", "tags": ["ok", 2]}]}"#.to_vec(),
+            br#"{"memories": [{"content": "x"}], "colour": 1}"#.to_vec(),
+            br#"{"memories": {"content": "x"}}"#.to_vec(),
+            br#"{"memories": [{"content": "x"}"#.to_vec(),
+            b"[]".to_vec(),
+            br#"[[{"content": "x"}]]"#.to_vec(),
+            br#"{"memories": [["x"]]}"#.to_vec(),
+            br#"{"memories": [{"content": "x"}, ["x", null, null]]}"#.to_vec(),
+            br#"{"memories": [{"content": "x", "content": "y"}]}"#.to_vec(),
+        ];
+        for body in &bodies {
+            let one_pass = BulkCreateRequest::parse_items(body);
+            let by_item = parse_json::<BulkCreateRequest>(body).map(BulkCreateRequest::into_domain);
+            assert_eq!(
+                format!("{one_pass:?}"),
+                format!("{by_item:?}"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // And what those results are, for a few.
+        let items = |b: &[u8]| BulkCreateRequest::parse_items(b).unwrap().unwrap();
+        let mixed = items(bodies[3].as_slice());
+        assert!(mixed[0].is_ok() && mixed[2].is_ok());
+        assert_eq!(mixed[1].as_ref().unwrap_err().field(), Some("colour"));
+        assert_eq!(items(bodies[0].as_slice()).len(), 3);
+        assert_eq!(
+            BulkCreateRequest::parse_items(&bodies[1])
+                .unwrap()
+                .unwrap_err()
+                .field(),
+            Some("memories")
+        );
+        assert!(matches!(
+            BulkCreateRequest::parse_items(&bodies[7]),
+            Err(JsonError::Data { field, .. }) if field == "colour"
+        ));
+        assert!(matches!(
+            BulkCreateRequest::parse_items(&bodies[9]),
+            Err(JsonError::Syntax(_))
+        ));
     }
 
     #[test]

@@ -18,6 +18,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        parse_json::<T>(&bytes).map(JsonBody).map_err(json_error)
+    }
+}
+
+/// The bytes of a body that claims to be JSON (or claims nothing), for a handler that
+/// parses them itself: 413 when it is too large, 415 when it claims another media type.
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
             let essence = ct.split(';').next().unwrap_or("").trim();
@@ -44,15 +57,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 )
             }
         })?;
-        match parse_json::<T>(&bytes) {
-            Ok(v) => Ok(JsonBody(v)),
-            Err(JsonError::Syntax(m)) => Err(ApiError::new(ErrorCode::InvalidJson, m, None)),
-            Err(JsonError::Data { field, message }) => Err(ApiError::new(
-                ErrorCode::ValidationFailed,
-                message,
-                (!field.is_empty()).then_some(field),
-            )),
-        }
+        Ok(JsonBytes(bytes))
+    }
+}
+
+/// A body that is not the JSON asked for, as engram's error: 400 when it is not JSON, 422
+/// naming the field when it has the wrong shape.
+pub fn json_error(e: JsonError) -> ApiError {
+    match e {
+        JsonError::Syntax(m) => ApiError::new(ErrorCode::InvalidJson, m, None),
+        JsonError::Data { field, message } => ApiError::new(
+            ErrorCode::ValidationFailed,
+            message,
+            (!field.is_empty()).then_some(field),
+        ),
     }
 }
 

@@ -12,7 +12,7 @@ use engram_core::{ErrorCode, TenantId};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::extract::{IdPath, JsonBody, QueryParams};
+use crate::extract::{json_error, IdPath, JsonBody, JsonBytes, QueryParams};
 use crate::{header_value, AppState, REPLAYED_HEADER};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -132,10 +132,11 @@ pub async fn bulk_create(
     State(state): State<AppState>,
     Extension(tenant): Extension<TenantId>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<BulkCreateRequest>,
+    JsonBytes(body): JsonBytes,
 ) -> Result<Json<BulkCreateResponse>> {
+    let items = BulkCreateRequest::parse_items(&body).map_err(json_error)?;
     let key = idempotency_key(&headers)?;
-    let items = req.into_domain()?;
+    let items = items?;
     let results = state
         .memories
         .remember_bulk(&tenant, items, key.as_deref())
