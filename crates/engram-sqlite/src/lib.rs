@@ -221,9 +221,19 @@ impl ReadPool {
         }
         let started = Instant::now();
         let (_permit, conn) = self.checkout().await?;
-        let out = tokio::task::block_in_place(|| f(&conn));
-        self.give_back(conn, op, started);
-        out
+        let out = tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)))
+        });
+        match out {
+            Ok(out) => {
+                self.give_back(conn, op, started);
+                out
+            }
+            // As from `run`: the read fails, and its connection is not reused.
+            Err(_) => Err(StoreError::Other(format!(
+                "read task failed: the {op} read panicked"
+            ))),
+        }
     }
 
     /// Returns a connection to the pool and records how long `op` took.
@@ -1372,6 +1382,30 @@ mod tests {
             }
         }
         assert!(narrowed > 30, "held conditions narrowed {narrowed} filters");
+    }
+
+    /// A read that panics fails as an error, in place or on a blocking thread, and the
+    /// pool goes on serving reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_read_is_an_error_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig::new(dir.path())).unwrap();
+        let readers = &store.inner.readers;
+        let boom = |_: &Connection| -> Result<(), StoreError> { panic!("boom") };
+        for _ in 0..3 {
+            let here = readers.run_here("test", boom).await.unwrap_err();
+            let there = readers.run("test", boom).await.unwrap_err();
+            for e in [here, there] {
+                assert!(e.to_string().contains("read task failed"), "{e}");
+            }
+            let one: i64 = readers
+                .run_here("test", |c| {
+                    c.query_row("SELECT 1", [], |r| r.get(0)).map_err(db_err)
+                })
+                .await
+                .unwrap();
+            assert_eq!(one, 1);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
