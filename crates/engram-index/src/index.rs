@@ -14,7 +14,7 @@ use usearch::MetricKind;
 
 use crate::persist::{self, Meta, FORMAT_VERSION};
 use crate::vector::{self, TopK};
-use crate::{IndexConfig, IndexError, Quantization};
+use crate::{IndexConfig, IndexError, Quantization, Sketch};
 
 /// The smallest capacity reserved; it then doubles as vectors are added.
 const MIN_CAPACITY: usize = 1024;
@@ -229,6 +229,17 @@ impl VectorIndex {
             buf.iter_mut().for_each(|x| *x /= norm);
         }
         Ok(Some(buf))
+    }
+
+    /// The [`Sketch`] of the vector stored under `key`, as the index holds it: the same
+    /// whether the vector was just added or loaded with a saved index.
+    pub fn sketch(&self, key: u64) -> Result<Option<Sketch>, IndexError> {
+        let engine = self.read();
+        let mut buf = vec![0f32; self.cfg.dim];
+        let found = engine
+            .get::<f32>(key, &mut buf)
+            .map_err(IndexError::backend)?;
+        Ok((found > 0).then(|| Sketch::of(&buf)))
     }
 
     /// The (approximately) `k` most similar vectors to `query`, best first.

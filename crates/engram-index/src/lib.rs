@@ -41,10 +41,12 @@ pub mod eval;
 mod index;
 pub mod keyword;
 mod persist;
+mod sketch;
 mod slots;
 mod vector;
 
 pub use config::{IndexConfig, Quantization};
 pub use error::IndexError;
 pub use index::{Hit, VectorIndex};
+pub use sketch::{Sketch, SketchQuery, SKETCH_BITS};
 pub use slots::KeySlots;

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use engram_core::{MemoryFilter, ModelInfo, Scored, StoreError};
-use engram_index::{Hit, IndexConfig, IndexError, Quantization, VectorIndex};
+use engram_index::{Hit, IndexConfig, IndexError, Quantization, Sketch, SketchQuery, VectorIndex};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,12 @@ pub const EXACT_MAX: usize = 10_000;
 /// 16 took semantic recall@10 from 0.983 to 0.987 and filtered recall to 1.0, for about
 /// 0.1 ms of a search; 32 gave the same recall.
 pub const RESCORE: usize = 16;
+/// An exact search over more candidates than this scores the best of their sketches
+/// exactly, unless configured otherwise: `SHORTLIST × k` of them, at least
+/// [`SHORTLIST_MIN`] (docs/benchmarks.md).
+pub const SHORTLIST: usize = 3;
+/// The fewest candidates a shortlist keeps.
+pub const SHORTLIST_MIN: usize = 200;
 /// Windows per memory the index holds (longer texts are matched on their first ones).
 const MAX_WINDOWS: i64 = 255;
 /// The window number of a memory's context vector.
@@ -109,6 +115,30 @@ fn rescore(
     Ok(())
 }
 
+/// The keys of `held` worth scoring exactly for a query after `keep` first windows: the
+/// `keep` whose sketches score best, and every key without a sketch (later windows,
+/// context vectors, a first window not in the graph). `None` when there are no more
+/// than `keep` sketches to choose from.
+fn shortlist(held: &[(i64, &Attrs)], query: &[f32], keep: usize) -> Option<Vec<u64>> {
+    let sketched: Vec<(i64, &Sketch)> = held
+        .iter()
+        .filter_map(|(rid, a)| a.sketch.as_ref().map(|s| (*rid, s)))
+        .collect();
+    if sketched.len() <= keep {
+        return None;
+    }
+    let mut keys: Vec<u64> = SketchQuery::new(query)
+        .shortlist(&sketched, keep)
+        .into_iter()
+        .map(|rid| key(rid, 0))
+        .collect();
+    for (rid, a) in held {
+        let first_sketched = a.sketch.is_some();
+        keys.extend(a.keys(*rid).filter(|k| !(first_sketched && k & 0xff == 0)));
+    }
+    Some(keys)
+}
+
 fn index_err(e: IndexError) -> StoreError {
     StoreError::Other(format!("vector index: {e}"))
 }
@@ -119,6 +149,9 @@ struct Attrs {
     windows: u16,
     /// Whether the memory's context vector is in the graph.
     context: bool,
+    /// The sketch of the memory's first window, when that is in the graph: exact searches
+    /// over many candidates shortlist by it.
+    sketch: Option<Sketch>,
 }
 
 impl HasFields for Attrs {
@@ -180,6 +213,9 @@ pub struct Ann {
     rescore: usize,
     /// The graph search's `ef`.
     expansion_search: usize,
+    /// An exact search over a filter's candidates scores exactly only the best
+    /// `shortlist × k` (at least [`SHORTLIST_MIN`]) by their sketches (0: all).
+    shortlist: usize,
 }
 
 const SELECT_ROWS: &str = "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, m.project, m.domain, \
@@ -197,6 +233,7 @@ fn attrs_of(
         f: fields_of(r, interner)?,
         windows,
         context,
+        sketch: None,
     })
 }
 
@@ -365,8 +402,17 @@ impl Loaded {
             })
             .collect();
         self.index.add_batch(&items).map_err(index_err)?;
+        // From the graph's copy, as when a saved graph is loaded: the same sketch either
+        // way, so results do not change across a restart. Taken before the fields are
+        // locked, so no lock is held while another is taken.
+        let sketches = rows
+            .iter()
+            .map(|r| self.index.sketch(key(r.rid, 0)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(index_err)?;
         let mut attrs = self.attrs.write().unwrap_or_else(|p| p.into_inner());
-        for r in rows {
+        for (mut r, sketch) in rows.into_iter().zip(sketches) {
+            r.attrs.sketch = sketch;
             attrs.insert(r.rid, r.attrs);
         }
         Ok(())
@@ -393,13 +439,15 @@ fn log_head(conn: &Connection) -> Result<i64, StoreError> {
 impl Ann {
     /// `rescore`: with i8 vectors, how many of a search's best keys are scored again
     /// against the f32 vectors the store holds (0: none). `expansion_search`: the graph
-    /// search's `ef` (raised to the number of keys asked for).
+    /// search's `ef` (raised to the number of keys asked for). `shortlist`: see
+    /// [`SHORTLIST`] (0: every candidate scored exactly).
     pub fn new(
         dir: &Path,
         exact_max: usize,
         quantization: Quantization,
         rescore: usize,
         expansion_search: usize,
+        shortlist: usize,
     ) -> Ann {
         Ann {
             dir: dir.to_path_buf(),
@@ -410,6 +458,7 @@ impl Ann {
             quantization,
             rescore,
             expansion_search,
+            shortlist,
         }
     }
 
@@ -531,12 +580,13 @@ impl Ann {
                 let rid: i64 = r.get(0).map_err(db_err)?;
                 let windows: i64 = r.get(12).map_err(db_err)?;
                 let context: bool = r.get(13).map_err(db_err)?;
-                let a = attrs_of(
+                let mut a = attrs_of(
                     r,
                     &loaded.interner,
                     windows.clamp(1, MAX_WINDOWS) as u16,
                     context,
                 )?;
+                a.sketch = loaded.index.sketch(key(rid, 0)).map_err(index_err)?;
                 attrs.insert(rid, a);
             }
         }
@@ -715,7 +765,7 @@ impl Ann {
                     .iter()
                     .filter_map(|rid| attrs.get(rid).map(|a| (*rid, a)))
                     .collect();
-                let keys: Vec<u64> = held.iter().flat_map(|(rid, a)| a.keys(*rid)).collect();
+                let mut keys: Vec<u64> = held.iter().flat_map(|(rid, a)| a.keys(*rid)).collect();
                 // Mixing in context vectors needs every key scored. Without any, the top
                 // `limit × most windows` keys are enough: a memory whose best window is
                 // not among them has at least `limit` memories scoring above it.
@@ -726,6 +776,12 @@ impl Ann {
                 } else {
                     (limit * windows.unwrap_or(1)).min(keys.len())
                 };
+                if !mixes && self.shortlist > 0 {
+                    let keep = k.saturating_mul(self.shortlist).max(SHORTLIST_MIN);
+                    if let Some(short) = shortlist(&held, vector, keep) {
+                        keys = short;
+                    }
+                }
                 loaded
                     .index
                     .exact_search(vector, &keys, k)

@@ -41,6 +41,8 @@ pub const DEFAULT_VECTOR_QUANTIZATION: VectorQuantization =
     engram_index::IndexConfig::DEFAULT_QUANTIZATION;
 /// How many of a search's best keys are scored again from f32 when the index holds i8.
 pub const DEFAULT_VECTOR_RESCORE: usize = ann::RESCORE;
+/// [`SqliteConfig::vector_shortlist`] unless configured otherwise.
+pub const DEFAULT_VECTOR_SHORTLIST: usize = ann::SHORTLIST;
 /// The ANN graph search's `ef` unless configured otherwise.
 pub const DEFAULT_VECTOR_SEARCH_EXPANSION: usize =
     engram_index::IndexConfig::DEFAULT_EXPANSION_SEARCH;
@@ -78,6 +80,10 @@ pub struct SqliteConfig {
     /// The ANN graph search's `ef`: how many candidates it keeps while it walks (raised
     /// to the number of keys asked for). Wider finds more of the true nearest, slower.
     pub vector_search_expansion: usize,
+    /// An exact search over a filter's candidates first ranks them by a one-bit sketch of
+    /// each vector (held in memory, 48 bytes a memory) and scores exactly only the best
+    /// `vector_shortlist × k` of them, at least 200 (0: every candidate).
+    pub vector_shortlist: usize,
 }
 
 impl SqliteConfig {
@@ -91,6 +97,7 @@ impl SqliteConfig {
             vector_quantization: DEFAULT_VECTOR_QUANTIZATION,
             vector_rescore: DEFAULT_VECTOR_RESCORE,
             vector_search_expansion: DEFAULT_VECTOR_SEARCH_EXPANSION,
+            vector_shortlist: DEFAULT_VECTOR_SHORTLIST,
         }
     }
 }
@@ -379,6 +386,7 @@ impl SqliteStore {
                 cfg.vector_quantization,
                 cfg.vector_rescore,
                 cfg.vector_search_expansion,
+                cfg.vector_shortlist,
             ));
             ann.open(&conn)?;
             // Loading read every vector through this connection; its cache would keep

@@ -1,6 +1,7 @@
 //! The in-process vector index as derived state: rebuilt when its files are removed or
 //! damaged, identical after a restart, and in step with deletes and updates.
 
+use engram_core::validate::Label;
 use engram_core::{
     EmbeddingStore, MemoryFilter, MemoryId, MemoryService, ModelInfo, NewMemory, SearchIndex,
     TenantId,
@@ -42,30 +43,47 @@ fn cfg(dir: &std::path::Path) -> SqliteConfig {
 
 /// Stores `n` memories with vectors through the pipeline's claim/complete path.
 async fn fill(store: &SqliteStore, t: &TenantId, n: usize) -> Vec<MemoryId> {
+    let vectors = (0..n as u64).map(vector).collect();
+    store_vectors(store, t, &model(), vectors, |_| None).await
+}
+
+/// Stores one memory per vector of `model`, the i-th with `user_id` `user(i)`, through the
+/// pipeline's claim/complete path.
+async fn store_vectors(
+    store: &SqliteStore,
+    t: &TenantId,
+    model: &ModelInfo,
+    vectors: Vec<Vec<f32>>,
+    user: impl Fn(usize) -> Option<&'static str>,
+) -> Vec<MemoryId> {
     let svc = MemoryService::new(std::sync::Arc::new(store.clone()));
     let mut ids = Vec::new();
-    for i in 0..n {
-        let (m, _) = svc
-            .remember(t, NewMemory::note(&format!("memory {i}")).unwrap(), None)
-            .await
-            .unwrap();
+    for i in 0..vectors.len() {
+        let mut new = NewMemory::note(&format!("memory {i}")).unwrap();
+        new.user_id = user(i).map(|u| Label::parse(u.into(), "user_id").unwrap());
+        let (m, _) = svc.remember(t, new, None).await.unwrap();
         ids.push(m.id);
     }
-    store.register_model(&model()).await.unwrap();
+    store.register_model(model).await.unwrap();
     let lease = engram_core::time::now() + chrono::Duration::minutes(5);
-    let jobs = store.claim_embeddings(n as u32, lease).await.unwrap();
-    let results = jobs
-        .into_iter()
-        .map(|j| {
-            let i = ids.iter().position(|id| *id == j.memory_id).unwrap() as u64;
-            (j, vec![vector(i)])
-        })
-        .collect();
-    let done = store
-        .complete_embeddings(&model(), results, engram_core::time::now())
-        .await
-        .unwrap();
-    assert!(done.iter().all(|d| *d));
+    let mut stored = 0;
+    while stored < ids.len() {
+        let jobs = store.claim_embeddings(500, lease).await.unwrap();
+        assert!(!jobs.is_empty(), "{stored} of {} embedded", ids.len());
+        let results = jobs
+            .into_iter()
+            .map(|j| {
+                let i = ids.iter().position(|id| *id == j.memory_id).unwrap();
+                (j, vec![vectors[i].clone()])
+            })
+            .collect::<Vec<_>>();
+        stored += results.len();
+        let done = store
+            .complete_embeddings(model, results, engram_core::time::now())
+            .await
+            .unwrap();
+        assert!(done.iter().all(|d| *d));
+    }
     ids
 }
 
@@ -305,4 +323,85 @@ async fn i8_search_scores_its_head_again_from_the_stored_vectors() {
         worst_gap(&rounded)
     );
     store.close();
+}
+
+/// A filter passing 1,000 memories, more than a shortlist keeps: on real embeddings the
+/// exact search over the candidates its sketches choose returns the top 10 that scoring
+/// every candidate returns, nearly all of the top 100, and only memories the filter passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shortlisted_exact_search_finds_what_scoring_every_candidate_finds() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../engram-index/tests/fixtures/minilm-2k.f16");
+    let fx = engram_index::eval::Fixture::read(&path).unwrap();
+    let model = ModelInfo {
+        id: "test/minilm-fixture".into(),
+        revision: "1".into(),
+        dim: fx.base.dim,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let t = TenantId::parse("t").unwrap();
+    let store = SqliteStore::open(&SqliteConfig::new(dir.path())).unwrap();
+    let vectors = (0..fx.base.len())
+        .map(|i| fx.base.row(i).to_vec())
+        .collect();
+    let ids = store_vectors(&store, &t, &model, vectors, |i| {
+        Some(if i % 2 == 0 { "even" } else { "odd" })
+    })
+    .await;
+    let even: std::collections::HashSet<MemoryId> = ids.iter().step_by(2).copied().collect();
+    let filter = MemoryFilter {
+        user_id: Some("even".into()),
+        ..MemoryFilter::default()
+    };
+    let search = |store: SqliteStore, limit: u32| {
+        let (t, model, filter, fx) = (&t, &model, &filter, &fx);
+        async move {
+            let mut all = Vec::new();
+            for i in 0..fx.queries.len() {
+                let hits = store
+                    .nearest(t, model, fx.queries.row(i), filter, limit, 0.0)
+                    .await
+                    .unwrap();
+                assert_eq!(hits.len(), limit as usize);
+                all.push(hits.into_iter().map(|h| h.id).collect::<Vec<_>>());
+            }
+            all
+        }
+    };
+    let short_10 = search(store.clone(), 10).await;
+    let short_100 = search(store.clone(), 100).await;
+    store.close();
+    let every = SqliteConfig {
+        vector_shortlist: 0,
+        ..SqliteConfig::new(dir.path())
+    };
+    let store = SqliteStore::open(&every).unwrap();
+    let all_10 = search(store.clone(), 10).await;
+    let all_100 = search(store.clone(), 100).await;
+    store.close();
+
+    let n = fx.queries.len();
+    for hits in short_10.iter().chain(&short_100) {
+        assert!(hits.iter().all(|id| even.contains(id)));
+    }
+    let same = short_10.iter().zip(&all_10).filter(|(a, b)| a == b).count();
+    assert!(
+        same * 100 >= n * 99,
+        "top 10 alike for {same} of {n} queries"
+    );
+    let same = short_100
+        .iter()
+        .zip(&all_100)
+        .filter(|(a, b)| a[..10] == b[..10])
+        .count();
+    assert!(
+        same * 100 >= n * 99,
+        "top 10 of 100 alike for {same} of {n} queries"
+    );
+    let kept: usize = short_100
+        .iter()
+        .zip(&all_100)
+        .map(|(a, b)| a.iter().filter(|id| b.contains(id)).count())
+        .sum();
+    assert!(kept * 100 >= n * 100 * 97, "{kept} of the top 100s kept");
 }

@@ -84,6 +84,8 @@ impl Backends {
     pub async fn open_exact(cfg: &Config) -> anyhow::Result<Backends> {
         let mut cfg = cfg.clone();
         cfg.store.exact_search_max = Some(usize::MAX);
+        // Every candidate scored exactly, not a shortlist of them.
+        cfg.store.vector_shortlist = 0;
         Self::open(&cfg, true).await
     }
 
@@ -108,6 +110,7 @@ impl Backends {
                     vector_quantization: cfg.store.vector_quantization,
                     vector_rescore: cfg.store.vector_rescore,
                     vector_search_expansion: cfg.store.vector_search_expansion,
+                    vector_shortlist: cfg.store.vector_shortlist,
                     ..SqliteConfig::new(dir)
                 };
                 if let Some(max) = cfg.store.exact_search_max {

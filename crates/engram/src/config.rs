@@ -264,6 +264,10 @@ pub struct StoreConfig {
     /// SQLite: the vector index's graph search `ef` (raised to the number of keys a
     /// search asks for).
     pub vector_search_expansion: usize,
+    /// SQLite: an exact search over a filter's candidates scores exactly only the best
+    /// `vector_shortlist × k` of them (at least 200) by a one-bit sketch of each vector
+    /// (0: every candidate).
+    pub vector_shortlist: usize,
 }
 
 impl Default for StoreConfig {
@@ -278,6 +282,7 @@ impl Default for StoreConfig {
             vector_quantization: engram_sqlite::DEFAULT_VECTOR_QUANTIZATION,
             vector_rescore: engram_sqlite::DEFAULT_VECTOR_RESCORE,
             vector_search_expansion: engram_sqlite::DEFAULT_VECTOR_SEARCH_EXPANSION,
+            vector_shortlist: engram_sqlite::DEFAULT_VECTOR_SHORTLIST,
         }
     }
 }
@@ -401,6 +406,11 @@ vector_rescore = 16
 # ef; raised to the number of keys a search asks for, 200 for the default depth of 100).
 # Wider finds more of the true nearest neighbours, and takes longer.
 vector_search_expansion = 128
+# SQLite: a filtered search whose candidates are few enough to score exactly (up to
+# exact_search_max) first ranks them by a one-bit sketch of each vector, held in memory
+# (48 bytes a memory), and scores exactly only the best vector_shortlist x k of them, at
+# least 200 (0: every candidate).
+vector_shortlist = 3
 
 [cache]
 # Redis in front of the store (caches only, never ground truth), e.g. "redis://127.0.0.1:6379".

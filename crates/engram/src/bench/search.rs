@@ -133,6 +133,8 @@ struct Measured {
     /// The graph search's `ef` (`[store] vector_search_expansion`).
     #[serde(default)]
     vector_search_expansion: usize,
+    /// `[store] vector_shortlist`.
+    vector_shortlist: usize,
     open_s: f64,
     results: Vec<ModeResult>,
 }
@@ -292,6 +294,7 @@ pub(super) fn bench_config(
     cfg.store.vector_quantization = own.store.vector_quantization;
     cfg.store.vector_rescore = own.store.vector_rescore;
     cfg.store.vector_search_expansion = own.store.vector_search_expansion;
+    cfg.store.vector_shortlist = own.store.vector_shortlist;
     cfg
 }
 
@@ -439,6 +442,7 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
                 "vector_quantization": m.vector_quantization,
                 "vector_rescore": m.vector_rescore,
                 "vector_search_expansion": m.vector_search_expansion,
+                "vector_shortlist": m.vector_shortlist,
                 "open_s": m.open_s,
                 "results": m.results,
             })
@@ -625,6 +629,7 @@ async fn measure(
         vector_quantization: cfg.store.vector_quantization.to_string(),
         vector_rescore: cfg.store.vector_rescore,
         vector_search_expansion: cfg.store.vector_search_expansion,
+        vector_shortlist: cfg.store.vector_shortlist,
         open_s,
         results,
     })
