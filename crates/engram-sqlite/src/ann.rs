@@ -765,23 +765,34 @@ impl Ann {
                     .iter()
                     .filter_map(|rid| attrs.get(rid).map(|a| (*rid, a)))
                     .collect();
-                let mut keys: Vec<u64> = held.iter().flat_map(|(rid, a)| a.keys(*rid)).collect();
+                // Keys in all, the most windows of a memory, and whether any memory has a
+                // context vector, in one pass.
+                let (all_keys, windows, any_context) =
+                    held.iter().fold((0, 1, false), |(n, w, c), (_, a)| {
+                        let mine = usize::from(a.windows);
+                        (
+                            n + mine + usize::from(a.context),
+                            w.max(mine),
+                            c || a.context,
+                        )
+                    });
                 // Mixing in context vectors needs every key scored. Without any, the top
                 // `limit × most windows` keys are enough: a memory whose best window is
                 // not among them has at least `limit` memories scoring above it.
-                let mixes = context_weight > 0.0 && held.iter().any(|(_, a)| a.context);
-                let windows = held.iter().map(|(_, a)| usize::from(a.windows)).max();
+                let mixes = context_weight > 0.0 && any_context;
                 let k = if mixes {
-                    keys.len()
+                    all_keys
                 } else {
-                    (limit * windows.unwrap_or(1)).min(keys.len())
+                    (limit * windows).min(all_keys)
                 };
-                if !mixes && self.shortlist > 0 {
-                    let keep = k.saturating_mul(self.shortlist).max(SHORTLIST_MIN);
-                    if let Some(short) = shortlist(&held, vector, keep) {
-                        keys = short;
-                    }
-                }
+                let short = (!mixes && self.shortlist > 0)
+                    .then(|| {
+                        let keep = k.saturating_mul(self.shortlist).max(SHORTLIST_MIN);
+                        shortlist(&held, vector, keep)
+                    })
+                    .flatten();
+                let keys = short
+                    .unwrap_or_else(|| held.iter().flat_map(|(rid, a)| a.keys(*rid)).collect());
                 loaded
                     .index
                     .exact_search(vector, &keys, k)
