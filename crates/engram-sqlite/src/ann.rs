@@ -37,9 +37,10 @@ pub const EXACT_MAX: usize = 10_000;
 /// 16 took semantic recall@10 from 0.983 to 0.987 and filtered recall to 1.0, for about
 /// 0.1 ms of a search; 32 gave the same recall.
 pub const RESCORE: usize = 16;
-/// An exact search over more candidates than this scores the best of their sketches
-/// exactly, unless configured otherwise: `SHORTLIST × k` of them, at least
-/// [`SHORTLIST_MIN`] (docs/benchmarks.md).
+/// An exact search over a filter's candidates scores exactly only the `SHORTLIST × k`
+/// (at least [`SHORTLIST_MIN`]) whose sketches score best, unless configured otherwise:
+/// with the 100 keys a search asks for, the top 10 of 1,000 or 10,000 real MiniLM
+/// candidates were always among the best 300 sketches (docs/benchmarks.md).
 pub const SHORTLIST: usize = 3;
 /// The fewest candidates a shortlist keeps.
 pub const SHORTLIST_MIN: usize = 200;
@@ -62,12 +63,17 @@ fn rid_of(key: u64) -> i64 {
 /// near ties around the tenth place, where recall@10 is decided (at a million memories i8
 /// alone returned 98.2 % of the true top 10). One point read per key, so only the head is
 /// read; the rest keep their i8 scores, as does a key whose vector is gone.
+///
+/// A first window is read by the row id `vector_row` gives for its memory (one B-tree
+/// descent instead of two: the key's unique index, then the table), checked against the
+/// key, so a row replaced or renumbered since the index read it is read by its key.
 fn rescore(
     conn: &Connection,
     model_key: &str,
     query: &[f32],
     hits: &mut [Hit],
     n: usize,
+    vector_row: &dyn Fn(i64) -> Option<i64>,
 ) -> Result<(), StoreError> {
     let n = n.min(hits.len());
     if n == 0 {
@@ -81,6 +87,11 @@ fn rescore(
     }
     // By key alone: a memory changed since the index caught up is scored on whichever of
     // its vectors the row holds now, as a search a moment later would score it.
+    let mut by_row = conn
+        .prepare_cached(
+            "SELECT vector FROM memory_vectors WHERE rowid = ?1 AND rid = ?2 AND model_key = ?3 AND window = 0",
+        )
+        .map_err(db_err)?;
     let mut window = conn
         .prepare_cached(
             "SELECT vector FROM memory_vectors WHERE rid = ?1 AND model_key = ?2 AND window = ?3",
@@ -89,16 +100,10 @@ fn rescore(
     let mut context = conn
         .prepare_cached("SELECT vector FROM context_vectors WHERE rid = ?1 AND model_key = ?2")
         .map_err(db_err)?;
-    for h in &mut hits[..n] {
-        let (rid, w) = (rid_of(h.key), (h.key & 0xff) as i64);
-        let mut rows = if w == CONTEXT_WINDOW {
-            context.query(rusqlite::params![rid, model_key])
-        } else {
-            window.query(rusqlite::params![rid, model_key, w])
-        }
-        .map_err(db_err)?;
+    // Scores `h` on the first row of `rows`; false when there is none.
+    let score = |h: &mut Hit, rid: i64, mut rows: rusqlite::Rows<'_>| {
         let Some(row) = rows.next().map_err(db_err)? else {
-            continue;
+            return Ok::<_, StoreError>(false);
         };
         let bytes = row
             .get_ref(0)
@@ -111,14 +116,33 @@ fn rescore(
         {
             h.similarity = crate::search::cosine(query, stored);
         }
+        Ok(true)
+    };
+    for h in &mut hits[..n] {
+        let (rid, w) = (rid_of(h.key), (h.key & 0xff) as i64);
+        if let Some(row) = vector_row(rid).filter(|_| w == 0) {
+            let rows = by_row
+                .query(rusqlite::params![row, rid, model_key])
+                .map_err(db_err)?;
+            if score(h, rid, rows)? {
+                continue;
+            }
+        }
+        let rows = if w == CONTEXT_WINDOW {
+            context.query(rusqlite::params![rid, model_key])
+        } else {
+            window.query(rusqlite::params![rid, model_key, w])
+        }
+        .map_err(db_err)?;
+        score(h, rid, rows)?;
     }
     Ok(())
 }
 
-/// The keys of `held` worth scoring exactly for a query after `keep` first windows: the
-/// `keep` whose sketches score best, and every key without a sketch (later windows,
-/// context vectors, a first window not in the graph). `None` when there are no more
-/// than `keep` sketches to choose from.
+/// The keys of `held` worth scoring exactly against `query`: the first windows of the
+/// `keep` memories whose sketches score best, and every key without a sketch (later
+/// windows, context vectors, a first window not in the graph). `None` when there are no
+/// more than `keep` sketches to choose from.
 fn shortlist(held: &[(i64, &Attrs)], query: &[f32], keep: usize) -> Option<Vec<u64>> {
     let sketched: Vec<(i64, &Sketch)> = held
         .iter()
@@ -152,6 +176,9 @@ struct Attrs {
     /// The sketch of the memory's first window, when that is in the graph: exact searches
     /// over many candidates shortlist by it.
     sketch: Option<Sketch>,
+    /// The row id of the first window's row in `memory_vectors` when it fits 4 bytes (0:
+    /// not known), which rescoring reads it by.
+    vector_row: u32,
 }
 
 impl HasFields for Attrs {
@@ -219,7 +246,7 @@ pub struct Ann {
 }
 
 const SELECT_ROWS: &str = "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, m.project, m.domain, \
-     m.session_id, m.memory_type, m.source, m.created_at, m.tags, v.window, v.vector \
+     m.session_id, m.memory_type, m.source, m.created_at, m.tags, v.window, v.vector, v.rowid \
      FROM memories m JOIN memory_vectors v ON v.rid = m.rid AND v.model_key = ?1 AND v.content_hash = m.content_hash \
      WHERE m.deleted_at IS NULL";
 
@@ -234,6 +261,7 @@ fn attrs_of(
         windows,
         context,
         sketch: None,
+        vector_row: 0,
     })
 }
 
@@ -323,7 +351,10 @@ fn read_rows(
             last.attrs.windows += 1;
             continue;
         }
-        let attrs = attrs_of(r, interner, 1, false)?;
+        let mut attrs = attrs_of(r, interner, 1, false)?;
+        if window == 0 {
+            attrs.vector_row = u32::try_from(r.get::<_, i64>(14).map_err(db_err)?).unwrap_or(0);
+        }
         out.push(Row {
             rid,
             attrs,
@@ -569,7 +600,8 @@ impl Ann {
                 .prepare(
                     "SELECT m.rid, m.id, m.tenant, m.user_id, m.agent_id, m.project, m.domain, m.session_id, \
                      m.memory_type, m.source, m.created_at, m.tags, count(*), \
-                     EXISTS (SELECT 1 FROM context_vectors c WHERE c.rid = m.rid AND c.model_key = ?1) \
+                     EXISTS (SELECT 1 FROM context_vectors c WHERE c.rid = m.rid AND c.model_key = ?1), \
+                     min(CASE WHEN v.window = 0 THEN v.rowid END) \
                      FROM memories m JOIN memory_vectors v ON v.rid = m.rid AND v.model_key = ?1 AND v.content_hash = m.content_hash \
                      WHERE m.deleted_at IS NULL GROUP BY m.rid",
                 )
@@ -587,6 +619,8 @@ impl Ann {
                     context,
                 )?;
                 a.sketch = loaded.index.sketch(key(rid, 0)).map_err(index_err)?;
+                let row: Option<i64> = r.get(14).map_err(db_err)?;
+                a.vector_row = row.and_then(|r| u32::try_from(r).ok()).unwrap_or(0);
                 attrs.insert(rid, a);
             }
         }
@@ -851,12 +885,19 @@ impl Ann {
             }
         }
         if self.quantization == Quantization::I8 && self.rescore > 0 {
+            let vector_row = |rid: i64| {
+                attrs
+                    .get(&rid)
+                    .filter(|a| a.vector_row != 0)
+                    .map(|a| i64::from(a.vector_row))
+            };
             rescore(
                 conn,
                 &loaded.model_key,
                 vector,
                 &mut scored_keys,
                 self.rescore,
+                &vector_row,
             )?;
         }
         let mut best: HashMap<i64, (f32, Option<f32>)> = HashMap::with_capacity(rids.len());
@@ -893,5 +934,20 @@ impl Ann {
     /// Memories whose vectors the index holds.
     pub fn len(&self) -> usize {
         self.current().map_or(0, |l| l.memories())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What each held memory costs: the fields (72 bytes), the windows and context flags,
+    /// the sketch (49) and the vector row id fill 128 bytes with no padding; a million
+    /// memories take 128 MB of them (docs/benchmarks.md, the memory budget).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_held_memory_takes_128_bytes() {
+        assert_eq!(std::mem::size_of::<Fields>(), 72);
+        assert_eq!(std::mem::size_of::<Attrs>(), 128);
     }
 }

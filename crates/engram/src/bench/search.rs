@@ -134,6 +134,7 @@ struct Measured {
     #[serde(default)]
     vector_search_expansion: usize,
     /// `[store] vector_shortlist`.
+    #[serde(default)]
     vector_shortlist: usize,
     open_s: f64,
     results: Vec<ModeResult>,
