@@ -216,30 +216,30 @@ impl VectorIndex {
     /// The vector stored under `key`, as the index holds it: unit length, and rounded to
     /// the index's quantization.
     pub fn get(&self, key: u64) -> Result<Option<Vec<f32>>, IndexError> {
-        let engine = self.read();
-        let mut buf = vec![0f32; self.cfg.dim];
-        let found = engine
-            .get::<f32>(key, &mut buf)
-            .map_err(IndexError::backend)?;
-        if found == 0 {
-            return Ok(None);
-        }
-        let norm = vector::norm(&buf);
-        if norm > 0.0 {
-            buf.iter_mut().for_each(|x| *x /= norm);
-        }
-        Ok(Some(buf))
+        Ok(self.stored(key)?.map(|mut v| {
+            let norm = vector::norm(&v);
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+            v
+        }))
     }
 
     /// The [`Sketch`] of the vector stored under `key`, as the index holds it: the same
     /// whether the vector was just added or loaded with a saved index.
     pub fn sketch(&self, key: u64) -> Result<Option<Sketch>, IndexError> {
+        Ok(self.stored(key)?.map(|v| Sketch::of(&v)))
+    }
+
+    /// The vector stored under `key` widened to f32, at the engine's scale (a sketch needs
+    /// only its signs, so only [`get`](Self::get) normalises it).
+    fn stored(&self, key: u64) -> Result<Option<Vec<f32>>, IndexError> {
         let engine = self.read();
         let mut buf = vec![0f32; self.cfg.dim];
         let found = engine
             .get::<f32>(key, &mut buf)
             .map_err(IndexError::backend)?;
-        Ok((found > 0).then(|| Sketch::of(&buf)))
+        Ok((found > 0).then_some(buf))
     }
 
     /// The (approximately) `k` most similar vectors to `query`, best first.

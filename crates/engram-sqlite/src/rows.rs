@@ -68,7 +68,14 @@ pub(crate) fn row_to_memory(r: &Row<'_>) -> rusqlite::Result<Memory> {
 }
 
 fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
+    json_sized(v, 128)
+}
+
+/// `v` as JSON, written into a buffer of `capacity` bytes to start with.
+fn json_sized(v: &impl serde::Serialize, capacity: usize) -> Result<String, StoreError> {
+    let mut buf = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut buf, v).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    String::from_utf8(buf).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// A change record's payload: the memory as JSON, written into a buffer sized for it
@@ -77,9 +84,7 @@ fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
 fn change_json(m: &Memory) -> Result<String, StoreError> {
     let extra =
         m.title.as_ref().map_or(0, String::len) + m.tags.iter().map(String::len).sum::<usize>();
-    let mut buf = Vec::with_capacity(m.content.len() + extra + 1024);
-    serde_json::to_writer(&mut buf, m).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    String::from_utf8(buf).map_err(|e| StoreError::Invalid(e.to_string()))
+    json_sized(m, m.content.len() + extra + 1024)
 }
 
 /// What a memory's row holds that its fields do not hold as they are: the JSON of its

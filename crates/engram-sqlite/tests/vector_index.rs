@@ -114,19 +114,31 @@ async fn top(store: &SqliteStore, t: &TenantId, q: u64) -> Vec<(MemoryId, f32)> 
         .collect()
 }
 
+/// [`top`] for the query vectors of seeds 0 to 19.
+async fn tops(store: &SqliteStore, t: &TenantId) -> Vec<Vec<(MemoryId, f32)>> {
+    let mut all = Vec::new();
+    for q in 0..20 {
+        all.push(top(store, t, q).await);
+    }
+    all
+}
+
+/// The graph kept in i8, with the best `rescore` keys of a search scored again from f32.
+fn i8_cfg(dir: &std::path::Path, rescore: usize) -> SqliteConfig {
+    SqliteConfig {
+        vector_quantization: VectorQuantization::I8,
+        vector_rescore: rescore,
+        ..cfg(dir)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_survives_restart_and_is_rebuilt_when_removed_or_damaged() {
     let dir = tempfile::tempdir().unwrap();
     let t = TenantId::parse("t").unwrap();
     let store = SqliteStore::open(&cfg(dir.path())).unwrap();
     let ids = fill(&store, &t, 300).await;
-    let before: Vec<_> = {
-        let mut v = Vec::new();
-        for q in 0..20 {
-            v.push(top(&store, &t, q).await);
-        }
-        v
-    };
+    let before = tops(&store, &t).await;
     assert_eq!(store.indexed_memories(), 300);
     // The query vector of memory i is its own vector: it ranks first.
     assert_eq!(before[3][0].0, ids[3]);
@@ -280,12 +292,7 @@ async fn changing_the_quantization_rebuilds_the_index_and_search_still_finds() {
 async fn i8_search_scores_its_head_again_from_the_stored_vectors() {
     let dir = tempfile::tempdir().unwrap();
     let t = TenantId::parse("t").unwrap();
-    let i8_cfg = |rescore: usize| SqliteConfig {
-        vector_quantization: VectorQuantization::I8,
-        vector_rescore: rescore,
-        ..cfg(dir.path())
-    };
-    let store = SqliteStore::open(&i8_cfg(32)).unwrap();
+    let store = SqliteStore::open(&i8_cfg(dir.path(), 32)).unwrap();
     let ids = fill(&store, &t, 300).await;
     let cosine = |i: usize, q: u64| {
         let (v, query) = (vector(i as u64), vector(q));
@@ -304,19 +311,13 @@ async fn i8_search_scores_its_head_again_from_the_stored_vectors() {
             })
             .fold(0f32, f32::max)
     };
-    let mut rescored = Vec::new();
-    for q in 0..20 {
-        rescored.push(top(&store, &t, q).await);
-    }
+    let rescored = tops(&store, &t).await;
     assert!(rescored.iter().all(|h| h.len() == 10));
     assert!(worst_gap(&rescored) < 1e-5, "gap {}", worst_gap(&rescored));
     store.close();
 
-    let store = SqliteStore::open(&i8_cfg(0)).unwrap();
-    let mut rounded = Vec::new();
-    for q in 0..20 {
-        rounded.push(top(&store, &t, q).await);
-    }
+    let store = SqliteStore::open(&i8_cfg(dir.path(), 0)).unwrap();
+    let rounded = tops(&store, &t).await;
     assert!(
         worst_gap(&rounded) > 1e-4,
         "i8 scores equal f32's: {}",
@@ -414,17 +415,9 @@ async fn a_shortlisted_exact_search_finds_what_scoring_every_candidate_finds() {
 async fn rescoring_finds_vectors_whose_rows_were_renumbered() {
     let dir = tempfile::tempdir().unwrap();
     let t = TenantId::parse("t").unwrap();
-    let store = SqliteStore::open(&SqliteConfig {
-        vector_quantization: VectorQuantization::I8,
-        vector_rescore: 32,
-        ..cfg(dir.path())
-    })
-    .unwrap();
+    let store = SqliteStore::open(&i8_cfg(dir.path(), 32)).unwrap();
     fill(&store, &t, 300).await;
-    let mut before = Vec::new();
-    for q in 0..20 {
-        before.push(top(&store, &t, q).await);
-    }
+    let before = tops(&store, &t).await;
     let db = rusqlite::Connection::open(dir.path().join(engram_sqlite::DB_FILE)).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
     db.execute_batch(
@@ -440,10 +433,9 @@ async fn rescoring_finds_vectors_whose_rows_were_renumbered() {
         )
         .unwrap();
     assert_eq!(moved, 300);
-    for q in 0..20 {
-        let after = top(&store, &t, q).await;
-        assert_eq!(after.len(), before[q as usize].len());
-        for (a, b) in after.iter().zip(&before[q as usize]) {
+    for (q, (after, before)) in tops(&store, &t).await.iter().zip(&before).enumerate() {
+        assert_eq!(after.len(), before.len());
+        for (a, b) in after.iter().zip(before) {
             assert_eq!(a.0, b.0, "query {q}");
             assert!(
                 (a.1 - b.1).abs() < 1e-6,
