@@ -1008,6 +1008,11 @@ impl SearchIndex for SqliteStore {
             // On this thread: a hybrid search starts its keyword half first, on a
             // blocking thread, so the two halves still run at the same time.
             .run_here("vector_search", move |conn| {
+                // One read transaction for the whole search: outside one, each of its
+                // statements (the index's catch-up, a rescore's point reads) takes and
+                // releases WAL's read lock by itself, two system calls apiece.
+                let tx = conn.unchecked_transaction().map_err(db_err)?;
+                let conn = &*tx;
                 if let Some(ann) = ann {
                     let q = ann::VectorQuery {
                         model: &model,
