@@ -541,18 +541,23 @@ impl SearchService {
             );
         }
         let guess = self.speakers.guess(tenant, &req.query);
-        let speculative = self.vector_leg(tenant, req, &guess, depth);
-        tokio::pin!(speculative);
-        let keyword_half = async {
-            let keyword = self.keyword_leg(tenant, req, depth).await?;
-            // The keyword candidates' fields tell which speakers the query names.
-            let (mut fields, mut loaded) = (HashMap::new(), HashMap::new());
-            let ids = keyword.iter().map(|s| s.id);
-            self.rerank_fields(tenant, req, &mut fields, &mut loaded, ids)
-                .await?;
-            Ok::<_, CoreError>((keyword, fields, loaded))
+        // The keyword half is a task of its own: the vector half may hold this worker
+        // while it searches (the store's choice), and the keyword candidates' fields are
+        // then read on another meanwhile instead of after it.
+        let keyword_half = {
+            let (me, tenant, req) = (self.clone(), tenant.clone(), req.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                let keyword = me.keyword_leg(&tenant, &req, depth).await?;
+                // The keyword candidates' fields tell which speakers the query names.
+                let (mut fields, mut loaded) = (HashMap::new(), HashMap::new());
+                let ids = keyword.iter().map(|s| s.id);
+                me.rerank_fields(&tenant, &req, &mut fields, &mut loaded, ids)
+                    .await?;
+                Ok::<_, CoreError>((keyword, fields, loaded))
+            }))
         };
-        tokio::pin!(keyword_half);
+        let speculative = self.vector_leg(tenant, req, &guess, depth);
+        tokio::pin!(speculative, keyword_half);
         let mut early = None;
         let (keyword, f, l) = loop {
             tokio::select! {
@@ -672,6 +677,33 @@ impl SearchService {
     }
 }
 
+/// A spawned task that is cancelled when its handle is dropped (a search dropped midway
+/// leaves no work behind); awaiting it gives the task's result.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<Result<T, CoreError>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, CoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| match e.try_into_panic() {
+                // A panic in the task is one in the search, as before it was a task.
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => Err(CoreError::Internal(format!("search task: {e}"))),
+            })
+        })
+    }
+}
+
 /// Words too common to narrow a keyword search; dropped unless the query has nothing else.
 const STOPWORDS: &[&str] = &[
     "a", "about", "after", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
@@ -715,6 +747,48 @@ mod tests {
 
     fn s(id: MemoryId, score: f32) -> Scored {
         Scored { id, score }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_search_task_is_cancelled_and_a_finished_one_gives_its_result() {
+        let held = Arc::new(());
+        let in_task = held.clone();
+        let (started, wait_start) = tokio::sync::oneshot::channel();
+        let task = AbortOnDrop(tokio::spawn(async move {
+            let _held = in_task;
+            started.send(()).unwrap();
+            std::future::pending::<Result<(), CoreError>>().await
+        }));
+        wait_start.await.unwrap();
+        assert_eq!(Arc::strong_count(&held), 2);
+        drop(task);
+        // The runtime drops the aborted task's future (and what it holds) on its next turn.
+        for _ in 0..100 {
+            if Arc::strong_count(&held) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(Arc::strong_count(&held), 1, "the task was not cancelled");
+
+        let done = AbortOnDrop(tokio::spawn(async { Ok::<_, CoreError>(7) }));
+        assert_eq!(done.await.unwrap(), 7);
+        let failed = AbortOnDrop(tokio::spawn(async {
+            Err::<(), _>(CoreError::Internal("no".into()))
+        }));
+        assert!(matches!(failed.await, Err(CoreError::Internal(m)) if m == "no"));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "keyword half")]
+    async fn a_panic_in_a_search_task_is_a_panic_in_the_search() {
+        let task = AbortOnDrop(tokio::spawn(async {
+            if true {
+                panic!("keyword half");
+            }
+            Ok::<(), CoreError>(())
+        }));
+        let _ = task.await;
     }
 
     #[test]
