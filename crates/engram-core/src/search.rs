@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::instrument;
 
 use crate::embed::Embedder;
@@ -546,7 +547,7 @@ impl SearchService {
         // then read on another meanwhile instead of after it.
         let keyword_half = {
             let (me, tenant, req) = (self.clone(), tenant.clone(), req.clone());
-            AbortOnDrop(tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 let keyword = me.keyword_leg(&tenant, &req, depth).await?;
                 // The keyword candidates' fields tell which speakers the query names.
                 let (mut fields, mut loaded) = (HashMap::new(), HashMap::new());
@@ -562,7 +563,7 @@ impl SearchService {
         let (keyword, f, l) = loop {
             tokio::select! {
                 biased;
-                done = &mut keyword_half => break done?,
+                done = &mut keyword_half => break joined(done)?,
                 leg = &mut speculative, if early.is_none() => early = Some(leg),
             }
         };
@@ -677,28 +678,10 @@ impl SearchService {
     }
 }
 
-/// A spawned task that is cancelled when its handle is dropped (a search dropped midway
-/// leaves no work behind); awaiting it gives the task's result, or an error when the task
-/// panicked (as the store's reads fail when theirs do).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<Result<T, CoreError>>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, CoreError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| {
-            joined.unwrap_or_else(|e| Err(CoreError::Internal(format!("search task failed: {e}"))))
-        })
-    }
+/// A search task's result once joined, or an error when the task panicked (as the
+/// store's reads fail when theirs do).
+fn joined<T>(r: Result<Result<T, CoreError>, tokio::task::JoinError>) -> Result<T, CoreError> {
+    r.unwrap_or_else(|e| Err(CoreError::Internal(format!("search task failed: {e}"))))
 }
 
 /// Words too common to narrow a keyword search; dropped unless the query has nothing else.
@@ -751,7 +734,7 @@ mod tests {
         let held = Arc::new(());
         let in_task = held.clone();
         let (started, wait_start) = tokio::sync::oneshot::channel();
-        let task = AbortOnDrop(tokio::spawn(async move {
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
             let _held = in_task;
             started.send(()).unwrap();
             std::future::pending::<Result<(), CoreError>>().await
@@ -768,23 +751,23 @@ mod tests {
         }
         assert_eq!(Arc::strong_count(&held), 1, "the task was not cancelled");
 
-        let done = AbortOnDrop(tokio::spawn(async { Ok::<_, CoreError>(7) }));
-        assert_eq!(done.await.unwrap(), 7);
-        let failed = AbortOnDrop(tokio::spawn(async {
+        let done = AbortOnDropHandle::new(tokio::spawn(async { Ok::<_, CoreError>(7) }));
+        assert_eq!(joined(done.await).unwrap(), 7);
+        let failed = AbortOnDropHandle::new(tokio::spawn(async {
             Err::<(), _>(CoreError::Internal("no".into()))
         }));
-        assert!(matches!(failed.await, Err(CoreError::Internal(m)) if m == "no"));
+        assert!(matches!(joined(failed.await), Err(CoreError::Internal(m)) if m == "no"));
     }
 
     #[tokio::test]
     async fn a_panic_in_a_search_task_fails_the_search() {
-        let task = AbortOnDrop(tokio::spawn(async {
+        let task = AbortOnDropHandle::new(tokio::spawn(async {
             if true {
                 panic!("keyword half");
             }
             Ok::<(), CoreError>(())
         }));
-        let err = task.await.unwrap_err();
+        let err = joined(task.await).unwrap_err();
         assert!(
             matches!(&err, CoreError::Internal(m) if m.contains("panicked")),
             "{err:?}"

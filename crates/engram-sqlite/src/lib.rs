@@ -1005,8 +1005,8 @@ impl SearchIndex for SqliteStore {
         let ann = self.inner.ann.clone();
         self.inner
             .readers
-            // On this thread: a hybrid search starts its keyword half first, on a
-            // blocking thread, so the two halves still run at the same time.
+            // On this thread: a hybrid search's keyword half is a task of its own, its
+            // search on a blocking thread, so the two halves still run at the same time.
             .run_here("vector_search", move |conn| {
                 // One read transaction for the whole search: outside one, each of its
                 // statements (the index's catch-up, a rescore's point reads) takes and
