@@ -186,6 +186,10 @@ pub struct SearchConfig {
     /// Keyword scoring.
     pub bm25: Bm25,
     pub rerank: RerankConfig,
+    /// A hit's `accessed_at` is recorded only when the stored one is older than this (as
+    /// `relatime` does for a file's access time): a memory found again and again is not
+    /// rewritten by every search. Zero: every hit, every time.
+    pub touch_resolution: std::time::Duration,
 }
 
 impl Default for SearchConfig {
@@ -198,6 +202,7 @@ impl Default for SearchConfig {
             strip_speakers: true,
             bm25: Bm25::default(),
             rerank: RerankConfig::default(),
+            touch_resolution: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -665,9 +670,18 @@ impl SearchService {
                 rank: hits.len() as u32 + 1,
             });
         }
-        if !hits.is_empty() {
-            let ids: Vec<MemoryId> = hits.iter().map(|h| h.memory.id).collect();
-            self.store.touch(tenant, &ids, now()).await?;
+        let at = now();
+        let stale = chrono::TimeDelta::from_std(cfg.touch_resolution)
+            .ok()
+            .and_then(|d| at.checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let ids: Vec<MemoryId> = hits
+            .iter()
+            .filter(|h| h.memory.accessed_at < stale)
+            .map(|h| h.memory.id)
+            .collect();
+        if !ids.is_empty() {
+            self.store.touch(tenant, &ids, at).await?;
         }
         Ok(SearchResult {
             hits,

@@ -793,6 +793,15 @@ impl Ann {
             let rids = filter_rids(conn, tenant, filter, limit, within.as_deref())?;
             (rids.len() <= exact_max).then_some(rids)
         };
+        // The graph returns keys: with every memory held as one vector, `limit` keys are
+        // `limit` memories; once some memory has several (windows of a long text, a context
+        // vector), twice as many are asked for. The graph walks at least as wide as the
+        // keys asked for, so asking for more than needed would override its `ef`.
+        let keys_per_memory = if loaded.index.len() > attrs.len() {
+            2
+        } else {
+            1
+        };
         let hits = match candidates {
             Some(rids) => {
                 let held: Vec<(i64, &Attrs)> = rids
@@ -841,16 +850,18 @@ impl Ann {
                 let pass = |k: u64| rids.contains(&rid_of(k));
                 loaded
                     .index
-                    .search(vector, limit * 2, Some(&pass))
+                    .search(vector, limit * keys_per_memory, Some(&pass))
                     .map_err(index_err)?
             }
             None => {
                 let single_tenant = attrs.len() == tenant_size;
                 let pass = |k: u64| attrs.get(&rid_of(k)).is_some_and(|a| a.f.matches(&wanted));
                 if only_tenant && single_tenant {
-                    loaded.index.search(vector, limit * 2, None)
+                    loaded.index.search(vector, limit * keys_per_memory, None)
                 } else {
-                    loaded.index.search(vector, limit * 2, Some(&pass))
+                    loaded
+                        .index
+                        .search(vector, limit * keys_per_memory, Some(&pass))
                 }
                 .map_err(index_err)?
             }

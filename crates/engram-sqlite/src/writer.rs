@@ -12,6 +12,7 @@
 //! [`Checkpoints`]).
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -70,8 +71,9 @@ const MAX_BATCH: usize = 1024;
 /// How often deferred `accessed_at` updates are written.
 const TOUCH_FLUSH: Duration = Duration::from_millis(500);
 
-/// Deferred `accessed_at` updates: (tenant, memory id, time).
-pub(crate) type TouchBuffer = Arc<Mutex<Vec<(TenantId, Vec<u8>, i64)>>>;
+/// Deferred `accessed_at` updates: (tenant, memory id) → the latest read time. A memory
+/// read many times between two flushes is written once.
+pub(crate) type TouchBuffer = Arc<Mutex<HashMap<(TenantId, [u8; 16]), i64>>>;
 
 /// When the WAL is checkpointed, in pages (4 KiB each).
 ///
@@ -326,7 +328,7 @@ fn run(
             last_touch_flush = Instant::now();
             std::mem::take(&mut *touches.lock().expect("touch buffer"))
         } else {
-            Vec::new()
+            HashMap::new()
         };
         if batch.is_empty() && pending_touches.is_empty() {
             continue;
@@ -340,7 +342,7 @@ fn run(
 fn commit_batch(
     conn: &Connection,
     mut batch: Vec<Box<dyn Job>>,
-    touches: Vec<(TenantId, Vec<u8>, i64)>,
+    touches: HashMap<(TenantId, [u8; 16]), i64>,
 ) {
     let started = Instant::now();
     let n = batch.len();
@@ -378,14 +380,19 @@ fn commit_batch(
         }
     }
     if committed.is_ok() && !touches.is_empty() {
+        // In id order (UUIDv7: creation order), so rows written together share pages. A
+        // row whose `accessed_at` is already as new is not rewritten: each rewrite moves
+        // the row's entry in the `accessed_at` index and dirties both their pages.
+        let mut touches: Vec<_> = touches.into_iter().collect();
+        touches.sort_unstable();
         let res = (|| {
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE memories SET accessed_at = MAX(accessed_at, ?3) WHERE id = ?1 AND tenant = ?2",
+                    "UPDATE memories SET accessed_at = ?3 WHERE id = ?1 AND tenant = ?2 AND deleted_at IS NULL AND accessed_at < ?3",
                 )
                 .map_err(db_err)?;
-            for (tenant, id, at) in &touches {
-                stmt.execute(rusqlite::params![id, tenant.as_str(), at])
+            for ((tenant, id), at) in &touches {
+                stmt.execute(rusqlite::params![&id[..], tenant.as_str(), at])
                     .map_err(db_err)?;
             }
             Ok::<_, StoreError>(())

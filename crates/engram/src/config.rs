@@ -75,6 +75,9 @@ pub struct SearchConfig {
     /// Fused candidates re-ranked: `rerank_depth_factor` × k, at least `rerank_min_depth`.
     pub rerank_depth_factor: u32,
     pub rerank_min_depth: u32,
+    /// Seconds: a search hit's `accessed_at` is recorded only when the stored one is
+    /// older than this (0: every hit, every time). `GET` always records its read.
+    pub touch_resolution_secs: u64,
 }
 
 impl Default for SearchConfig {
@@ -98,6 +101,7 @@ impl Default for SearchConfig {
             diversity_depth: core.rerank.diversity_depth,
             rerank_depth_factor: core.rerank.depth_factor,
             rerank_min_depth: core.rerank.min_depth,
+            touch_resolution_secs: core.touch_resolution.as_secs(),
         }
     }
 }
@@ -128,6 +132,7 @@ impl SearchConfig {
                     0.2
                 },
             },
+            touch_resolution: std::time::Duration::from_secs(self.touch_resolution_secs),
             ..Default::default()
         };
         core.rerank.session_weight = self.session_weight;

@@ -109,6 +109,7 @@ macro_rules! conformance_tests {
         );
         $crate::conformance_tests!(@search $backend;
             keyword_finds_a_write_before_its_embedding,
+            search_records_access_once_per_resolution,
             search_never_returns_deleted_or_foreign_memories,
             a_lagging_index_loses_no_live_hit,
             held_rerank_fields_agree_with_the_memories,

@@ -125,6 +125,69 @@ pub async fn keyword_finds_a_write_before_its_embedding(b: Arc<dyn Backend>) {
     .is_empty());
 }
 
+/// A hit's read is recorded when its stored `accessed_at` is older than the resolution,
+/// and only then.
+pub async fn search_records_access_once_per_resolution(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let (m, _) = svc
+        .remember(&t, note("The deploy key rotates every Tuesday"), None)
+        .await
+        .unwrap();
+    let (sentinel, _) = svc
+        .remember(&t, note("Lunch is at noon"), None)
+        .await
+        .unwrap();
+    let with_resolution = |r: std::time::Duration| {
+        let cfg = SearchConfig {
+            touch_resolution: r,
+            ..SearchConfig::default()
+        };
+        SearchService::new(
+            s.memories.clone(),
+            s.search.clone(),
+            s.embeddings.clone(),
+            EmbedderSlot::default(),
+            cfg,
+        )
+    };
+    let find = req(
+        "deploy key",
+        MemoryFilter::default(),
+        10,
+        SearchMode::Keyword,
+    );
+    let stored = || async { crate::stories::stored(&s, &t, m.id).await.accessed_at };
+
+    // Read within the resolution of its last access (its creation): not recorded.
+    let hourly = with_resolution(std::time::Duration::from_secs(3600));
+    assert_eq!(ids(&hourly, &t, &find).await, vec![m.id]);
+    crate::stories::touch_and_wait(&s, &t, sentinel.id).await;
+    assert_eq!(stored().await, m.accessed_at);
+
+    // Older than the resolution: recorded.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let fine = with_resolution(std::time::Duration::from_millis(10));
+    let before = engram_core::time::now();
+    assert_eq!(ids(&fine, &t, &find).await, vec![m.id]);
+    crate::stories::touch_and_wait(&s, &t, sentinel.id).await;
+    let recorded = stored().await;
+    assert!(recorded >= before, "{recorded} < {before}");
+
+    // Zero: every time.
+    let every = with_resolution(std::time::Duration::ZERO);
+    let before = engram_core::time::now();
+    assert_eq!(ids(&every, &t, &find).await, vec![m.id]);
+    crate::stories::touch_and_wait(&s, &t, sentinel.id).await;
+    assert!(stored().await >= before);
+    assert_eq!(
+        crate::stories::stored(&s, &t, m.id).await.version,
+        1,
+        "a read is not a change"
+    );
+}
+
 pub async fn search_never_returns_deleted_or_foreign_memories(b: Arc<dyn Backend>) {
     let s = b.fresh().await;
     let svc = MemoryService::new(s.memories.clone());

@@ -685,6 +685,44 @@ pub async fn touch_records_access(b: Arc<dyn Backend>) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // Of several touches of one memory the latest wins, and an older one never moves
+    // `accessed_at` back, however the deferred writes are grouped.
+    let later = read.accessed_at + chrono::TimeDelta::seconds(1);
+    let earlier = read.accessed_at - chrono::TimeDelta::hours(1);
+    s.memories.touch(&t, &[m.id], later).await.unwrap();
+    s.memories.touch(&t, &[m.id], earlier).await.unwrap();
+    // A memory touched after them: once its touch is stored, theirs are too.
+    let (sentinel, _) = svc.remember(&t, note("sentinel"), None).await.unwrap();
+    touch_and_wait(&s, &t, sentinel.id).await;
+    let stored = stored(&s, &t, m.id).await;
+    assert_eq!(stored.accessed_at, later);
+    assert_eq!(stored.version, 1);
+}
+
+/// A memory as the store holds it (a list: a cache in front may hold what `get` gave
+/// earlier, since a read does not invalidate it).
+pub async fn stored(s: &Stores, t: &TenantId, id: MemoryId) -> Memory {
+    let q = ListQuery {
+        per_page: 100,
+        ..Default::default()
+    };
+    let l = s.memories.list(t, &q).await.unwrap();
+    l.items.into_iter().find(|m| m.id == id).expect("listed")
+}
+
+/// Touches `id` a minute ahead and waits (at most 5 s) until the store shows it: every
+/// touch made before is stored by then.
+pub async fn touch_and_wait(s: &Stores, t: &TenantId, id: MemoryId) {
+    let at = engram_core::time::now() + chrono::TimeDelta::minutes(1);
+    s.memories.touch(t, &[id], at).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while stored(s, t, id).await.accessed_at != at {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accessed_at was never recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn change_log_replays_to_current_state(b: Arc<dyn Backend>) {
