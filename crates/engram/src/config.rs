@@ -408,9 +408,10 @@ vector_quantization = "i8"
 # head of the ranking (0: none).
 vector_rescore = 16
 # SQLite: how many candidates the vector index's graph search keeps while it walks (HNSW
-# ef; raised to the number of keys a search asks for, 200 for the default depth of 100).
-# Wider finds more of the true nearest neighbours, and takes longer.
-vector_search_expansion = 128
+# ef; raised to the number of keys a search asks for: 100 for the default depth, twice
+# that once some memory holds several vectors). Wider finds more of the true nearest
+# neighbours, and takes longer.
+vector_search_expansion = 160
 # SQLite: a filtered search whose candidates are few enough to score exactly (up to
 # exact_search_max) first ranks them by a one-bit sketch of each vector, held in memory
 # (48 bytes a memory), and scores exactly only the best vector_shortlist x k of them, at
@@ -531,6 +532,10 @@ diversity_depth = 10
 # floor): rerank_depth_factor × k, at least rerank_min_depth.
 rerank_depth_factor = 5
 rerank_min_depth = 100
+# Seconds: a search hit's read is recorded in accessed_at only when the stored one is
+# older than this, as relatime does for files (0: every hit, every time). GET always
+# records its read.
+touch_resolution_secs = 60
 
 [ops]
 # The operational tier: per agent, a ring of recent events (in process, never on disk).
