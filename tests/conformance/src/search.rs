@@ -47,6 +47,19 @@ fn search_service_over(
     )
 }
 
+/// Two notes, the first about a deploy key, the second about lunch.
+async fn key_and_lunch(svc: &MemoryService, t: &TenantId) -> (Memory, Memory) {
+    let (key, _) = svc
+        .remember(t, note("The deploy key rotates every Tuesday"), None)
+        .await
+        .unwrap();
+    let (lunch, _) = svc
+        .remember(t, note("Lunch is at noon"), None)
+        .await
+        .unwrap();
+    (key, lunch)
+}
+
 fn req(query: &str, filter: MemoryFilter, k: u32, mode: SearchMode) -> SearchRequest {
     SearchRequest::new(query, filter, Some(k), mode, None).unwrap()
 }
@@ -77,13 +90,7 @@ pub async fn keyword_finds_a_write_before_its_embedding(b: Arc<dyn Backend>) {
     let s = b.fresh().await;
     let svc = MemoryService::new(s.memories.clone());
     let t = tenant("t1");
-    let (m, _) = svc
-        .remember(&t, note("The deploy key rotates every Tuesday"), None)
-        .await
-        .unwrap();
-    svc.remember(&t, note("Lunch is at noon"), None)
-        .await
-        .unwrap();
+    let (m, _) = key_and_lunch(&svc, &t).await;
     let search = search_service(&s, None);
     // Stemmed: "rotating" finds "rotates".
     for mode in [SearchMode::Keyword, SearchMode::Hybrid] {
@@ -131,14 +138,7 @@ pub async fn search_records_access_once_per_resolution(b: Arc<dyn Backend>) {
     let s = b.fresh().await;
     let svc = MemoryService::new(s.memories.clone());
     let t = tenant("t1");
-    let (m, _) = svc
-        .remember(&t, note("The deploy key rotates every Tuesday"), None)
-        .await
-        .unwrap();
-    let (sentinel, _) = svc
-        .remember(&t, note("Lunch is at noon"), None)
-        .await
-        .unwrap();
+    let (m, sentinel) = key_and_lunch(&svc, &t).await;
     let with_resolution = |r: std::time::Duration| {
         let cfg = SearchConfig {
             touch_resolution: r,
