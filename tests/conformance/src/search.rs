@@ -34,6 +34,15 @@ fn search_service_over(
     index: Arc<dyn engram_core::SearchIndex>,
     embedder: Option<Arc<dyn Embedder>>,
 ) -> SearchService {
+    search_service_with(s, index, embedder, SearchConfig::default())
+}
+
+fn search_service_with(
+    s: &Stores,
+    index: Arc<dyn engram_core::SearchIndex>,
+    embedder: Option<Arc<dyn Embedder>>,
+    config: SearchConfig,
+) -> SearchService {
     let slot = EmbedderSlot::default();
     if let Some(e) = embedder {
         slot.set(e);
@@ -43,7 +52,7 @@ fn search_service_over(
         index,
         s.embeddings.clone(),
         slot,
-        SearchConfig::default(),
+        config,
     )
 }
 
@@ -144,13 +153,7 @@ pub async fn search_records_access_once_per_resolution(b: Arc<dyn Backend>) {
             touch_resolution: r,
             ..SearchConfig::default()
         };
-        SearchService::new(
-            s.memories.clone(),
-            s.search.clone(),
-            s.embeddings.clone(),
-            EmbedderSlot::default(),
-            cfg,
-        )
+        search_service_with(&s, s.search.clone(), None, cfg)
     };
     let find = req(
         "deploy key",
