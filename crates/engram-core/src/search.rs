@@ -446,8 +446,9 @@ impl SearchService {
         let k = req.k as usize;
         let (mut found, mut next) = (0, 0);
         while found < k && next < ranked.len() {
-            // The shortfall and a margin for memories gone since the index saw them.
-            let end = (next + (k - found) + (k - found).div_ceil(4)).min(ranked.len());
+            // The shortfall: a memory gone since the index saw it is rare, and costs
+            // another round.
+            let end = (next + (k - found)).min(ranked.len());
             let batch = &ranked[next..end];
             self.load(tenant, req, loaded, batch.iter().map(|s| s.id))
                 .await?;
@@ -593,6 +594,45 @@ impl SearchService {
         Ok((keyword, vector_leg))
     }
 
+    /// The candidates of `req.mode`'s retrievers, `depth` from each: the keyword list, the
+    /// vector list (or why there is none), and the mode they were run as.
+    async fn retrieve(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+        depth: u32,
+        fields: &mut HashMap<MemoryId, RerankFields>,
+        loaded: &mut HashMap<MemoryId, Memory>,
+    ) -> Result<Retrieved, CoreError> {
+        let (keyword, vector_leg) = match req.mode {
+            SearchMode::Keyword => (self.keyword_leg(tenant, req, depth).await?, Ok(Vec::new())),
+            SearchMode::Semantic => (
+                Vec::new(),
+                self.vector_leg(tenant, req, &req.query, depth).await?,
+            ),
+            SearchMode::Hybrid => self.hybrid_legs(tenant, req, depth, fields, loaded).await?,
+        };
+        let (nearest, mode, degraded) = match vector_leg {
+            Ok(nearest) => (nearest, req.mode, None),
+            Err(why) if req.mode == SearchMode::Semantic => {
+                return Err(CoreError::Unavailable(format!(
+                    "semantic search is unavailable: {why}"
+                )))
+            }
+            Err(why) => (
+                Vec::new(),
+                SearchMode::Keyword,
+                Some(format!("ran as keyword search: {why}")),
+            ),
+        };
+        Ok(Retrieved {
+            keyword,
+            nearest,
+            mode,
+            degraded,
+        })
+    }
+
     #[instrument(skip_all, fields(tenant = %tenant, mode = req.mode.as_str(), k = req.k))]
     pub async fn search(
         &self,
@@ -601,53 +641,64 @@ impl SearchService {
     ) -> Result<SearchResult, CoreError> {
         let started = Instant::now();
         let cfg = &self.config;
+        // Fusion and re-ranking look at `depth` candidates of each retriever.
         let depth = cfg.candidates.max(req.k).max(cfg.rerank.depth(req.k));
-        let mut degraded = None;
-        let mut mode = req.mode;
+        // A keyword or semantic search ranks by its one retriever's score, so only that
+        // list's top `k` can be hits: it asks for those and a margin for memories gone
+        // since the index saw them. Should more be gone than the margin covers, it asks
+        // again for `depth`.
+        let mut want = match req.mode {
+            SearchMode::Hybrid => depth,
+            _ => req.k.saturating_add(req.k.div_ceil(4)).min(depth),
+        };
         let mut loaded: HashMap<MemoryId, Memory> = HashMap::new();
         let mut fields: HashMap<MemoryId, RerankFields> = HashMap::new();
-        let (keyword, vector_leg) = match mode {
-            SearchMode::Keyword => (self.keyword_leg(tenant, req, depth).await?, Ok(Vec::new())),
-            SearchMode::Semantic => (
-                Vec::new(),
-                self.vector_leg(tenant, req, &req.query, depth).await?,
-            ),
-            SearchMode::Hybrid => {
-                self.hybrid_legs(tenant, req, depth, &mut fields, &mut loaded)
-                    .await?
+        let (
+            Retrieved {
+                keyword,
+                nearest,
+                mode,
+                degraded,
+            },
+            pool,
+        ) = loop {
+            let got = self
+                .retrieve(tenant, req, want, &mut fields, &mut loaded)
+                .await?;
+            let ranked = match got.mode {
+                SearchMode::Keyword => &got.keyword,
+                SearchMode::Semantic => &got.nearest,
+                SearchMode::Hybrid => &fuse(&got.keyword, &got.nearest, cfg),
+            };
+            let mut pool: Vec<Scored> = ranked.iter().take(want as usize).cloned().collect();
+            if got.mode == SearchMode::Hybrid {
+                // The re-ranker reads every candidate's fields (held by the index, or loaded).
+                let ids = pool.iter().map(|s| s.id);
+                self.rerank_fields(tenant, req, &mut fields, &mut loaded, ids)
+                    .await?;
+                pool = rerank::rerank(&req.query, pool, &fields, &cfg.rerank);
             }
-        };
-        let nearest = match vector_leg {
-            Ok(nearest) => nearest,
-            Err(why) if mode == SearchMode::Semantic => {
-                return Err(CoreError::Unavailable(format!(
-                    "semantic search is unavailable: {why}"
-                )))
+            // Only the hits are loaded, each checked against the filter once more.
+            self.load_ranked(tenant, req, &mut loaded, &pool).await?;
+            let hits = pool
+                .iter()
+                .take_while(|s| req.min_score.is_none_or(|min| s.score >= min))
+                .filter(|s| loaded.contains_key(&s.id))
+                .count();
+            // The retriever may have more when it filled the list it was asked for; none
+            // of them would count once the list has gone under `min_score`.
+            let more = ranked.len() >= want as usize && want < depth;
+            let cut = req
+                .min_score
+                .is_some_and(|min| pool.iter().any(|s| s.score < min));
+            if hits >= req.k as usize || cut || !more {
+                break (got, pool);
             }
-            Err(why) => {
-                mode = SearchMode::Keyword;
-                degraded = Some(format!("ran as keyword search: {why}"));
-                Vec::new()
-            }
-        };
-        let ranked = match mode {
-            SearchMode::Keyword => keyword.clone(),
-            SearchMode::Semantic => nearest.clone(),
-            SearchMode::Hybrid => fuse(&keyword, &nearest, cfg),
+            want = depth;
         };
         let kw: HashMap<_, _> = keyword.iter().map(|s| (s.id, s.score)).collect();
         let vs: HashMap<_, _> = nearest.iter().map(|s| (s.id, s.score)).collect();
 
-        let mut pool: Vec<Scored> = ranked.into_iter().take(depth as usize).collect();
-        if mode == SearchMode::Hybrid {
-            // The re-ranker reads every candidate's fields (held by the index, or loaded).
-            let ids = pool.iter().map(|s| s.id);
-            self.rerank_fields(tenant, req, &mut fields, &mut loaded, ids)
-                .await?;
-            pool = rerank::rerank(&req.query, pool, &fields, &cfg.rerank);
-        }
-        // Only the hits are loaded, each checked against the filter once more.
-        self.load_ranked(tenant, req, &mut loaded, &pool).await?;
         let mut hits = Vec::with_capacity(req.k as usize);
         for s in pool {
             if hits.len() == req.k as usize {
@@ -690,6 +741,16 @@ impl SearchService {
             degraded,
         })
     }
+}
+
+/// What a search's retrievers found.
+struct Retrieved {
+    keyword: Vec<Scored>,
+    /// Empty when the search ran without its vector half (`degraded` says why).
+    nearest: Vec<Scored>,
+    /// The mode run: a hybrid search without vectors runs as keyword search.
+    mode: SearchMode,
+    degraded: Option<String>,
 }
 
 /// A search task's result once joined, or an error when the task panicked (as the

@@ -19,6 +19,12 @@ use crate::embedding::literal;
 use crate::sql::{filter_sql, Sql};
 use crate::{db_err, PgStore};
 
+/// The fewest candidates a graph search takes from pgvector's HNSW index (and its
+/// `hnsw.ef_search`): the width that searches for 100 candidates walked when recall@10
+/// was measured at 100,000 memories (docs/benchmarks.md), kept for searches that keep
+/// fewer, as a keyword or semantic search for its top `k` does.
+const GRAPH_CANDIDATES: u32 = 400;
+
 /// Filtered semantic searches with at most this many candidates are answered exactly.
 pub(crate) const EXACT_MAX: usize = 5_000;
 
@@ -285,20 +291,19 @@ impl SearchIndex for PgStore {
                 .await
                 .map_err(db_err)?;
             // Enough candidates that mixing in the context vectors cannot push a true
-            // top `limit` memory out; iterative scans keep walking the graph until the
-            // filter has let `n` through.
-            let n = (limit * 4).max(40);
+            // top `limit` memory out, and never fewer than [`GRAPH_CANDIDATES`]: the
+            // graph's recall depends on how wide it walks, not on how many results the
+            // caller keeps. Iterative scans keep walking the graph until the filter has
+            // let `n` through.
+            let n = limit.saturating_mul(4).max(GRAPH_CANDIDATES);
             let iterative = if self.iterative_scan {
                 "SET LOCAL hnsw.iterative_scan = relaxed_order;"
             } else {
                 ""
             };
-            tx.batch_execute(&format!(
-                "SET LOCAL hnsw.ef_search = {}; {iterative}",
-                n.max(64)
-            ))
-            .await
-            .map_err(db_err)?;
+            tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {n}; {iterative}"))
+                .await
+                .map_err(db_err)?;
             let mut rids = self
                 .ann_candidates(&tx, "memory_vectors", &probe, n)
                 .await?;
