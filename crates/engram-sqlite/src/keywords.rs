@@ -331,6 +331,16 @@ impl Keywords {
             .collect()
     }
 
+    /// The row id the index holds for each of `ids`, if any (as of its last catch-up:
+    /// a reader checks the row it finds).
+    pub fn rids_of(&self, ids: &[MemoryId]) -> Vec<Option<i64>> {
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(st) => ids.iter().map(|id| st.rid_of(id)).collect(),
+            None => vec![None; ids.len()],
+        }
+    }
+
     /// The last `ann_log` entry applied, once the index is built: the log may be truncated
     /// up to it.
     pub fn applied_seq(&self) -> Option<i64> {
@@ -583,15 +593,15 @@ impl Keywords {
             keyed.truncate(want);
         }
         keyed.sort_unstable_by(ord);
-        let page: Vec<MemoryId> = keyed
+        let (page, rids): (Vec<MemoryId>, Vec<Option<i64>>) = keyed
             .iter()
             .skip(skip)
             .take(q.per_page as usize)
-            .map(|k| MemoryId::from_bytes(&k.1).expect("16 bytes"))
-            .collect();
+            .map(|k| (MemoryId::from_bytes(&k.1).expect("16 bytes"), Some(k.2)))
+            .unzip();
         let has_more = keyed.len() > skip.saturating_add(q.per_page as usize);
         let mut found: HashMap<MemoryId, engram_core::Memory> =
-            crate::search::get_many(conn, tenant, &page)?
+            crate::search::get_many(conn, tenant, &page, &rids)?
                 .into_iter()
                 .map(|m| (m.id, m))
                 .collect();

@@ -803,19 +803,21 @@ impl MemoryStore for SqliteStore {
             return Ok(Vec::new());
         }
         let (tenant, ids) = (tenant_str(tenant), ids.to_vec());
+        // Read by the row ids the keyword index holds for them, where it does.
+        let rids = self.inner.keywords.rids_of(&ids);
         let readers = &self.inner.readers;
         // A search loads its hits with this: a few dozen rows looked up by id, less work
         // than handing it to a blocking thread and back.
         if ids.len() <= INLINE_GET_MAX {
             return readers
                 .run_inline("get_many", move |conn| {
-                    search::get_many(conn, &tenant, &ids)
+                    search::get_many(conn, &tenant, &ids, &rids)
                 })
                 .await;
         }
         readers
             .run("get_many", move |conn| {
-                search::get_many(conn, &tenant, &ids)
+                search::get_many(conn, &tenant, &ids, &rids)
             })
             .await
     }
@@ -1264,6 +1266,65 @@ mod tests {
             }
         }
         (ids, seen)
+    }
+
+    #[tokio::test]
+    async fn get_many_by_row_checks_each_row_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig {
+            vector_index: false,
+            ..SqliteConfig::new(dir.path())
+        })
+        .unwrap();
+        let svc = MemoryService::new(Arc::new(store.clone()));
+        let (t, other) = (
+            TenantId::parse("t1").unwrap(),
+            TenantId::parse("t2").unwrap(),
+        );
+        let mut mine = Vec::new();
+        for i in 0..5 {
+            let m = NewMemory::note(&format!("mine {i}")).unwrap();
+            mine.push(svc.remember(&t, m, None).await.unwrap().0.id);
+        }
+        let m = NewMemory::note("theirs").unwrap();
+        let theirs = svc.remember(&other, m, None).await.unwrap().0.id;
+        svc.forget(&t, mine[1]).await.unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let rid = |id: &MemoryId| -> i64 {
+            conn.query_row(
+                "SELECT rid FROM memories WHERE id = ?1",
+                [id.as_bytes().to_vec()],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let ids = [mine[0], mine[1], mine[2], mine[3], mine[4]];
+        let rids = [
+            Some(rid(&mine[0])),
+            // Deleted since: its row says so.
+            Some(rid(&mine[1])),
+            // A stale entry naming another tenant's row: looked up by id instead.
+            Some(rid(&theirs)),
+            // A row that is not there.
+            Some(1_000_000),
+            None,
+        ];
+        let mut got: Vec<MemoryId> = search::get_many(&conn, "t1", &ids, &rids)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        got.sort();
+        let mut want = vec![mine[0], mine[2], mine[3], mine[4]];
+        want.sort();
+        assert_eq!(got, want);
+        // Another tenant's memory by its own row: not this tenant's.
+        let leak = search::get_many(&conn, "t1", &[theirs], &[Some(rid(&theirs))]).unwrap();
+        assert!(leak.is_empty(), "{leak:?}");
+        let own = search::get_many(&conn, "t2", &[theirs], &[Some(rid(&theirs))]).unwrap();
+        assert_eq!(own.len(), 1);
+        assert_eq!(own[0].content, "theirs");
+        store.close();
     }
 
     #[tokio::test]

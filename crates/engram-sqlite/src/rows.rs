@@ -15,6 +15,9 @@ pub(crate) const COLUMNS: &str = "m.id, m.tenant, m.user_id, m.agent_id, m.proje
     m.updated_at, m.accessed_at, m.deleted_at, m.valid_from, m.valid_to, m.version, m.related_ids, \
     m.conversation_id";
 
+/// The position of `m.rid` in a statement selecting `{COLUMNS}, m.rid`.
+pub(crate) const ROWID_COLUMN: usize = 28;
+
 fn corrupt(what: &str) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(format!("corrupt column {what}").into())
 }

@@ -3,14 +3,14 @@
 //! `keywords`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 pub use engram_core::search::query_terms;
 use engram_core::{MemoryFilter, MemoryId, ModelInfo, Scored, StoreError};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-use crate::rows::{row_to_memory, COLUMNS};
+use crate::rows::{row_to_memory, COLUMNS, ROWID_COLUMN};
 use crate::{db_err, filter_sql};
 
 /// Cosine similarity; 0 when either vector is all zeros.
@@ -141,13 +141,58 @@ fn get_many_sql(ids: usize) -> String {
     )
 }
 
+/// The memories at row ids `?1…`, live or not, of any tenant: [`get_many`] checks each.
+fn by_rowid_sql(rows: usize) -> String {
+    let marks: Vec<String> = (0..rows).map(|i| format!("?{}", i + 1)).collect();
+    format!(
+        "SELECT {COLUMNS}, m.rid FROM memories m WHERE m.rid IN ({})",
+        marks.join(", ")
+    )
+}
+
+/// The live memories of `tenant` with the ids `ids`. `rids[i]`, when given, is the row id
+/// an index holds for `ids[i]`: such a memory is read by its row (one B-tree descent
+/// instead of two, the id's index then the table) and checked to be the memory asked
+/// for; one not there, or another memory's row by now, is looked up by its id.
 pub(crate) fn get_many(
     conn: &Connection,
     tenant: &str,
     ids: &[MemoryId],
+    rids: &[Option<i64>],
 ) -> Result<Vec<engram_core::Memory>, StoreError> {
     let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
+    let expected: HashMap<i64, MemoryId> = ids
+        .iter()
+        .zip(rids)
+        .filter_map(|(id, rid)| rid.map(|r| (r, *id)))
+        .collect();
+    let mut settled: HashSet<MemoryId> = HashSet::with_capacity(expected.len());
+    let rows: Vec<i64> = expected.keys().copied().collect();
+    for chunk in rows.chunks(500) {
+        let mut stmt = conn
+            .prepare_cached(&by_rowid_sql(chunk.len()))
+            .map_err(db_err)?;
+        let mut found = stmt
+            .query(rusqlite::params_from_iter(chunk.iter()))
+            .map_err(db_err)?;
+        while let Some(row) = found.next().map_err(db_err)? {
+            let m = row_to_memory(row).map_err(db_err)?;
+            let rid: i64 = row.get(ROWID_COLUMN).map_err(db_err)?;
+            if expected.get(&rid) != Some(&m.id) {
+                continue;
+            }
+            settled.insert(m.id);
+            if m.tenant.as_str() == tenant && m.deleted_at.is_none() {
+                out.push(m);
+            }
+        }
+    }
+    let rest: Vec<MemoryId> = ids
+        .iter()
+        .filter(|id| !settled.contains(*id))
+        .copied()
+        .collect();
+    for chunk in rest.chunks(500) {
         let sql = get_many_sql(chunk.len());
         let mut args: Vec<Value> = vec![Value::Text(tenant.to_owned())];
         args.extend(chunk.iter().map(|id| Value::Blob(id.as_bytes().to_vec())));
