@@ -802,6 +802,15 @@ impl Ann {
         } else {
             1
         };
+        // With i8 vectors the best `rescore` keys are scored again at full precision, to
+        // settle near ties around the caller's last place: the search finds at least
+        // that many whatever the caller keeps (a semantic search keeps k and a quarter).
+        let rescoring = if self.quantization == Quantization::I8 {
+            self.rescore
+        } else {
+            0
+        };
+        let graph_keys = (limit * keys_per_memory).max(rescoring);
         let hits = match candidates {
             Some(rids) => {
                 let held: Vec<(i64, &Attrs)> = rids
@@ -821,12 +830,13 @@ impl Ann {
                     });
                 // Mixing in context vectors needs every key scored. Without any, the top
                 // `limit × most windows` keys are enough: a memory whose best window is
-                // not among them has at least `limit` memories scoring above it.
+                // not among them has at least `limit` memories scoring above it (and at
+                // least the keys re-scored, for the same reason as the graph's).
                 let mixes = context_weight > 0.0 && any_context;
                 let k = if mixes {
                     all_keys
                 } else {
-                    (limit * windows).min(all_keys)
+                    (limit * windows).max(rescoring).min(all_keys)
                 };
                 let short = (!mixes && self.shortlist > 0)
                     .then(|| {
@@ -850,18 +860,16 @@ impl Ann {
                 let pass = |k: u64| rids.contains(&rid_of(k));
                 loaded
                     .index
-                    .search(vector, limit * keys_per_memory, Some(&pass))
+                    .search(vector, graph_keys, Some(&pass))
                     .map_err(index_err)?
             }
             None => {
                 let single_tenant = attrs.len() == tenant_size;
                 let pass = |k: u64| attrs.get(&rid_of(k)).is_some_and(|a| a.f.matches(&wanted));
                 if only_tenant && single_tenant {
-                    loaded.index.search(vector, limit * keys_per_memory, None)
+                    loaded.index.search(vector, graph_keys, None)
                 } else {
-                    loaded
-                        .index
-                        .search(vector, limit * keys_per_memory, Some(&pass))
+                    loaded.index.search(vector, graph_keys, Some(&pass))
                 }
                 .map_err(index_err)?
             }
@@ -895,7 +903,7 @@ impl Ann {
                 scored_keys.extend(more);
             }
         }
-        if self.quantization == Quantization::I8 && self.rescore > 0 {
+        if rescoring > 0 {
             let vector_row = |rid: i64| {
                 attrs
                     .get(&rid)
@@ -907,7 +915,7 @@ impl Ann {
                 &loaded.model_key,
                 vector,
                 &mut scored_keys,
-                self.rescore,
+                rescoring,
                 &vector_row,
             )?;
         }
