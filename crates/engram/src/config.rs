@@ -266,8 +266,9 @@ pub struct StoreConfig {
     /// SQLite, with `i8` vectors: how many of a search's best keys are scored again
     /// against the database's f32 vectors (0: none).
     pub vector_rescore: usize,
-    /// SQLite: the vector index's graph search `ef` (raised to the number of keys a
-    /// search asks for).
+    /// SQLite: the vector index's graph search `ef` up to 100,000 vectors, wider past
+    /// that by as much again per tenfold growth (raised to the number of keys a search
+    /// asks for).
     pub vector_search_expansion: usize,
     /// SQLite: an exact search over a filter's candidates scores exactly only the best
     /// `vector_shortlist × k` of them (at least 200) by a one-bit sketch of each vector
@@ -408,9 +409,10 @@ vector_quantization = "i8"
 # head of the ranking (0: none).
 vector_rescore = 16
 # SQLite: how many candidates the vector index's graph search keeps while it walks (HNSW
-# ef; raised to the number of keys a search asks for: 100 for the default depth, twice
-# that once some memory holds several vectors). Wider finds more of the true nearest
-# neighbours, and takes longer.
+# ef) up to 100,000 vectors; past that it walks wider by as much again for each tenfold
+# growth (320 at a million). Raised to the number of keys a search asks for (100 for a
+# hybrid search, twice that once some memory holds several vectors). Wider finds more
+# of the true nearest neighbours, and takes longer.
 vector_search_expansion = 160
 # SQLite: a filtered search whose candidates are few enough to score exactly (up to
 # exact_search_max) first ranks them by a one-bit sketch of each vector, held in memory
