@@ -986,6 +986,12 @@ mod tests {
     /// memories take 128 MB of them (docs/benchmarks.md, the memory budget).
     #[test]
     #[cfg(target_pointer_width = "64")]
+    fn a_held_memory_takes_128_bytes() {
+        assert_eq!(std::mem::size_of::<Fields>(), 72);
+        assert_eq!(std::mem::size_of::<Attrs>(), 128);
+    }
+
+    #[test]
     fn the_walk_widens_with_the_graph_past_its_base() {
         assert_eq!(walk_width(160, 0), 0);
         assert_eq!(walk_width(160, WALK_BASE), 0);
@@ -993,11 +999,5 @@ mod tests {
         assert_eq!(walk_width(160, 10_000_000), 480);
         let w = walk_width(160, 300_000);
         assert!(w > 160 && w < 320, "{w}");
-    }
-
-    #[test]
-    fn a_held_memory_takes_128_bytes() {
-        assert_eq!(std::mem::size_of::<Fields>(), 72);
-        assert_eq!(std::mem::size_of::<Attrs>(), 128);
     }
 }
