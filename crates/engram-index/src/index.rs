@@ -400,6 +400,11 @@ impl VectorIndex {
         Ok(())
     }
 
+    /// How wide searches look (`ef`).
+    pub fn expansion_search(&self) -> usize {
+        self.read().expansion_search()
+    }
+
     /// Bytes the engine holds in memory for the graph and the vectors.
     pub fn memory_usage(&self) -> usize {
         self.read().memory_usage()

@@ -827,11 +827,17 @@ impl Ann {
         } else {
             0
         };
-        // The graph walks at least `walk_width` wide: usearch walks at the larger of its
-        // `ef` and the keys asked for.
-        let graph_keys = (limit * keys_per_memory)
-            .max(rescoring)
-            .max(walk_width(self.expansion_search, loaded.index.len()));
+        let graph_keys = (limit * keys_per_memory).max(rescoring);
+        if candidates.is_none() {
+            // A graph search: the graph's `ef` follows its size, set again only when the
+            // size has moved it (usearch walks at the larger of it and the keys asked for).
+            let ef = self
+                .expansion_search
+                .max(walk_width(self.expansion_search, loaded.index.len()));
+            if loaded.index.expansion_search() != ef {
+                loaded.index.set_expansion_search(ef).map_err(index_err)?;
+            }
+        }
         let hits = match candidates {
             Some(rids) => {
                 let held: Vec<(i64, &Attrs)> = rids
