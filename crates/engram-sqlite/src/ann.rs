@@ -648,6 +648,7 @@ impl Ann {
             .shrink_to_fit();
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded.clone());
         self.apply_log(conn, &loaded)?;
+        self.fit_walk(&loaded)?;
         tracing::info!(
             memories = loaded.memories(),
             rebuilt,
@@ -657,7 +658,21 @@ impl Ann {
         Ok(())
     }
 
+    /// Sets the graph's `ef` for its size ([`walk_width`]) when the size has moved it:
+    /// after the index is loaded and whenever changes are applied, not in each search
+    /// (usearch walks at the larger of it and the keys a search asks for).
+    fn fit_walk(&self, loaded: &Loaded) -> Result<(), StoreError> {
+        let ef = self
+            .expansion_search
+            .max(walk_width(self.expansion_search, loaded.index.len()));
+        if loaded.index.expansion_search() != ef {
+            loaded.index.set_expansion_search(ef).map_err(index_err)?;
+        }
+        Ok(())
+    }
+
     fn apply_log(&self, conn: &Connection, loaded: &Loaded) -> Result<(), StoreError> {
+        let mut applied = false;
         loop {
             let from = loaded.applied_seq.load(Ordering::SeqCst);
             let rows: Vec<(i64, i64)> = conn
@@ -670,13 +685,18 @@ impl Ann {
                 })
                 .map_err(db_err)?;
             let Some(&(last, _)) = rows.last() else {
-                return Ok(());
+                return if applied {
+                    self.fit_walk(loaded)
+                } else {
+                    Ok(())
+                };
             };
             let mut rids: Vec<i64> = rows.into_iter().map(|(_, r)| r).collect();
             rids.sort_unstable();
             rids.dedup();
             loaded.refresh(conn, &rids)?;
             loaded.applied_seq.store(last, Ordering::SeqCst);
+            applied = true;
         }
     }
 
@@ -828,16 +848,6 @@ impl Ann {
             0
         };
         let graph_keys = (limit * keys_per_memory).max(rescoring);
-        if candidates.is_none() {
-            // A graph search: the graph's `ef` follows its size, set again only when the
-            // size has moved it (usearch walks at the larger of it and the keys asked for).
-            let ef = self
-                .expansion_search
-                .max(walk_width(self.expansion_search, loaded.index.len()));
-            if loaded.index.expansion_search() != ef {
-                loaded.index.set_expansion_search(ef).map_err(index_err)?;
-            }
-        }
         let hits = match candidates {
             Some(rids) => {
                 let held: Vec<(i64, &Attrs)> = rids
