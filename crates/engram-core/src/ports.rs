@@ -137,6 +137,26 @@ pub trait SearchIndex: Send + Sync + 'static {
         context_weight: f32,
     ) -> Result<Vec<Scored>, StoreError>;
 
+    /// The score `nearest` gives each of `ids` that the index holds as a live memory of
+    /// `tenant` with vectors of `model` (the same scoring, context vector mixed in), in any
+    /// order; an id left out counts as the least near of the vector candidates.
+    ///
+    /// Hybrid search asks it for the keyword candidates the vector retriever did not
+    /// return: an approximate search can miss a memory that exact search would have
+    /// returned, and scored as the least near it would fuse below where it belongs. A
+    /// store whose `nearest` is exact gains nothing from it (every memory it left out
+    /// scores below the ones it returned), hence the default: none.
+    async fn similarities(
+        &self,
+        _tenant: &TenantId,
+        _model: &crate::embed::ModelInfo,
+        _vector: &[f32],
+        _ids: &[MemoryId],
+        _context_weight: f32,
+    ) -> Result<Vec<Scored>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// What the re-ranker reads of those of `ids` the index holds as live memories of
     /// `tenant`, the speaker read from the metadata key `speaker_key`. An id left out is
     /// loaded from the store instead, so an index that holds none of this returns an empty

@@ -299,6 +299,8 @@ const QUERY_CACHE_MAX: usize = 2048;
 /// Per-query z-scores of a ranked list; ids missing from the list get the list's lowest.
 struct ZScores {
     z: HashMap<MemoryId, f32>,
+    mean: f32,
+    sd: f32,
     floor: f32,
 }
 
@@ -313,7 +315,17 @@ impl ZScores {
         let sd = if var.sqrt() > 1e-6 { var.sqrt() } else { 1.0 };
         let z: HashMap<_, _> = list.iter().map(|s| (s.id, (s.score - mean) / sd)).collect();
         let floor = z.values().copied().fold(f32::INFINITY, f32::min);
-        Some(ZScores { z, floor })
+        Some(ZScores { z, mean, sd, floor })
+    }
+
+    /// Scores of memories the list left out, in the list's terms: one that scores above
+    /// the list's lowest (an approximate retriever missed it) gets its own z-score, any
+    /// other the list's lowest, as it would have had the list been exact.
+    fn add(&mut self, also: &[Scored]) {
+        for s in also {
+            let z = ((s.score - self.mean) / self.sd).max(self.floor);
+            self.z.entry(s.id).or_insert(z);
+        }
     }
 
     fn get(&self, id: &MemoryId) -> f32 {
@@ -321,9 +333,20 @@ impl ZScores {
     }
 }
 
-/// Fuses a keyword and a vector list by weighted per-query z-scores.
-pub fn fuse(keyword: &[Scored], vector: &[Scored], cfg: &SearchConfig) -> Vec<Scored> {
-    let (kz, vz) = (ZScores::of(keyword), ZScores::of(vector));
+/// Fuses a keyword and a vector list by weighted per-query z-scores. `also_near`: vector
+/// scores of keyword candidates the vector list left out ([`SearchIndex::similarities`]);
+/// they do not move the vector list's mean and spread.
+pub fn fuse(
+    keyword: &[Scored],
+    vector: &[Scored],
+    also_near: &[Scored],
+    cfg: &SearchConfig,
+) -> Vec<Scored> {
+    let kz = ZScores::of(keyword);
+    let mut vz = ZScores::of(vector);
+    if let Some(vz) = vz.as_mut() {
+        vz.add(also_near);
+    }
     let mut ids: Vec<MemoryId> = keyword.iter().chain(vector).map(|s| s.id).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -506,11 +529,25 @@ impl SearchService {
         req: &SearchRequest,
         text: &str,
         depth: u32,
-    ) -> Result<Result<Vec<Scored>, String>, CoreError> {
+    ) -> Result<Result<VectorLeg, String>, CoreError> {
         let (model, vector) = match self.query_vector(text).await? {
             Ok(v) => v,
             Err(why) => return Ok(Err(why)),
         };
+        self.nearest_leg(tenant, req, model, vector, depth)
+            .await
+            .map(Ok)
+    }
+
+    /// The vector retriever's candidates for the query vector `vector` of `model`.
+    async fn nearest_leg(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+        model: crate::embed::ModelInfo,
+        vector: Vec<f32>,
+        depth: u32,
+    ) -> Result<VectorLeg, CoreError> {
         let nearest = self
             .index
             .nearest(
@@ -522,7 +559,35 @@ impl SearchService {
                 self.config.context_weight,
             )
             .await?;
-        Ok(Ok(nearest))
+        Ok(VectorLeg {
+            nearest,
+            query: Some((model, vector)),
+            also_near: None,
+        })
+    }
+
+    /// The vector scores of those of the keyword candidates `keyword` not in `found`
+    /// (all when `found` is `None`), for fusion: see [`SearchIndex::similarities`].
+    async fn also_near(
+        &self,
+        tenant: &TenantId,
+        (model, vector): (&crate::embed::ModelInfo, &[f32]),
+        keyword: &[Scored],
+        found: Option<&[Scored]>,
+    ) -> Result<Vec<Scored>, CoreError> {
+        let found: HashSet<MemoryId> = found.into_iter().flatten().map(|s| s.id).collect();
+        let ids: Vec<MemoryId> = keyword
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| !found.contains(id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .index
+            .similarities(tenant, model, vector, &ids, self.config.context_weight)
+            .await?)
     }
 
     /// Both retrievers of a hybrid search, run at the same time.
@@ -540,7 +605,7 @@ impl SearchService {
         depth: u32,
         fields: &mut HashMap<MemoryId, RerankFields>,
         loaded: &mut HashMap<MemoryId, Memory>,
-    ) -> Result<(Vec<Scored>, Result<Vec<Scored>, String>), CoreError> {
+    ) -> Result<(Vec<Scored>, Result<VectorLeg, String>), CoreError> {
         if !self.config.strip_speakers {
             return tokio::try_join!(
                 self.keyword_leg(tenant, req, depth),
@@ -548,11 +613,15 @@ impl SearchService {
             );
         }
         let guess = self.speakers.guess(tenant, &req.query);
+        // The guess's vector, handed to the keyword half as soon as it is known.
+        let (vector_tx, vector_rx) =
+            tokio::sync::oneshot::channel::<(crate::embed::ModelInfo, Vec<f32>)>();
         // The keyword half is a task of its own: the vector half may hold this worker
         // while it searches (the store's choice), and the keyword candidates' fields are
         // then read on another meanwhile instead of after it.
         let keyword_half = {
-            let (me, tenant, req) = (self.clone(), tenant.clone(), req.clone());
+            let (me, tenant, req, guess) =
+                (self.clone(), tenant.clone(), req.clone(), guess.clone());
             AbortOnDropHandle::new(tokio::spawn(async move {
                 let keyword = me.keyword_leg(&tenant, &req, depth).await?;
                 // The keyword candidates' fields tell which speakers the query names.
@@ -560,13 +629,41 @@ impl SearchService {
                 let ids = keyword.iter().map(|s| s.id);
                 me.rerank_fields(&tenant, &req, &mut fields, &mut loaded, ids)
                     .await?;
-                Ok::<_, CoreError>((keyword, fields, loaded))
+                let speakers: Vec<&str> = fields
+                    .values()
+                    .filter_map(|f| f.speaker.as_deref())
+                    .collect();
+                me.speakers.learn(&tenant, &speakers);
+                let text = rerank::strip_names(
+                    &req.query,
+                    &rerank::named_speakers(&req.query, speakers.into_iter()),
+                );
+                // With the guess right, the keyword candidates are scored against its
+                // vector while the vector half still searches (fusion needs the ones its
+                // list leaves out).
+                let mut also_near = None;
+                if text == guess {
+                    if let Ok((model, vector)) = vector_rx.await {
+                        let v = (&model, vector.as_slice());
+                        also_near = Some(me.also_near(&tenant, v, &keyword, None).await?);
+                    }
+                }
+                Ok::<_, CoreError>((keyword, fields, loaded, text, also_near))
             }))
         };
-        let speculative = self.vector_leg(tenant, req, &guess, depth);
+        let speculative = async {
+            let (model, vector) = match self.query_vector(&guess).await? {
+                Ok(v) => v,
+                Err(why) => return Ok(Err(why)),
+            };
+            let _ = vector_tx.send((model.clone(), vector.clone()));
+            self.nearest_leg(tenant, req, model, vector, depth)
+                .await
+                .map(Ok)
+        };
         tokio::pin!(speculative, keyword_half);
         let mut early = None;
-        let (keyword, f, l) = loop {
+        let (keyword, f, l, text, also_near) = loop {
             tokio::select! {
                 biased;
                 done = &mut keyword_half => break joined(done)?,
@@ -574,20 +671,15 @@ impl SearchService {
             }
         };
         (*fields, *loaded) = (f, l);
-        let speakers: Vec<&str> = fields
-            .values()
-            .filter_map(|f| f.speaker.as_deref())
-            .collect();
-        self.speakers.learn(tenant, &speakers);
-        let text = rerank::strip_names(
-            &req.query,
-            &rerank::named_speakers(&req.query, speakers.into_iter()),
-        );
         let vector_leg = if text == guess {
-            match early {
+            let mut leg = match early {
                 Some(leg) => leg?,
                 None => speculative.await?,
+            };
+            if let Ok(leg) = &mut leg {
+                leg.also_near = also_near;
             }
+            leg
         } else {
             self.vector_leg(tenant, req, &text, depth).await?
         };
@@ -605,29 +697,44 @@ impl SearchService {
         loaded: &mut HashMap<MemoryId, Memory>,
     ) -> Result<Retrieved, CoreError> {
         let (keyword, vector_leg) = match req.mode {
-            SearchMode::Keyword => (self.keyword_leg(tenant, req, depth).await?, Ok(Vec::new())),
+            SearchMode::Keyword => (
+                self.keyword_leg(tenant, req, depth).await?,
+                Ok(VectorLeg::default()),
+            ),
             SearchMode::Semantic => (
                 Vec::new(),
                 self.vector_leg(tenant, req, &req.query, depth).await?,
             ),
             SearchMode::Hybrid => self.hybrid_legs(tenant, req, depth, fields, loaded).await?,
         };
-        let (nearest, mode, degraded) = match vector_leg {
-            Ok(nearest) => (nearest, req.mode, None),
+        let (leg, mode, degraded) = match vector_leg {
+            Ok(leg) => (leg, req.mode, None),
             Err(why) if req.mode == SearchMode::Semantic => {
                 return Err(CoreError::Unavailable(format!(
                     "semantic search is unavailable: {why}"
                 )))
             }
             Err(why) => (
-                Vec::new(),
+                VectorLeg::default(),
                 SearchMode::Keyword,
                 Some(format!("ran as keyword search: {why}")),
             ),
         };
+        // The keyword candidates the vector half left out, scored against the query's
+        // vector all the same (an approximate search may have missed them), unless the
+        // keyword half has done so already.
+        let also_near = match (mode, leg.also_near, &leg.query) {
+            (SearchMode::Hybrid, Some(scored), _) => scored,
+            (SearchMode::Hybrid, None, Some((model, vector))) => {
+                self.also_near(tenant, (model, vector), &keyword, Some(&leg.nearest))
+                    .await?
+            }
+            _ => Vec::new(),
+        };
         Ok(Retrieved {
             keyword,
-            nearest,
+            nearest: leg.nearest,
+            also_near,
             mode,
             degraded,
         })
@@ -659,6 +766,7 @@ impl SearchService {
                 nearest,
                 mode,
                 degraded,
+                ..
             },
             pool,
         ) = loop {
@@ -668,7 +776,7 @@ impl SearchService {
             let ranked = match got.mode {
                 SearchMode::Keyword => &got.keyword,
                 SearchMode::Semantic => &got.nearest,
-                SearchMode::Hybrid => &fuse(&got.keyword, &got.nearest, cfg),
+                SearchMode::Hybrid => &fuse(&got.keyword, &got.nearest, &got.also_near, cfg),
             };
             let mut pool: Vec<Scored> = ranked.iter().take(want as usize).cloned().collect();
             if got.mode == SearchMode::Hybrid {
@@ -748,9 +856,21 @@ struct Retrieved {
     keyword: Vec<Scored>,
     /// Empty when the search ran without its vector half (`degraded` says why).
     nearest: Vec<Scored>,
+    /// Vector scores of keyword candidates `nearest` left out, where the index gives them.
+    also_near: Vec<Scored>,
     /// The mode run: a hybrid search without vectors runs as keyword search.
     mode: SearchMode,
     degraded: Option<String>,
+}
+
+/// The vector retriever's candidates and the query vector they were found for.
+#[derive(Default)]
+struct VectorLeg {
+    nearest: Vec<Scored>,
+    /// The model and the vector; none without a vector half.
+    query: Option<(crate::embed::ModelInfo, Vec<f32>)>,
+    /// The keyword candidates' vector scores, when the keyword half scored them already.
+    also_near: Option<Vec<Scored>>,
 }
 
 /// A search task's result once joined, or an error when the task panicked (as the
@@ -906,17 +1026,44 @@ mod tests {
         let ids: Vec<MemoryId> = (0..4).map(|_| MemoryId::new()).collect();
         let keyword = [s(ids[0], 9.0), s(ids[1], 5.0), s(ids[2], 1.0)];
         let vector = [s(ids[1], 0.9), s(ids[3], 0.8), s(ids[0], 0.2)];
-        let fused = fuse(&keyword, &vector, &SearchConfig::default());
+        let fused = fuse(&keyword, &vector, &[], &SearchConfig::default());
         assert_eq!(fused.len(), 4);
         // ids[1] is strong in both lists, so it wins over the keyword-only leader.
         assert_eq!(fused[0].id, ids[1]);
         let pos = |id| fused.iter().position(|s| s.id == id).unwrap();
         assert!(pos(ids[3]) < 4 && pos(ids[2]) == 3);
         // One list alone ranks as that list.
-        let only = fuse(&keyword, &[], &SearchConfig::default());
+        let only = fuse(&keyword, &[], &[], &SearchConfig::default());
         assert_eq!(
             only.iter().map(|s| s.id).collect::<Vec<_>>(),
             ids[..3].to_vec()
         );
+    }
+
+    #[test]
+    fn a_keyword_candidate_the_vector_list_missed_fuses_on_its_own_vector_score() {
+        let ids: Vec<MemoryId> = (0..5).map(|_| MemoryId::new()).collect();
+        let cfg = SearchConfig::default();
+        // The same keyword scores for ids[3] and ids[4]; neither is in the vector list.
+        let keyword = [s(ids[0], 4.0), s(ids[3], 3.0), s(ids[4], 3.0)];
+        let vector = [s(ids[0], 0.9), s(ids[1], 0.7), s(ids[2], 0.5)];
+        let score = |list: &[Scored], id| list.iter().find(|s| s.id == id).unwrap().score;
+        let plain = fuse(&keyword, &vector, &[], &cfg);
+        assert_eq!(score(&plain, ids[3]), score(&plain, ids[4]));
+        // ids[3] is nearer than the vector list's last, as an exact search would have
+        // found; ids[4] is not: it keeps the list's lowest score.
+        let also = [s(ids[3], 0.8), s(ids[4], 0.1)];
+        let fused = fuse(&keyword, &vector, &also, &cfg);
+        assert!(score(&fused, ids[3]) > score(&plain, ids[3]));
+        assert_eq!(score(&fused, ids[4]), score(&plain, ids[4]));
+        // Its z-score is in the list's terms (mean 0.7, spread of the three listed).
+        let sd = ((0.2f32 * 0.2 + 0.0 + 0.2 * 0.2) / 3.0).sqrt();
+        let kz = fuse(&keyword, &[], &[], &cfg);
+        let want = score(&kz, ids[3]) + cfg.vector_weight * (0.8 - 0.7) / sd;
+        assert!((score(&fused, ids[3]) - want).abs() < 1e-4);
+        // The listed memories score as before.
+        for id in &ids[..3] {
+            assert_eq!(score(&fused, *id), score(&plain, *id));
+        }
     }
 }

@@ -72,6 +72,16 @@ fn mix(turn: f32, context: Option<f32>, w: f32) -> f32 {
     }
 }
 
+/// Which memories exact scoring reads, beyond the filter's.
+enum Among {
+    /// Every one passing the filter.
+    All,
+    /// These row ids (the graph's candidates).
+    Rids(Vec<i64>),
+    /// These memories.
+    Ids(Vec<uuid::Uuid>),
+}
+
 /// One semantic search: whose memories, which model's vectors, the query vector, the filter.
 struct Probe<'a> {
     tenant: &'a str,
@@ -81,15 +91,15 @@ struct Probe<'a> {
 }
 
 impl PgStore {
-    /// Exact scores of the live memories passing the filter (and, when given, with these
-    /// row ids): the best window of the current content, and the context vector. Plain
+    /// Exact scores of the live memories passing the filter (and, when given, of these
+    /// row ids or these ids): the best window of the current content, and the context vector. Plain
     /// joins, one row per vector, merged here: Postgres runs them as index nested loops
     /// several times faster than a lateral subquery per memory.
     async fn exact_scores<C: GenericClient>(
         &self,
         c: &C,
         p: &Probe<'_>,
-        rids: Option<Vec<i64>>,
+        among: Among,
         with_context: bool,
     ) -> Result<HashMap<MemoryId, (f32, Option<f32>)>, StoreError> {
         let mut s = Sql::default();
@@ -105,11 +115,11 @@ impl PgStore {
                 ("NULL::float8".to_owned(), String::new())
             }
         };
-        let sql = match (rids, scoped_user(p.filter, p.model)) {
+        let sql = match (among, scoped_user(p.filter, p.model)) {
             // One user's vectors, read side by side from the covering index
             // `memory_vectors_scope`: they are of the memories' current content and live
             // memories only (migration 0005), so the memories need not be read at all.
-            (None, Some(user)) => {
+            (Among::All, Some(user)) => {
                 let t = s.bind(p.tenant.to_owned());
                 let q = s.bind(Vector::from(p.vector.to_vec()));
                 let k = s.bind(p.model.key());
@@ -124,12 +134,18 @@ impl PgStore {
                        AND vector_dims(v.embedding) <= {SCOPE_MAX_DIM}"
                 )
             }
-            (rids, _) => {
+            (among, _) => {
                 let mut cond = filter_sql(&mut s, p.tenant, p.filter);
                 let q = s.bind(Vector::from(p.vector.to_vec()));
                 let k = s.bind(p.model.key());
-                if let Some(rids) = rids {
-                    cond.push_str(&format!(" AND m.rid = ANY({})", s.bind(rids)));
+                match among {
+                    Among::All => {}
+                    Among::Rids(rids) => {
+                        cond.push_str(&format!(" AND m.rid = ANY({})", s.bind(rids)));
+                    }
+                    Among::Ids(ids) => {
+                        cond.push_str(&format!(" AND m.id = ANY({})", s.bind(ids)));
+                    }
                 }
                 let (context_score, context_join) = context(&q, &k, "m.rid");
                 format!(
@@ -282,7 +298,8 @@ impl SearchIndex for PgStore {
             .few_candidates(&client, tenant, filter, self.exact_search_max)
             .await?;
         let scores = if few {
-            self.exact_scores(&client, &probe, None, w > 0.0).await?
+            self.exact_scores(&client, &probe, Among::All, w > 0.0)
+                .await?
         } else {
             let tx = client
                 .build_transaction()
@@ -315,7 +332,9 @@ impl SearchIndex for PgStore {
             }
             rids.sort_unstable();
             rids.dedup();
-            let scores = self.exact_scores(&tx, &probe, Some(rids), w > 0.0).await?;
+            let scores = self
+                .exact_scores(&tx, &probe, Among::Rids(rids), w > 0.0)
+                .await?;
             tx.commit().await.map_err(db_err)?;
             scores
         };
@@ -330,6 +349,40 @@ impl SearchIndex for PgStore {
         out.truncate(limit as usize);
         crate::record("vector_search", started);
         Ok(out)
+    }
+
+    /// Exact scores of these memories: the graph's search is approximate, so a keyword
+    /// candidate it left out may be nearer than its last.
+    async fn similarities(
+        &self,
+        tenant: &TenantId,
+        model: &ModelInfo,
+        vector: &[f32],
+        ids: &[MemoryId],
+        context_weight: f32,
+    ) -> Result<Vec<Scored>, StoreError> {
+        if ids.is_empty() || vector.len() != model.dim {
+            return Ok(Vec::new());
+        }
+        let started = std::time::Instant::now();
+        let w = context_weight.clamp(0.0, 1.0);
+        let client = self.client().await?;
+        let probe = Probe {
+            tenant: tenant.as_str(),
+            model,
+            vector,
+            filter: &MemoryFilter::default(),
+        };
+        let ids = Among::Ids(ids.iter().map(|i| i.0).collect());
+        let scores = self.exact_scores(&client, &probe, ids, w > 0.0).await?;
+        crate::record("vector_similarities", started);
+        Ok(scores
+            .into_iter()
+            .map(|(id, (turn, ctx))| Scored {
+                id,
+                score: mix(turn, ctx, w),
+            })
+            .collect())
     }
 
     /// The re-ranker's fields read in one query of the few columns they come from, so a

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use engram_core::{MemoryFilter, ModelInfo, Scored, StoreError};
+use engram_core::{MemoryFilter, MemoryId, ModelInfo, Scored, StoreError};
 use engram_index::{Hit, IndexConfig, IndexError, Quantization, Sketch, SketchQuery, VectorIndex};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -137,6 +137,43 @@ fn rescore(
         score(h, rid, rows)?;
     }
     Ok(())
+}
+
+/// Each of `rids` scored as its best window of `scored_keys`, mixed by `context_weight`
+/// with its context vector's score when `mixing`; a memory with no window scored is left
+/// out. In the order of `rids`.
+fn memory_scores(
+    attrs: &FieldMap<Attrs>,
+    rids: &[i64],
+    scored_keys: Vec<Hit>,
+    mixing: bool,
+    context_weight: f32,
+) -> Vec<Scored> {
+    let mut best: HashMap<i64, (f32, Option<f32>)> = HashMap::with_capacity(rids.len());
+    for h in scored_keys {
+        let rid = rid_of(h.key);
+        let e = best.entry(rid).or_insert((f32::NEG_INFINITY, None));
+        if h.key & 0xff == CONTEXT_WINDOW as u64 {
+            e.1 = Some(h.similarity);
+        } else {
+            e.0 = e.0.max(h.similarity);
+        }
+    }
+    let w = context_weight.clamp(0.0, 1.0);
+    rids.iter()
+        .filter_map(|rid| {
+            let (turn, ctx) = best.get(rid)?;
+            let score = match ctx {
+                Some(c) if mixing && turn.is_finite() => (1.0 - w) * turn + w * c,
+                _ if turn.is_finite() => *turn,
+                _ => return None,
+            };
+            Some(Scored {
+                id: attrs[rid].f.id,
+                score,
+            })
+        })
+        .collect()
 }
 
 /// Up to this many vectors, a graph search walks as wide as configured.
@@ -956,35 +993,62 @@ impl Ann {
                 &vector_row,
             )?;
         }
-        let mut best: HashMap<i64, (f32, Option<f32>)> = HashMap::with_capacity(rids.len());
-        for h in scored_keys {
-            let rid = rid_of(h.key);
-            let e = best.entry(rid).or_insert((f32::NEG_INFINITY, None));
-            if h.key & 0xff == CONTEXT_WINDOW as u64 {
-                e.1 = Some(h.similarity);
-            } else {
-                e.0 = e.0.max(h.similarity);
-            }
-        }
-        let w = context_weight.clamp(0.0, 1.0);
-        let mut out: Vec<Scored> = rids
-            .iter()
-            .filter_map(|rid| {
-                let (turn, ctx) = best.get(rid)?;
-                let score = match ctx {
-                    Some(c) if mixing && turn.is_finite() => (1.0 - w) * turn + w * c,
-                    _ if turn.is_finite() => *turn,
-                    _ => return None,
-                };
-                Some(Scored {
-                    id: attrs[rid].f.id,
-                    score,
-                })
-            })
-            .collect();
+        let mut out = memory_scores(&attrs, &rids, scored_keys, mixing, context_weight);
         engram_core::search::sort_desc(&mut out);
         out.truncate(limit);
         Ok(Some(out))
+    }
+
+    /// The score [`Ann::nearest`] would give each memory of `memories` (id and row id)
+    /// held as a live memory of `tenant` with vectors of `model`
+    /// (`SearchIndex::similarities`): every key of each scored on its graph vector, as an
+    /// exact search scores them. `None` when the index does not hold `model`'s vectors. In
+    /// memory only, as of the last catch-up.
+    pub fn similarities(
+        &self,
+        tenant: &str,
+        model: &ModelInfo,
+        vector: &[f32],
+        memories: &[(MemoryId, i64)],
+        context_weight: f32,
+    ) -> Result<Option<Vec<Scored>>, StoreError> {
+        let Some(loaded) = self.current() else {
+            return Ok(None);
+        };
+        if loaded.model_key != model.key() || vector.len() != loaded.dim {
+            return Ok(None);
+        }
+        let Some(wanted) = loaded.interner.resolve(tenant, &MemoryFilter::default()) else {
+            return Ok(Some(Vec::new()));
+        };
+        let attrs = loaded.attrs.read().unwrap_or_else(|p| p.into_inner());
+        let mut held: Vec<i64> = memories
+            .iter()
+            .filter(|(id, rid)| {
+                attrs
+                    .get(rid)
+                    .is_some_and(|a| a.f.id == *id && a.f.matches(&wanted))
+            })
+            .map(|(_, rid)| *rid)
+            .collect();
+        held.sort_unstable();
+        held.dedup();
+        let keys: Vec<u64> = held.iter().flat_map(|r| attrs[r].keys(*r)).collect();
+        if keys.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let scored = loaded
+            .index
+            .exact_search(vector, &keys, keys.len())
+            .map_err(index_err)?;
+        let mixing = context_weight > 0.0 && held.iter().any(|r| attrs[r].context);
+        Ok(Some(memory_scores(
+            &attrs,
+            &held,
+            scored,
+            mixing,
+            context_weight,
+        )))
     }
 
     /// Memories whose vectors the index holds.

@@ -976,6 +976,55 @@ impl SearchIndex for SqliteStore {
             .await
     }
 
+    async fn similarities(
+        &self,
+        tenant: &TenantId,
+        model: &ModelInfo,
+        vector: &[f32],
+        ids: &[MemoryId],
+        context_weight: f32,
+    ) -> Result<Vec<Scored>, StoreError> {
+        // Only the graph's search is approximate (an exact search's left-outs all score
+        // below its last), and it holds every vector in memory. The row ids are the
+        // keyword index's (a hybrid search's keyword half has just read them), else
+        // looked up; the graph checks each is the memory's and the tenant's.
+        let Some(ann) = &self.inner.ann else {
+            return Ok(Vec::new());
+        };
+        let mut memories: Vec<(MemoryId, i64)> = Vec::with_capacity(ids.len());
+        let mut unknown: Vec<MemoryId> = Vec::new();
+        for (id, rid) in ids.iter().zip(self.inner.keywords.rids_of(ids)) {
+            match rid {
+                Some(rid) => memories.push((*id, rid)),
+                None => unknown.push(*id),
+            }
+        }
+        if !unknown.is_empty() {
+            let found = self
+                .inner
+                .readers
+                .run_inline("similarities", move |conn| {
+                    let mut stmt = conn
+                        .prepare_cached("SELECT rid FROM memories WHERE id = ?1")
+                        .map_err(db_err)?;
+                    let mut found = Vec::with_capacity(unknown.len());
+                    for id in unknown {
+                        let rid: Option<i64> = stmt
+                            .query_row([&id.as_bytes()[..]], |r| r.get(0))
+                            .optional()
+                            .map_err(db_err)?;
+                        found.extend(rid.map(|rid| (id, rid)));
+                    }
+                    Ok(found)
+                })
+                .await?;
+            memories.extend(found);
+        }
+        Ok(ann
+            .similarities(tenant.as_str(), model, vector, &memories, context_weight)?
+            .unwrap_or_default())
+    }
+
     async fn rerank_fields(
         &self,
         tenant: &TenantId,

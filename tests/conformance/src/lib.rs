@@ -118,6 +118,7 @@ macro_rules! conformance_tests {
             context_vectors_follow_their_sessions,
             hybrid_search_embeds_the_query_without_the_speakers_it_names,
             semantic_search_follows_users_contents_and_deletes,
+            similarities_score_as_nearest_does,
             wide_vectors_and_long_scopes_are_searchable,
             a_model_switch_reaches_searches_of_known_queries,
         );

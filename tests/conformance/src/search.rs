@@ -291,6 +291,19 @@ impl engram_core::SearchIndex for Lagging {
         Ok(self.first(hits))
     }
 
+    async fn similarities(
+        &self,
+        tenant: &TenantId,
+        model: &engram_core::ModelInfo,
+        vector: &[f32],
+        ids: &[MemoryId],
+        context_weight: f32,
+    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
+        self.inner
+            .similarities(tenant, model, vector, ids, context_weight)
+            .await
+    }
+
     async fn rerank_fields(
         &self,
         tenant: &TenantId,
@@ -992,6 +1005,94 @@ pub async fn semantic_search_follows_users_contents_and_deletes(b: Arc<dyn Backe
         let all = hits("banana bread", None, typed).await;
         assert!(all.iter().all(|(m, _)| *m != bread), "typed {typed}");
         assert_eq!(all.len(), 3, "typed {typed}");
+    }
+}
+
+/// `SearchIndex::similarities` scores the memories it is given as `nearest` scores them
+/// (context vectors mixed in), and only the tenant's live ones with vectors of the model:
+/// hybrid search fuses them as if the vector retriever had found them.
+pub async fn similarities_score_as_nearest_does(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let mut live = Vec::new();
+    for i in 0..24 {
+        let mut n = note(&format!(
+            "the lighthouse keeper {i} logs the {} tide",
+            i % 5
+        ));
+        if i % 2 == 0 {
+            n.session_id = Some(Label::parse(format!("s{}", i % 3), "session_id").unwrap());
+        }
+        live.push(svc.remember(&t, n, None).await.unwrap().0.id);
+    }
+    let gone = live.pop().unwrap();
+    let foreign = svc
+        .remember(
+            &tenant("t2"),
+            note("the lighthouse keeper logs the tide"),
+            None,
+        )
+        .await
+        .unwrap()
+        .0
+        .id;
+    let embedder = Arc::new(HashEmbedder::default());
+    embed_all(&s, embedder.clone()).await;
+    svc.forget(&t, gone).await.unwrap();
+    // Written after the embedding ran: no vector yet.
+    let unembedded = svc
+        .remember(&t, note("the lighthouse keeper sleeps"), None)
+        .await
+        .unwrap()
+        .0
+        .id;
+    let model = embedder.model();
+    let query = embedder.embed_query("keeper logs the tide").await.unwrap();
+    for w in [0.0, 0.5] {
+        let near = s
+            .search
+            .nearest(&t, &model, &query, &MemoryFilter::default(), 100, w)
+            .await
+            .unwrap();
+        assert_eq!(near.len(), live.len(), "w {w}");
+        let mut asked = live.clone();
+        asked.extend([gone, foreign, unembedded]);
+        let got = s
+            .search
+            .similarities(&t, &model, &query, &asked, w)
+            .await
+            .unwrap();
+        let mut ids: Vec<MemoryId> = got.iter().map(|x| x.id).collect();
+        ids.sort_unstable();
+        let mut want = live.clone();
+        want.sort_unstable();
+        assert_eq!(
+            ids, want,
+            "w {w}: the tenant's live, embedded memories, once each"
+        );
+        for x in &got {
+            let n = near.iter().find(|n| n.id == x.id).unwrap();
+            // Within the rounding of quantised vectors (a graph may hold i8 vectors and
+            // score its best few again at full precision).
+            assert!(
+                (x.score - n.score).abs() < 0.02,
+                "w {w}: {} vs {}",
+                x.score,
+                n.score
+            );
+        }
+        // Another model's vectors are none of these.
+        let other = engram_core::ModelInfo {
+            revision: "other".into(),
+            ..model.clone()
+        };
+        let none = s
+            .search
+            .similarities(&t, &other, &query, &asked, w)
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "w {w}: {none:?}");
     }
 }
 
