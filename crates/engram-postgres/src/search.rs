@@ -92,9 +92,9 @@ struct Probe<'a> {
 
 impl PgStore {
     /// Exact scores of the live memories passing the filter (and, when given, of these
-    /// row ids or these ids): the best window of the current content, and the context vector. Plain
-    /// joins, one row per vector, merged here: Postgres runs them as index nested loops
-    /// several times faster than a lateral subquery per memory.
+    /// row ids or these ids): the best window of the current content, and the context
+    /// vector. Plain joins, one row per vector, merged here: Postgres runs them as index
+    /// nested loops several times faster than a lateral subquery per memory.
     async fn exact_scores<C: GenericClient>(
         &self,
         c: &C,
