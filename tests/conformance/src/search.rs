@@ -1096,6 +1096,136 @@ pub async fn similarities_score_as_nearest_does(b: Arc<dyn Backend>) {
     }
 }
 
+/// An index whose vector search misses one memory, as an approximate graph search can;
+/// with `blind` it cannot score memories by id either.
+struct MissesOne {
+    inner: Arc<dyn engram_core::SearchIndex>,
+    missed: MemoryId,
+    blind: bool,
+}
+
+#[async_trait::async_trait]
+impl engram_core::SearchIndex for MissesOne {
+    async fn keyword(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        filter: &MemoryFilter,
+        limit: u32,
+        bm25: engram_core::Bm25,
+    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
+        self.inner.keyword(tenant, query, filter, limit, bm25).await
+    }
+
+    async fn nearest(
+        &self,
+        tenant: &TenantId,
+        model: &engram_core::ModelInfo,
+        vector: &[f32],
+        filter: &MemoryFilter,
+        limit: u32,
+        context_weight: f32,
+    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
+        let mut hits = self
+            .inner
+            .nearest(tenant, model, vector, filter, limit, context_weight)
+            .await?;
+        hits.retain(|h| h.id != self.missed);
+        Ok(hits)
+    }
+
+    async fn similarities(
+        &self,
+        tenant: &TenantId,
+        model: &engram_core::ModelInfo,
+        vector: &[f32],
+        ids: &[MemoryId],
+        context_weight: f32,
+    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
+        if self.blind {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .similarities(tenant, model, vector, ids, context_weight)
+            .await
+    }
+
+    async fn rerank_fields(
+        &self,
+        tenant: &TenantId,
+        ids: &[MemoryId],
+        speaker_key: &str,
+    ) -> Result<
+        std::collections::HashMap<MemoryId, engram_core::RerankFields>,
+        engram_core::StoreError,
+    > {
+        self.inner.rerank_fields(tenant, ids, speaker_key).await
+    }
+}
+
+/// A memory best on both keywords and meaning stays first in a hybrid search whose vector
+/// search missed it: it is fused on its own vector score, not as the least near.
+pub async fn hybrid_search_fuses_what_its_vector_search_missed(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    let best = svc
+        .remember(&t, note("the amber falcon nests in the old quarry"), None)
+        .await
+        .unwrap()
+        .0
+        .id;
+    for text in [
+        "the amber falcon nests in the old barn",
+        "the amber falcon hunts in the old quarry",
+        "the grey falcon nests in the old quarry",
+        "the amber heron nests in the old quarry",
+        "a falcon was seen near the quarry",
+        "the old barn needs a new roof",
+        "lunch is at noon on fridays",
+        "the quarry closes at dusk",
+    ] {
+        svc.remember(&t, note(text), None).await.unwrap();
+    }
+    let embedder = Arc::new(HashEmbedder::default());
+    embed_all(&s, embedder.clone()).await;
+    // The test embedder's vectors are of the whole text: the query is the memory's text,
+    // so the memory is also the nearest.
+    let r = req(
+        "the amber falcon nests in the old quarry",
+        MemoryFilter::default(),
+        5,
+        SearchMode::Hybrid,
+    );
+    let over = |blind| {
+        let index = Arc::new(MissesOne {
+            inner: s.search.clone(),
+            missed: best,
+            blind,
+        });
+        search_service_over(&s, index, Some(embedder.clone()))
+    };
+    let score_of = |hits: &[engram_core::SearchHit]| {
+        hits.iter().find(|h| h.memory.id == best).map(|h| h.score)
+    };
+    let whole = search_service(&s, Some(embedder.clone()))
+        .search(&t, &r)
+        .await
+        .unwrap();
+    assert_eq!(whole.hits[0].memory.id, best);
+    let missed = over(false).search(&t, &r).await.unwrap();
+    assert_eq!(missed.mode, SearchMode::Hybrid);
+    assert_eq!(missed.hits[0].memory.id, best, "{:?}", missed.hits);
+    // Scored as the least near instead, it fuses lower: the check above is not idle.
+    let blind = over(true).search(&t, &r).await.unwrap();
+    let filled = score_of(&missed.hits).unwrap();
+    assert!(
+        score_of(&blind.hits).is_none_or(|s| s < filled),
+        "{:?}",
+        blind.hits
+    );
+}
+
 /// Vectors of 1,536 dimensions and a user id of 256 multi-byte characters are stored and
 /// found like any others (an index entry that could not hold them must not refuse them).
 pub async fn wide_vectors_and_long_scopes_are_searchable(b: Arc<dyn Backend>) {
