@@ -320,7 +320,7 @@ impl ZScores {
 
     /// Scores of memories the list left out, in the list's terms: one that scores above
     /// the list's lowest (an approximate retriever missed it) gets its own z-score, any
-    /// other the list's lowest, as it would have had the list been exact.
+    /// other the list's lowest, as it would have, had the list been exact.
     fn add(&mut self, also: &[Scored]) {
         for s in also {
             let z = ((s.score - self.mean) / self.sd).max(self.floor);
@@ -597,7 +597,10 @@ impl SearchService {
     /// vector half starts at once with a guess — the query without the names of speakers
     /// this tenant's searches have met before — and is kept when the keyword half confirms
     /// the guess; otherwise it is dropped and run again with the right text. The result is
-    /// the same either way; only a wrong guess costs time.
+    /// the same either way; only a wrong guess costs time. With the guess confirmed, the
+    /// keyword half also scores its candidates against the guess's vector while the
+    /// vector half still searches (the leg's `also_near`; fusion uses those its list left
+    /// out).
     async fn hybrid_legs(
         &self,
         tenant: &TenantId,
