@@ -235,14 +235,28 @@ pub async fn search_never_returns_deleted_or_foreign_memories(b: Arc<dyn Backend
 
 /// An index that lags: it still ranks `stale` (memories deleted since) above everything,
 /// and holds their re-ranking fields. With `no_fields` it holds none of the re-ranker's
-/// fields (search then loads every candidate).
+/// fields (search then loads every candidate). Its vector search misses `missed`, as an
+/// approximate graph search can; with `blind` it cannot score memories by id either.
 struct Lagging {
     inner: Arc<dyn engram_core::SearchIndex>,
     stale: Vec<MemoryId>,
     no_fields: bool,
+    missed: Option<MemoryId>,
+    blind: bool,
 }
 
 impl Lagging {
+    /// The store's own index, neither lagging nor missing anything.
+    fn over(inner: Arc<dyn engram_core::SearchIndex>) -> Lagging {
+        Lagging {
+            inner,
+            stale: Vec::new(),
+            no_fields: false,
+            missed: None,
+            blind: false,
+        }
+    }
+
     fn first(&self, mut hits: Vec<engram_core::Scored>) -> Vec<engram_core::Scored> {
         let top = hits.first().map_or(1.0, |h| h.score) + 1.0;
         let mut out: Vec<engram_core::Scored> = self
@@ -284,10 +298,11 @@ impl engram_core::SearchIndex for Lagging {
         limit: u32,
         context_weight: f32,
     ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
-        let hits = self
+        let mut hits = self
             .inner
             .nearest(tenant, model, vector, filter, limit, context_weight)
             .await?;
+        hits.retain(|h| Some(h.id) != self.missed);
         Ok(self.first(hits))
     }
 
@@ -299,6 +314,9 @@ impl engram_core::SearchIndex for Lagging {
         ids: &[MemoryId],
         context_weight: f32,
     ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
+        if self.blind {
+            return Ok(Vec::new());
+        }
         self.inner
             .similarities(tenant, model, vector, ids, context_weight)
             .await
@@ -353,9 +371,8 @@ pub async fn a_lagging_index_loses_no_live_hit(b: Arc<dyn Backend>) {
     let lagging = search_service_over(
         &s,
         Arc::new(Lagging {
-            inner: s.search.clone(),
             stale,
-            no_fields: false,
+            ..Lagging::over(s.search.clone())
         }),
         Some(embedder.clone()),
     );
@@ -421,9 +438,8 @@ pub async fn held_rerank_fields_agree_with_the_memories(b: Arc<dyn Backend>) {
     let unheld = search_service_over(
         &s,
         Arc::new(Lagging {
-            inner: s.search.clone(),
-            stale: Vec::new(),
             no_fields: true,
+            ..Lagging::over(s.search.clone())
         }),
         Some(embedder),
     );
@@ -1096,73 +1112,6 @@ pub async fn similarities_score_as_nearest_does(b: Arc<dyn Backend>) {
     }
 }
 
-/// An index whose vector search misses one memory, as an approximate graph search can;
-/// with `blind` it cannot score memories by id either.
-struct MissesOne {
-    inner: Arc<dyn engram_core::SearchIndex>,
-    missed: MemoryId,
-    blind: bool,
-}
-
-#[async_trait::async_trait]
-impl engram_core::SearchIndex for MissesOne {
-    async fn keyword(
-        &self,
-        tenant: &TenantId,
-        query: &str,
-        filter: &MemoryFilter,
-        limit: u32,
-        bm25: engram_core::Bm25,
-    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
-        self.inner.keyword(tenant, query, filter, limit, bm25).await
-    }
-
-    async fn nearest(
-        &self,
-        tenant: &TenantId,
-        model: &engram_core::ModelInfo,
-        vector: &[f32],
-        filter: &MemoryFilter,
-        limit: u32,
-        context_weight: f32,
-    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
-        let mut hits = self
-            .inner
-            .nearest(tenant, model, vector, filter, limit, context_weight)
-            .await?;
-        hits.retain(|h| h.id != self.missed);
-        Ok(hits)
-    }
-
-    async fn similarities(
-        &self,
-        tenant: &TenantId,
-        model: &engram_core::ModelInfo,
-        vector: &[f32],
-        ids: &[MemoryId],
-        context_weight: f32,
-    ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
-        if self.blind {
-            return Ok(Vec::new());
-        }
-        self.inner
-            .similarities(tenant, model, vector, ids, context_weight)
-            .await
-    }
-
-    async fn rerank_fields(
-        &self,
-        tenant: &TenantId,
-        ids: &[MemoryId],
-        speaker_key: &str,
-    ) -> Result<
-        std::collections::HashMap<MemoryId, engram_core::RerankFields>,
-        engram_core::StoreError,
-    > {
-        self.inner.rerank_fields(tenant, ids, speaker_key).await
-    }
-}
-
 /// A memory best on both keywords and meaning stays first in a hybrid search whose vector
 /// search missed it: it is fused on its own vector score, not as the least near.
 pub async fn hybrid_search_fuses_what_its_vector_search_missed(b: Arc<dyn Backend>) {
@@ -1198,10 +1147,10 @@ pub async fn hybrid_search_fuses_what_its_vector_search_missed(b: Arc<dyn Backen
         SearchMode::Hybrid,
     );
     let over = |blind| {
-        let index = Arc::new(MissesOne {
-            inner: s.search.clone(),
-            missed: best,
+        let index = Arc::new(Lagging {
+            missed: Some(best),
             blind,
+            ..Lagging::over(s.search.clone())
         });
         search_service_over(&s, index, Some(embedder.clone()))
     };
