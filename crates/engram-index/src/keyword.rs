@@ -448,8 +448,11 @@ impl KeywordIndex {
             let mut top = TopK::new(limit);
             for &slot in touched.iter() {
                 let s = slot as usize;
-                top.offer(Ranked(scores[s], self.keys[s]), pass);
-                scores[s] = 0.0;
+                let score = std::mem::take(&mut scores[s]);
+                // The key, another scattered read, only for a score that could enter.
+                if top.admits(score) {
+                    top.offer(Ranked(score, self.keys[s]), pass);
+                }
             }
             touched.clear();
             top
@@ -552,6 +555,16 @@ impl TopK {
             limit,
             heap: BinaryHeap::with_capacity(limit.saturating_add(1).min(4096)),
         }
+    }
+
+    /// Whether a document scoring `score` could be kept: the top is not full, or `score`
+    /// is at least its lowest (a tie goes to the smaller key).
+    fn admits(&self, score: f32) -> bool {
+        self.heap.len() < self.limit
+            || self
+                .heap
+                .peek()
+                .is_some_and(|Reverse(min)| score.total_cmp(&min.0).is_ge())
     }
 
     /// Keeps `r` if it is among the best so far and `pass` (asked only then) accepts it.
@@ -795,7 +808,8 @@ mod tests {
     #[test]
     fn ties_go_to_the_smaller_key_and_unknown_words_match_nothing() {
         let mut ix = KeywordIndex::new();
-        for key in [5u64, 3, 9] {
+        // The smallest key indexed last: it must displace a larger one already kept.
+        for key in [9u64, 5, 3] {
             ix.upsert(key, &["same words here"]);
         }
         let hits = ix.search(&["words"], Bm25Params::default(), 2, None);
