@@ -448,11 +448,9 @@ impl KeywordIndex {
             let mut top = TopK::new(limit);
             for &slot in touched.iter() {
                 let s = slot as usize;
-                let score = std::mem::take(&mut scores[s]);
-                // The key, another scattered read, only for a score that could enter.
-                if top.admits(score) {
-                    top.offer(Ranked(score, self.keys[s]), pass);
-                }
+                // The key is another scattered read: `offer` reads it only for a score
+                // that could enter.
+                top.offer(std::mem::take(&mut scores[s]), || self.keys[s], pass);
             }
             touched.clear();
             top
@@ -528,7 +526,7 @@ impl KeywordIndex {
                 }
             }
             if any {
-                top.offer(Ranked(score, *key), None);
+                top.offer(score, || *key, None);
             }
         }
         top.into_sorted()
@@ -557,20 +555,17 @@ impl TopK {
         }
     }
 
-    /// Whether a document scoring `score` could be kept: the top is not full, or `score`
-    /// is at least its lowest (a tie goes to the smaller key).
-    fn admits(&self, score: f32) -> bool {
-        self.heap.len() < self.limit
-            || self
-                .heap
-                .peek()
-                .is_some_and(|Reverse(min)| score.total_cmp(&min.0).is_ge())
-    }
-
-    /// Keeps `r` if it is among the best so far and `pass` (asked only then) accepts it.
-    fn offer(&mut self, r: Ranked, pass: Option<&dyn Fn(u64) -> bool>) {
+    /// Keeps the document `key()` scoring `score` if it is among the best so far and
+    /// `pass` (asked only then) accepts it. `key` is called only for a score at least the
+    /// lowest kept (a tie goes to the smaller key).
+    fn offer(&mut self, score: f32, key: impl FnOnce() -> u64, pass: Option<&dyn Fn(u64) -> bool>) {
         let full = self.heap.len() == self.limit;
-        if full && self.heap.peek().is_some_and(|Reverse(min)| r <= *min) {
+        let min = self.heap.peek().filter(|_| full).map(|Reverse(min)| *min);
+        if min.is_some_and(|min| score.total_cmp(&min.0).is_lt()) {
+            return;
+        }
+        let r = Ranked(score, key());
+        if min.is_some_and(|min| r <= min) {
             return;
         }
         if pass.is_some_and(|p| !p(r.1)) {
