@@ -38,8 +38,8 @@ pub use memory::{EmbeddingStatus, Memory, MemoryPatch, MemoryType, NewMemory, Sc
 pub use pipeline::{reembed, CoreErrorOrEmbed, EmbeddingPipeline, PipelineConfig, ReembedReport};
 pub use ports::{
     ContextJob, ContextVector, EmbeddingJob, EmbeddingStore, IdempotencyKey, InsertMemory,
-    InsertOutcome, KeyStore, MemoryStore, MirrorWrite, RecordStore, SearchIndex, SessionTurn,
-    SweepReport,
+    InsertOutcome, KeyStore, MemoryStore, MirrorWrite, Nearest, NearestFor, RecordStore,
+    SearchIndex, SessionTurn, SweepReport,
 };
 pub use rerank::{RerankConfig, RerankFields};
 pub use search::{

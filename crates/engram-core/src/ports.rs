@@ -106,6 +106,45 @@ pub trait MemoryStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// How many of the nearest memories a vector search wants, how they are scored, and what
+/// the list is for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Nearest {
+    /// At most this many memories.
+    pub limit: u32,
+    /// The weight of a memory's context vector in its score (0: its windows alone).
+    pub context_weight: f32,
+    /// What the caller does with the list.
+    pub purpose: NearestFor,
+}
+
+impl Nearest {
+    /// A list that is the answer (see [`NearestFor::Answer`]).
+    pub fn answer(limit: u32, context_weight: f32) -> Self {
+        Nearest {
+            limit,
+            context_weight,
+            purpose: NearestFor::Answer,
+        }
+    }
+}
+
+/// What a vector search's list is for. An approximate index's recall depends on how widely
+/// it walks its graph, and the two uses need different recall.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NearestFor {
+    /// The list is the answer, ranked by its own scores (a semantic search): every true
+    /// neighbour it misses is a hit lost, so the store walks as widely as it is
+    /// configured to for its recall.
+    #[default]
+    Answer,
+    /// The list is fused with the keyword retriever's (a hybrid search), which scores the
+    /// keyword candidates it left out through [`SearchIndex::similarities`], so a memory
+    /// found by both retrievers is not lost when the walk misses it: the store may walk
+    /// less widely.
+    Fusion,
+}
+
 /// The two retrievers search runs on, over a tenant's live memories that pass a filter.
 /// Both are derived state a store keeps in step with its memories: the keyword index in
 /// the same transaction as the write, the vectors as the embedding pipeline stores them.
@@ -123,18 +162,19 @@ pub trait SearchIndex: Send + Sync + 'static {
         bm25: crate::search::Bm25,
     ) -> Result<Vec<Scored>, StoreError>;
 
-    /// Up to `limit` memories whose vectors of `model` are nearest to `vector`, best first;
-    /// the score is the cosine similarity of the memory's best window, or for a memory
-    /// with a context vector `(1 - context_weight) · best window + context_weight ·
-    /// context`. The filter is applied during the search, never after a top-k cut.
+    /// Up to `want.limit` memories whose vectors of `model` are nearest to `vector`, best
+    /// first; the score is the cosine similarity of the memory's best window, or for a
+    /// memory with a context vector `(1 - w) · best window + w · context` with `w =
+    /// want.context_weight`. The filter is applied during the search, never after a top-k
+    /// cut. A store with an approximate index may walk it less widely for
+    /// [`NearestFor::Fusion`] than for [`NearestFor::Answer`].
     async fn nearest(
         &self,
         tenant: &TenantId,
         model: &crate::embed::ModelInfo,
         vector: &[f32],
         filter: &MemoryFilter,
-        limit: u32,
-        context_weight: f32,
+        want: Nearest,
     ) -> Result<Vec<Scored>, StoreError>;
 
     /// The score `nearest` gives each of `ids` that the index holds as a live memory of

@@ -20,7 +20,7 @@ use crate::error::CoreError;
 use crate::filter::MemoryFilter;
 use crate::ids::{MemoryId, TenantId};
 use crate::memory::Memory;
-use crate::ports::{EmbeddingStore, MemoryStore, SearchIndex};
+use crate::ports::{EmbeddingStore, MemoryStore, Nearest, NearestFor, SearchIndex};
 use crate::rerank::{self, RerankConfig, RerankFields};
 use crate::time::now;
 
@@ -555,8 +555,16 @@ impl SearchService {
                 &model,
                 &vector,
                 &req.filter,
-                depth,
-                self.config.context_weight,
+                Nearest {
+                    limit: depth,
+                    context_weight: self.config.context_weight,
+                    // A hybrid search fuses this list with the keyword one; a semantic
+                    // search answers with it.
+                    purpose: match req.mode {
+                        SearchMode::Hybrid => NearestFor::Fusion,
+                        _ => NearestFor::Answer,
+                    },
+                },
             )
             .await?;
         Ok(VectorLeg {

@@ -452,6 +452,55 @@ fn filtered_search_finds_the_true_filtered_top_10() {
 }
 
 #[test]
+fn a_wider_walk_for_one_search_equals_a_wider_ef() {
+    let fx = fixture();
+    let filter = eval::percent_filter(30.0);
+    for q in ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let index = fixture_index_in_order(&fx, &dir, q);
+        for filtered in [false, true] {
+            let filter: Option<&dyn Fn(u64) -> bool> = filtered.then_some(&filter);
+            // Narrow enough that the wider walk finds other keys for some queries.
+            index.set_expansion_search(12).unwrap();
+            let walked: Vec<Vec<Hit>> = (0..fx.queries.len())
+                .map(|i| {
+                    index
+                        .search_walking(fx.queries.row(i), 10, 48, filter)
+                        .unwrap()
+                })
+                .collect();
+            let narrow: Vec<Vec<u64>> = (0..fx.queries.len())
+                .map(|i| keys(&index.search(fx.queries.row(i), 10, filter).unwrap()))
+                .collect();
+            assert_eq!(
+                index.expansion_search(),
+                12,
+                "the walk is this search's alone"
+            );
+            index.set_expansion_search(48).unwrap();
+            let mut differs = 0;
+            for (i, walked) in walked.iter().enumerate() {
+                let wide = index.search(fx.queries.row(i), 10, filter).unwrap();
+                assert_eq!(walked, &wide, "{q}, filtered {filtered}, query {i}");
+                differs += usize::from(keys(&wide) != narrow[i]);
+            }
+            assert!(
+                differs > 0,
+                "{q}, filtered {filtered}: no query walked further"
+            );
+            // A walk narrower than `ef` changes nothing.
+            for i in 0..fx.queries.len() {
+                let query = fx.queries.row(i);
+                assert_eq!(
+                    index.search_walking(query, 10, 20, filter).unwrap(),
+                    index.search(query, 10, filter).unwrap()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn exact_search_is_exact() {
     let fx = fixture();
     // f32 exactly; f16 and i8 (read as stored and widened outside the engine) to their

@@ -12,7 +12,9 @@ use deadpool_postgres::GenericClient;
 use engram_core::rerank::RerankFields;
 use engram_core::search::query_terms;
 use engram_core::time::from_micros;
-use engram_core::{MemoryFilter, MemoryId, ModelInfo, Scored, SearchIndex, StoreError, TenantId};
+use engram_core::{
+    MemoryFilter, MemoryId, ModelInfo, Nearest, Scored, SearchIndex, StoreError, TenantId,
+};
 use pgvector::Vector;
 
 use crate::embedding::literal;
@@ -268,9 +270,15 @@ impl SearchIndex for PgStore {
         model: &ModelInfo,
         vector: &[f32],
         filter: &MemoryFilter,
-        limit: u32,
-        context_weight: f32,
+        want: Nearest,
     ) -> Result<Vec<Scored>, StoreError> {
+        // pgvector's walk is set from `limit` alone, for both purposes: a narrower walk
+        // for fusion has not been measured on Postgres.
+        let Nearest {
+            limit,
+            context_weight,
+            ..
+        } = want;
         if vector.len() != model.dim {
             return Err(StoreError::Invalid(format!(
                 "query vector has dimension {}, the model {} makes {}",

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use engram_core::{MemoryFilter, MemoryId, ModelInfo, Scored, StoreError};
+use engram_core::{MemoryFilter, MemoryId, ModelInfo, Nearest, NearestFor, Scored, StoreError};
 use engram_index::{Hit, IndexConfig, IndexError, Quantization, Sketch, SketchQuery, VectorIndex};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -256,8 +256,7 @@ pub struct VectorQuery<'a> {
     pub model: &'a ModelInfo,
     pub vector: &'a [f32],
     pub filter: &'a MemoryFilter,
-    pub limit: u32,
-    pub context_weight: f32,
+    pub want: Nearest,
 }
 
 /// What a save covers, written beside the graph.
@@ -292,8 +291,11 @@ pub struct Ann {
     quantization: Quantization,
     /// With i8 vectors, a search's best keys scored again from the f32 vectors.
     rescore: usize,
-    /// The graph search's `ef`.
+    /// How wide a graph search walks for a list that is the answer
+    /// ([`NearestFor::Answer`]), up to [`WALK_BASE`] vectors.
     expansion_search: usize,
+    /// How wide it walks for a list that is fused ([`NearestFor::Fusion`]).
+    fusion_expansion: usize,
     /// An exact search over a filter's candidates scores exactly only the best
     /// `shortlist × k` (at least [`SHORTLIST_MIN`]) by their sketches (0: all).
     shortlist: usize,
@@ -523,15 +525,17 @@ fn log_head(conn: &Connection) -> Result<i64, StoreError> {
 
 impl Ann {
     /// `rescore`: with i8 vectors, how many of a search's best keys are scored again
-    /// against the f32 vectors the store holds (0: none). `expansion_search`: the graph
-    /// search's `ef` (raised to the number of keys asked for). `shortlist`: see
-    /// [`SHORTLIST`] (0: every candidate scored exactly).
+    /// against the f32 vectors the store holds (0: none). `expansion_search` and
+    /// `fusion_expansion`: how wide a graph search walks (its `ef`, raised to the number
+    /// of keys asked for) for a list that is the answer and for one that is fused, up to
+    /// [`WALK_BASE`] vectors ([`walk_width`] past it). `shortlist`: see [`SHORTLIST`] (0:
+    /// every candidate scored exactly).
     pub fn new(
         dir: &Path,
         exact_max: usize,
         quantization: Quantization,
         rescore: usize,
-        expansion_search: usize,
+        (expansion_search, fusion_expansion): (usize, usize),
         shortlist: usize,
     ) -> Ann {
         Ann {
@@ -543,6 +547,7 @@ impl Ann {
             quantization,
             rescore,
             expansion_search,
+            fusion_expansion,
             shortlist,
         }
     }
@@ -585,7 +590,7 @@ impl Ann {
             s.version == STATE_VERSION && s.model_key == model_key && s.dim == dim
         });
         let cfg = IndexConfig {
-            expansion_search: self.expansion_search,
+            expansion_search: self.graph_ef(0),
             ..IndexConfig::new(dim).with_quantization(self.quantization)
         };
         let opened = if usable {
@@ -695,13 +700,27 @@ impl Ann {
         Ok(())
     }
 
-    /// Sets the graph's `ef` for its size ([`walk_width`]) when the size has moved it:
-    /// after the index is loaded and whenever changes are applied, not in each search
-    /// (usearch walks at the larger of it and the keys a search asks for).
+    /// How wide a search for `purpose` walks a graph of `vectors`.
+    fn walk(&self, purpose: NearestFor, vectors: usize) -> usize {
+        let ef = match purpose {
+            NearestFor::Answer => self.expansion_search,
+            NearestFor::Fusion => self.fusion_expansion,
+        };
+        ef.max(walk_width(ef, vectors))
+    }
+
+    /// The graph's own `ef` for `vectors`: the narrower of the two walks. A search walks
+    /// wider by asking for more keys ([`VectorIndex::search_walking`]), never narrower.
+    fn graph_ef(&self, vectors: usize) -> usize {
+        self.walk(NearestFor::Answer, vectors)
+            .min(self.walk(NearestFor::Fusion, vectors))
+    }
+
+    /// Sets the graph's `ef` for its size ([`graph_ef`](Self::graph_ef)) when the size
+    /// has moved it: after the index is loaded and whenever changes are applied, not in
+    /// each search (usearch walks at the larger of it and the keys a search asks for).
     fn fit_walk(&self, loaded: &Loaded) -> Result<(), StoreError> {
-        let ef = self
-            .expansion_search
-            .max(walk_width(self.expansion_search, loaded.index.len()));
+        let ef = self.graph_ef(loaded.index.len());
         if loaded.index.expansion_search() != ef {
             loaded.index.set_expansion_search(ef).map_err(index_err)?;
         }
@@ -826,8 +845,12 @@ impl Ann {
             model,
             vector,
             filter,
-            limit,
-            context_weight,
+            want:
+                Nearest {
+                    limit,
+                    context_weight,
+                    purpose,
+                },
         } = *q;
         self.catch_up(conn)?;
         let Some(loaded) = self.current() else {
@@ -885,6 +908,7 @@ impl Ann {
             0
         };
         let graph_keys = (limit * keys_per_memory).max(rescoring);
+        let walk = self.walk(purpose, loaded.index.len());
         let hits = match candidates {
             Some(rids) => {
                 let held: Vec<(i64, &Attrs)> = rids
@@ -934,18 +958,18 @@ impl Ann {
                 let pass = |k: u64| rids.contains(&rid_of(k));
                 loaded
                     .index
-                    .search(vector, graph_keys, Some(&pass))
+                    .search_walking(vector, graph_keys, walk, Some(&pass))
                     .map_err(index_err)?
             }
             None => {
                 let single_tenant = attrs.len() == tenant_size;
                 let pass = |k: u64| attrs.get(&rid_of(k)).is_some_and(|a| a.f.matches(&wanted));
-                if only_tenant && single_tenant {
-                    loaded.index.search(vector, graph_keys, None)
-                } else {
-                    loaded.index.search(vector, graph_keys, Some(&pass))
-                }
-                .map_err(index_err)?
+                let pass: Option<&dyn Fn(u64) -> bool> =
+                    (!(only_tenant && single_tenant)).then_some(&pass);
+                loaded
+                    .index
+                    .search_walking(vector, graph_keys, walk, pass)
+                    .map_err(index_err)?
             }
         };
         // A memory scores as its best window, mixed with its context vector when it has

@@ -3,8 +3,8 @@
 
 use engram_core::validate::Label;
 use engram_core::{
-    EmbeddingStore, MemoryFilter, MemoryId, MemoryService, ModelInfo, NewMemory, SearchIndex,
-    TenantId,
+    EmbeddingStore, MemoryFilter, MemoryId, MemoryService, ModelInfo, Nearest, NearestFor,
+    NewMemory, SearchIndex, TenantId,
 };
 use engram_sqlite::{SqliteConfig, SqliteStore, VectorQuantization};
 
@@ -106,7 +106,13 @@ fn exact_top(ids: &[MemoryId], q: u64, k: usize) -> Vec<MemoryId> {
 
 async fn top(store: &SqliteStore, t: &TenantId, q: u64) -> Vec<(MemoryId, f32)> {
     store
-        .nearest(t, &model(), &vector(q), &MemoryFilter::default(), 10, 0.7)
+        .nearest(
+            t,
+            &model(),
+            &vector(q),
+            &MemoryFilter::default(),
+            Nearest::answer(10, 0.7),
+        )
         .await
         .unwrap()
         .into_iter()
@@ -268,7 +274,7 @@ async fn changing_the_quantization_rebuilds_the_index_and_search_still_finds() {
         let mut found = 0;
         for q in 0..20u64 {
             let hits = store
-                .nearest(&t, &model(), &vector(q), &notes, 10, 0.7)
+                .nearest(&t, &model(), &vector(q), &notes, Nearest::answer(10, 0.7))
                 .await
                 .unwrap();
             // A memory's own vector is its best match at any of these precisions.
@@ -326,6 +332,63 @@ async fn i8_search_scores_its_head_again_from_the_stored_vectors() {
     store.close();
 }
 
+/// A hybrid search's vector half walks the graph as wide as `vector_hybrid_expansion`
+/// says, a semantic search as `vector_search_expansion` says, over the same graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_purpose_walks_as_wide_as_its_setting() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../engram-index/tests/fixtures/minilm-2k.f16");
+    let fx = engram_index::eval::Fixture::read(&path).unwrap();
+    let model = ModelInfo {
+        id: "test/minilm-fixture".into(),
+        revision: "1".into(),
+        dim: fx.base.dim,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let t = TenantId::parse("t").unwrap();
+    // Every search through the graph (no exact search over few candidates).
+    let cfg = |answer: usize, fusion: usize| SqliteConfig {
+        exact_search_max: 0,
+        vector_search_expansion: answer,
+        vector_hybrid_expansion: fusion,
+        ..SqliteConfig::new(dir.path())
+    };
+    let store = SqliteStore::open(&cfg(64, 8)).unwrap();
+    let vectors = (0..fx.base.len())
+        .map(|i| fx.base.row(i).to_vec())
+        .collect();
+    store_vectors(&store, &t, &model, vectors, |_| None).await;
+    let search = |store: SqliteStore, purpose: NearestFor| {
+        let (t, model, fx) = (&t, &model, &fx);
+        async move {
+            let mut all = Vec::new();
+            for i in 0..fx.queries.len() {
+                let want = Nearest {
+                    purpose,
+                    ..Nearest::answer(10, 0.0)
+                };
+                let hits = store
+                    .nearest(t, model, fx.queries.row(i), &MemoryFilter::default(), want)
+                    .await
+                    .unwrap();
+                assert_eq!(hits.len(), 10);
+                all.push(hits.into_iter().map(|h| h.id).collect::<Vec<_>>());
+            }
+            all
+        }
+    };
+    let wide = search(store.clone(), NearestFor::Answer).await;
+    let narrow = search(store.clone(), NearestFor::Fusion).await;
+    store.close();
+    // The same saved graph, the settings swapped.
+    let store = SqliteStore::open(&cfg(8, 64)).unwrap();
+    assert_eq!(search(store.clone(), NearestFor::Fusion).await, wide);
+    assert_eq!(search(store.clone(), NearestFor::Answer).await, narrow);
+    store.close();
+    let differs = wide.iter().zip(&narrow).filter(|(w, n)| w != n).count();
+    assert!(differs > 0, "no query walked further");
+}
+
 /// A filter passing 1,000 memories, more than a shortlist keeps: on real embeddings the
 /// exact search over the candidates its sketches choose returns the top 10 that scoring
 /// every candidate returns, nearly all of the top 100, and only memories the filter passes.
@@ -360,7 +423,13 @@ async fn a_shortlisted_exact_search_finds_what_scoring_every_candidate_finds() {
             let mut all = Vec::new();
             for i in 0..fx.queries.len() {
                 let hits = store
-                    .nearest(t, model, fx.queries.row(i), filter, limit, 0.0)
+                    .nearest(
+                        t,
+                        model,
+                        fx.queries.row(i),
+                        filter,
+                        Nearest::answer(limit, 0.0),
+                    )
                     .await
                     .unwrap();
                 assert_eq!(hits.len(), limit as usize);

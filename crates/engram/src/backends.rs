@@ -96,13 +96,17 @@ impl Backends {
         let engine = match &url {
             StoreUrl::Sqlite(dir) => {
                 let ef = engram_sqlite::VECTOR_SEARCH_EXPANSION_RANGE;
-                anyhow::ensure!(
-                    ef.contains(&cfg.store.vector_search_expansion),
-                    "store.vector_search_expansion must be between {} and {}, got {}",
-                    ef.start(),
-                    ef.end(),
-                    cfg.store.vector_search_expansion
-                );
+                for (name, value) in [
+                    ("vector_search_expansion", cfg.store.vector_search_expansion),
+                    ("vector_hybrid_expansion", cfg.store.vector_hybrid_expansion),
+                ] {
+                    anyhow::ensure!(
+                        ef.contains(&value),
+                        "store.{name} must be between {} and {}, got {value}",
+                        ef.start(),
+                        ef.end(),
+                    );
+                }
                 let mut sc = SqliteConfig {
                     readers: cfg.store.readers,
                     vector_index,
@@ -110,6 +114,7 @@ impl Backends {
                     vector_quantization: cfg.store.vector_quantization,
                     vector_rescore: cfg.store.vector_rescore,
                     vector_search_expansion: cfg.store.vector_search_expansion,
+                    vector_hybrid_expansion: cfg.store.vector_hybrid_expansion,
                     vector_shortlist: cfg.store.vector_shortlist,
                     ..SqliteConfig::new(dir)
                 };

@@ -270,6 +270,9 @@ pub struct StoreConfig {
     /// that by as much again per tenfold growth (raised to the number of keys a search
     /// asks for).
     pub vector_search_expansion: usize,
+    /// SQLite: the same for the vector half of a hybrid search, whose fusion with the
+    /// keyword half makes it depend less on the walk.
+    pub vector_hybrid_expansion: usize,
     /// SQLite: an exact search over a filter's candidates scores exactly only the best
     /// `vector_shortlist × k` of them (at least 200) by a one-bit sketch of each vector
     /// (0: every candidate).
@@ -288,6 +291,7 @@ impl Default for StoreConfig {
             vector_quantization: engram_sqlite::DEFAULT_VECTOR_QUANTIZATION,
             vector_rescore: engram_sqlite::DEFAULT_VECTOR_RESCORE,
             vector_search_expansion: engram_sqlite::DEFAULT_VECTOR_SEARCH_EXPANSION,
+            vector_hybrid_expansion: engram_sqlite::DEFAULT_VECTOR_HYBRID_EXPANSION,
             vector_shortlist: engram_sqlite::DEFAULT_VECTOR_SHORTLIST,
         }
     }
@@ -409,11 +413,14 @@ vector_quantization = "i8"
 # head of the ranking (0: none).
 vector_rescore = 16
 # SQLite: how many candidates the vector index's graph search keeps while it walks (HNSW
-# ef) up to 100,000 vectors; past that it walks wider by as much again for each tenfold
-# growth (320 at a million). Raised to the number of keys a search asks for (100 for a
-# hybrid search, twice that once some memory holds several vectors). Wider finds more
-# of the true nearest neighbours, and takes longer.
+# ef) for a semantic search, up to 100,000 vectors; past that it walks wider by as much
+# again for each tenfold growth (320 at a million). Raised to the number of keys a search
+# asks for. Wider finds more of the true nearest neighbours, and takes longer.
 vector_search_expansion = 160
+# SQLite: the same for the vector half of a hybrid search (which asks for 100 keys, twice
+# that once some memory holds several vectors). Fusion makes it depend less on the walk:
+# the keyword candidates the walk missed are scored against the query all the same.
+vector_hybrid_expansion = 128
 # SQLite: a filtered search whose candidates are few enough to score exactly (up to
 # exact_search_max) first ranks them by a one-bit sketch of each vector, held in memory
 # (48 bytes a memory), and scores exactly only the best vector_shortlist x k of them, at

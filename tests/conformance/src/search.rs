@@ -295,12 +295,11 @@ impl engram_core::SearchIndex for Lagging {
         model: &engram_core::ModelInfo,
         vector: &[f32],
         filter: &MemoryFilter,
-        limit: u32,
-        context_weight: f32,
+        want: engram_core::Nearest,
     ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
         let mut hits = self
             .inner
-            .nearest(tenant, model, vector, filter, limit, context_weight)
+            .nearest(tenant, model, vector, filter, want)
             .await?;
         hits.retain(|h| Some(h.id) != self.missed);
         Ok(self.first(hits))
@@ -1068,7 +1067,13 @@ pub async fn similarities_score_as_nearest_does(b: Arc<dyn Backend>) {
     for w in [0.0, 0.5] {
         let near = s
             .search
-            .nearest(&t, &model, &query, &MemoryFilter::default(), 100, w)
+            .nearest(
+                &t,
+                &model,
+                &query,
+                &MemoryFilter::default(),
+                engram_core::Nearest::answer(100, w),
+            )
             .await
             .unwrap();
         assert_eq!(near.len(), live.len(), "w {w}");

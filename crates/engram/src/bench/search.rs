@@ -133,6 +133,9 @@ struct Measured {
     /// The graph search's `ef` (`[store] vector_search_expansion`).
     #[serde(default)]
     vector_search_expansion: usize,
+    /// The graph search's `ef` for hybrid search (`[store] vector_hybrid_expansion`).
+    #[serde(default)]
+    vector_hybrid_expansion: usize,
     /// `[store] vector_shortlist`.
     #[serde(default)]
     vector_shortlist: usize,
@@ -295,6 +298,7 @@ pub(super) fn bench_config(
     cfg.store.vector_quantization = own.store.vector_quantization;
     cfg.store.vector_rescore = own.store.vector_rescore;
     cfg.store.vector_search_expansion = own.store.vector_search_expansion;
+    cfg.store.vector_hybrid_expansion = own.store.vector_hybrid_expansion;
     cfg.store.vector_shortlist = own.store.vector_shortlist;
     cfg
 }
@@ -443,6 +447,7 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
                 "vector_quantization": m.vector_quantization,
                 "vector_rescore": m.vector_rescore,
                 "vector_search_expansion": m.vector_search_expansion,
+                "vector_hybrid_expansion": m.vector_hybrid_expansion,
                 "vector_shortlist": m.vector_shortlist,
                 "open_s": m.open_s,
                 "results": m.results,
@@ -630,6 +635,7 @@ async fn measure(
         vector_quantization: cfg.store.vector_quantization.to_string(),
         vector_rescore: cfg.store.vector_rescore,
         vector_search_expansion: cfg.store.vector_search_expansion,
+        vector_hybrid_expansion: cfg.store.vector_hybrid_expansion,
         vector_shortlist: cfg.store.vector_shortlist,
         open_s,
         results,
