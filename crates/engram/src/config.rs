@@ -414,9 +414,9 @@ vector_quantization = "i8"
 vector_rescore = 16
 # SQLite: how many candidates the vector index's graph search keeps while it walks (HNSW
 # ef) for a semantic search, up to 100,000 vectors; past that it walks wider by as much
-# again for each tenfold growth (320 at a million). Raised to the number of keys a search
+# again for each tenfold growth (400 at a million). Raised to the number of keys a search
 # asks for. Wider finds more of the true nearest neighbours, and takes longer.
-vector_search_expansion = 160
+vector_search_expansion = 200
 # SQLite: the same for the vector half of a hybrid search (which asks for 100 keys, twice
 # that once some memory holds several vectors). Fusion makes it depend less on the walk:
 # the keyword candidates the walk missed are scored against the query all the same.
