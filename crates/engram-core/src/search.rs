@@ -562,7 +562,7 @@ impl SearchService {
                     // search answers with it.
                     purpose: match req.mode {
                         SearchMode::Hybrid => NearestFor::Fusion,
-                        _ => NearestFor::Answer,
+                        SearchMode::Semantic | SearchMode::Keyword => NearestFor::Answer,
                     },
                 },
             )

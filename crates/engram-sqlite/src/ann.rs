@@ -183,7 +183,8 @@ const WALK_BASE: usize = 100_000;
 /// to [`WALK_BASE`] vectors, then wider by `ef` for each tenfold growth (twice at a
 /// million). A walk of fixed width finds less of the true top 10 as the graph grows:
 /// at a million real MiniLM vectors (i8, 16 re-scored) `ef` 160 gave recall@10 0.9745,
-/// 256 gave 0.9845 and 320 gave 0.992, where 160 gives 0.9885 at 100,000
+/// 256 gave 0.9845 and 320 gave 0.992 (0.989 in a later store of another machine), where
+/// 160 gives 0.9885 at 100,000
 /// (docs/benchmarks.md). 0 below the base: the configured `ef` applies as it is.
 fn walk_width(ef: usize, vectors: usize) -> usize {
     if vectors <= WALK_BASE {
@@ -700,13 +701,15 @@ impl Ann {
         Ok(())
     }
 
-    /// How wide a search for `purpose` walks a graph of `vectors`.
+    /// How wide a search for `purpose` walks a graph of `vectors`, at most the widest
+    /// `ef` the index takes.
     fn walk(&self, purpose: NearestFor, vectors: usize) -> usize {
         let ef = match purpose {
             NearestFor::Answer => self.expansion_search,
             NearestFor::Fusion => self.fusion_expansion,
         };
         ef.max(walk_width(ef, vectors))
+            .min(*IndexConfig::EXPANSION_RANGE.end())
     }
 
     /// The graph's own `ef` for `vectors`: the narrower of the two walks. A search walks

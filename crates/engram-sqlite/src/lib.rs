@@ -49,7 +49,7 @@ pub const DEFAULT_VECTOR_SHORTLIST: usize = ann::SHORTLIST;
 pub const DEFAULT_VECTOR_SEARCH_EXPANSION: usize = 200;
 /// The ANN graph search's `ef` for the vector half of a hybrid search unless configured
 /// otherwise: at 100,000 MiniLM vectors kept in i8, hybrid recall@10 0.9845 (0.989 at 160),
-/// and at a million, with the walk widened as the graph grows, hybrid p95 2.8–3.1 ms
+/// and at a million, with the walk widened as the graph grows, hybrid p95 2.6–3.6 ms
 /// against 3.9–4.1 (docs/benchmarks.md).
 pub const DEFAULT_VECTOR_HYBRID_EXPANSION: usize = 128;
 /// The values the ANN graph search's `ef` may take.

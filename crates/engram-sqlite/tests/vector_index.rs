@@ -380,11 +380,15 @@ async fn each_purpose_walks_as_wide_as_its_setting() {
     let wide = search(store.clone(), NearestFor::Answer).await;
     let narrow = search(store.clone(), NearestFor::Fusion).await;
     store.close();
-    // The same saved graph, the settings swapped.
-    let store = SqliteStore::open(&cfg(8, 64)).unwrap();
-    assert_eq!(search(store.clone(), NearestFor::Fusion).await, wide);
-    assert_eq!(search(store.clone(), NearestFor::Answer).await, narrow);
-    store.close();
+    // The same saved graph, both purposes at one width: each purpose above walked as wide
+    // as its own setting says.
+    for (width, expected) in [(64, &wide), (8, &narrow)] {
+        let store = SqliteStore::open(&cfg(width, width)).unwrap();
+        for purpose in [NearestFor::Answer, NearestFor::Fusion] {
+            assert_eq!(&search(store.clone(), purpose).await, expected, "{width}");
+        }
+        store.close();
+    }
     let differs = wide.iter().zip(&narrow).filter(|(w, n)| w != n).count();
     assert!(differs > 0, "no query walked further");
 }

@@ -410,4 +410,31 @@ mod tests {
         assert!(err.to_string().contains("sqlite://DIR"), "{err}");
         assert!(!err.to_string().contains("pw"), "{err}");
     }
+
+    #[tokio::test]
+    async fn a_walk_out_of_range_is_refused_by_name() {
+        for (key, value) in [
+            ("vector_search_expansion", 0),
+            ("vector_hybrid_expansion", 0),
+            ("vector_hybrid_expansion", 1 << 20),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = Config::default();
+            cfg.store.data_dir = dir.path().to_path_buf();
+            match key {
+                "vector_search_expansion" => cfg.store.vector_search_expansion = value,
+                _ => cfg.store.vector_hybrid_expansion = value,
+            }
+            let Err(err) = Backends::open(&cfg, true).await else {
+                panic!("{key} = {value} was accepted");
+            };
+            assert!(
+                err.to_string()
+                    .contains(&format!("store.{key} must be between")),
+                "{err}"
+            );
+            // Refused before the store was opened.
+            assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        }
+    }
 }

@@ -266,7 +266,8 @@ pub struct StoreConfig {
     /// SQLite, with `i8` vectors: how many of a search's best keys are scored again
     /// against the database's f32 vectors (0: none).
     pub vector_rescore: usize,
-    /// SQLite: the vector index's graph search `ef` up to 100,000 vectors, wider past
+    /// SQLite: the vector index's graph search `ef` for a semantic search up to 100,000
+    /// vectors, wider past
     /// that by as much again per tenfold growth (raised to the number of keys a search
     /// asks for).
     pub vector_search_expansion: usize,

@@ -120,6 +120,7 @@ macro_rules! conformance_tests {
             semantic_search_follows_users_contents_and_deletes,
             similarities_score_as_nearest_does,
             hybrid_search_fuses_what_its_vector_search_missed,
+            each_mode_says_what_its_vector_list_is_for,
             wide_vectors_and_long_scopes_are_searchable,
             a_model_switch_reaches_searches_of_known_queries,
         );

@@ -236,13 +236,15 @@ pub async fn search_never_returns_deleted_or_foreign_memories(b: Arc<dyn Backend
 /// An index that lags: it still ranks `stale` (memories deleted since) above everything,
 /// and holds their re-ranking fields. With `no_fields` it holds none of the re-ranker's
 /// fields (search then loads every candidate). Its vector search misses `missed`, as an
-/// approximate graph search can; with `blind` it cannot score memories by id either.
+/// approximate graph search can; with `blind` it cannot score memories by id either. It
+/// records what each vector search said its list was for.
 struct Lagging {
     inner: Arc<dyn engram_core::SearchIndex>,
     stale: Vec<MemoryId>,
     no_fields: bool,
     missed: Option<MemoryId>,
     blind: bool,
+    purposes: std::sync::Mutex<Vec<engram_core::NearestFor>>,
 }
 
 impl Lagging {
@@ -254,6 +256,7 @@ impl Lagging {
             no_fields: false,
             missed: None,
             blind: false,
+            purposes: std::sync::Mutex::default(),
         }
     }
 
@@ -297,6 +300,7 @@ impl engram_core::SearchIndex for Lagging {
         filter: &MemoryFilter,
         want: engram_core::Nearest,
     ) -> Result<Vec<engram_core::Scored>, engram_core::StoreError> {
+        self.purposes.lock().unwrap().push(want.purpose);
         let mut hits = self
             .inner
             .nearest(tenant, model, vector, filter, want)
@@ -1178,6 +1182,35 @@ pub async fn hybrid_search_fuses_what_its_vector_search_missed(b: Arc<dyn Backen
         "{:?}",
         blind.hits
     );
+}
+
+/// A hybrid search tells the index its vector list is one half of a fusion, a semantic
+/// search that its list is the answer: a store may walk its graph less widely for the first.
+pub async fn each_mode_says_what_its_vector_list_is_for(b: Arc<dyn Backend>) {
+    let s = b.fresh().await;
+    let svc = MemoryService::new(s.memories.clone());
+    let t = tenant("t1");
+    for text in ["the amber falcon nests in the quarry", "lunch is at noon"] {
+        svc.remember(&t, note(text), None).await.unwrap();
+    }
+    let embedder = Arc::new(HashEmbedder::default());
+    embed_all(&s, embedder.clone()).await;
+    let index = Arc::new(Lagging::over(s.search.clone()));
+    let search = search_service_over(&s, index.clone(), Some(embedder));
+    for (mode, purpose) in [
+        (SearchMode::Hybrid, engram_core::NearestFor::Fusion),
+        (SearchMode::Semantic, engram_core::NearestFor::Answer),
+    ] {
+        let r = req("amber falcon", MemoryFilter::default(), 5, mode);
+        let found = search.search(&t, &r).await.unwrap();
+        assert_eq!(found.mode, mode);
+        assert!(!found.hits.is_empty(), "{mode:?}");
+        let asked = std::mem::take(&mut *index.purposes.lock().unwrap());
+        assert!(
+            !asked.is_empty() && asked.iter().all(|p| *p == purpose),
+            "{mode:?}: {asked:?}"
+        );
+    }
 }
 
 /// Vectors of 1,536 dimensions and a user id of 256 multi-byte characters are stored and
