@@ -332,10 +332,8 @@ async fn i8_search_scores_its_head_again_from_the_stored_vectors() {
     store.close();
 }
 
-/// A hybrid search's vector half walks the graph as wide as `vector_hybrid_expansion`
-/// says, a semantic search as `vector_search_expansion` says, over the same graph.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_purpose_walks_as_wide_as_its_setting() {
+/// engram-index's 2,000 real MiniLM vectors (and its queries), and a model for them.
+fn minilm_fixture() -> (engram_index::eval::Fixture, ModelInfo) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../engram-index/tests/fixtures/minilm-2k.f16");
     let fx = engram_index::eval::Fixture::read(&path).unwrap();
@@ -344,6 +342,14 @@ async fn each_purpose_walks_as_wide_as_its_setting() {
         revision: "1".into(),
         dim: fx.base.dim,
     };
+    (fx, model)
+}
+
+/// A hybrid search's vector half walks the graph as wide as `vector_hybrid_expansion`
+/// says, a semantic search as `vector_search_expansion` says, over the same graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_purpose_walks_as_wide_as_its_setting() {
+    let (fx, model) = minilm_fixture();
     let dir = tempfile::tempdir().unwrap();
     let t = TenantId::parse("t").unwrap();
     // Every search through the graph (no exact search over few candidates).
@@ -398,14 +404,7 @@ async fn each_purpose_walks_as_wide_as_its_setting() {
 /// every candidate returns, nearly all of the top 100, and only memories the filter passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shortlisted_exact_search_finds_what_scoring_every_candidate_finds() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../engram-index/tests/fixtures/minilm-2k.f16");
-    let fx = engram_index::eval::Fixture::read(&path).unwrap();
-    let model = ModelInfo {
-        id: "test/minilm-fixture".into(),
-        revision: "1".into(),
-        dim: fx.base.dim,
-    };
+    let (fx, model) = minilm_fixture();
     let dir = tempfile::tempdir().unwrap();
     let t = TenantId::parse("t").unwrap();
     let store = SqliteStore::open(&SqliteConfig::new(dir.path())).unwrap();
