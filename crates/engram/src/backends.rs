@@ -126,6 +126,7 @@ impl Backends {
                     .await
                     .context("opening the store")?
                     .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+                crate::release_freed_heap();
                 Engine::Sqlite(store)
             }
             StoreUrl::Postgres(u) => {
