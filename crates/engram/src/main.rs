@@ -42,7 +42,7 @@ fn limit_malloc_arenas() {
 /// frees that cache afterwards (`PRAGMA shrink_memory`); glibc keeps the freed pages
 /// resident, where neither the Rust allocator (which builds the keyword index next) nor
 /// SQLite's capped caches will use them again. At a million memories this lowered the
-/// searching process's peak RSS from 1,388–1,479 to 1,210–1,273 MiB (docs/benchmarks.md).
+/// searching process's peak RSS from 1,384–1,479 to 1,210–1,343 MiB (docs/benchmarks.md).
 pub(crate) fn release_freed_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` only hands free pages of the C allocator back to the system,
