@@ -28,7 +28,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::attrs::{fields_of, filter_rids, needs_sql, FieldMap, Fields, HasFields, Interner};
-use crate::db_err;
+use crate::{db_err, SqliteConfig};
 
 /// Candidates up to which a filtered search is exact.
 pub const EXACT_MAX: usize = 10_000;
@@ -525,31 +525,20 @@ fn log_head(conn: &Connection) -> Result<i64, StoreError> {
 }
 
 impl Ann {
-    /// `rescore`: with i8 vectors, how many of a search's best keys are scored again
-    /// against the f32 vectors the store holds (0: none). `expansion_search` and
-    /// `fusion_expansion`: how wide a graph search walks (its `ef`, raised to the number
-    /// of keys asked for) for a list that is the answer and for one that is fused, up to
-    /// [`WALK_BASE`] vectors ([`walk_width`] past it). `shortlist`: see [`SHORTLIST`] (0:
-    /// every candidate scored exactly).
-    pub fn new(
-        dir: &Path,
-        exact_max: usize,
-        quantization: Quantization,
-        rescore: usize,
-        (expansion_search, fusion_expansion): (usize, usize),
-        shortlist: usize,
-    ) -> Ann {
+    /// The index of the store configured by `cfg`, kept in `dir` (see [`SqliteConfig`]'s
+    /// `vector_*` settings and `exact_search_max`).
+    pub fn new(dir: &Path, cfg: &SqliteConfig) -> Ann {
         Ann {
             dir: dir.to_path_buf(),
             loaded: RwLock::new(None),
             sync: Mutex::new(()),
             saving: AtomicBool::new(false),
-            exact_max,
-            quantization,
-            rescore,
-            expansion_search,
-            fusion_expansion,
-            shortlist,
+            exact_max: cfg.exact_search_max,
+            quantization: cfg.vector_quantization,
+            rescore: cfg.vector_rescore,
+            expansion_search: cfg.vector_search_expansion,
+            fusion_expansion: cfg.vector_hybrid_expansion,
+            shortlist: cfg.vector_shortlist,
         }
     }
 

@@ -393,14 +393,7 @@ impl SqliteStore {
         // Without the vector index (one-shot commands), the keyword index is built by the
         // first keyword search, if any.
         let (ann, saver) = if cfg.vector_index {
-            let ann = Arc::new(ann::Ann::new(
-                &cfg.data_dir.join("index"),
-                cfg.exact_search_max,
-                cfg.vector_quantization,
-                cfg.vector_rescore,
-                (cfg.vector_search_expansion, cfg.vector_hybrid_expansion),
-                cfg.vector_shortlist,
-            ));
+            let ann = Arc::new(ann::Ann::new(&cfg.data_dir.join("index"), cfg));
             ann.open(&conn)?;
             // Loading read every vector through this connection; its cache would keep
             // them (they are in the index now) while the writer has no use for them.

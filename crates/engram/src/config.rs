@@ -267,9 +267,8 @@ pub struct StoreConfig {
     /// against the database's f32 vectors (0: none).
     pub vector_rescore: usize,
     /// SQLite: the vector index's graph search `ef` for a semantic search up to 100,000
-    /// vectors, wider past
-    /// that by as much again per tenfold growth (raised to the number of keys a search
-    /// asks for).
+    /// vectors, wider past that by as much again per tenfold growth (raised to the number
+    /// of keys a search asks for).
     pub vector_search_expansion: usize,
     /// SQLite: the same for the vector half of a hybrid search, whose fusion with the
     /// keyword half makes it depend less on the walk.
