@@ -891,13 +891,16 @@ impl Ann {
         } else {
             1
         };
-        // With i8 vectors the best `rescore` keys are scored again at full precision, to
-        // settle near ties around the caller's last place: the search finds at least
-        // that many whatever the caller keeps (a semantic search keeps k and a quarter).
-        let rescoring = if self.quantization == Quantization::I8 {
-            self.rescore
-        } else {
-            0
+        // With i8 vectors the best `rescore` keys of an answer are scored again at full
+        // precision, to settle near ties around the caller's last place: the search finds
+        // at least that many whatever the caller keeps (a semantic search keeps k and a
+        // quarter). A list for fusion is not: fusion weighs its scores against the keyword
+        // candidates' `similarities`, which are the graph's scores too, and re-scoring
+        // made hybrid recall no better (docs/benchmarks.md, "A hybrid search's vector half
+        // keeps the graph's scores").
+        let rescoring = match (self.quantization, purpose) {
+            (Quantization::I8, NearestFor::Answer) => self.rescore,
+            _ => 0,
         };
         let graph_keys = (limit * keys_per_memory).max(rescoring);
         let walk = self.walk(purpose, loaded.index.len());

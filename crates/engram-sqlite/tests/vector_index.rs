@@ -105,14 +105,13 @@ fn exact_top(ids: &[MemoryId], q: u64, k: usize) -> Vec<MemoryId> {
 }
 
 async fn top(store: &SqliteStore, t: &TenantId, q: u64) -> Vec<(MemoryId, f32)> {
+    top_for(store, t, q, Nearest::answer(10, 0.7)).await
+}
+
+/// [`top`] for the list `want` asks for.
+async fn top_for(store: &SqliteStore, t: &TenantId, q: u64, want: Nearest) -> Vec<(MemoryId, f32)> {
     store
-        .nearest(
-            t,
-            &model(),
-            &vector(q),
-            &MemoryFilter::default(),
-            Nearest::answer(10, 0.7),
-        )
+        .nearest(t, &model(), &vector(q), &MemoryFilter::default(), want)
         .await
         .unwrap()
         .into_iter()
@@ -332,6 +331,47 @@ async fn i8_search_scores_its_head_again_from_the_stored_vectors() {
     store.close();
 }
 
+/// A hybrid search's vector half is not scored again from the stored f32 vectors: its
+/// scores are the graph's, as are those `similarities` gives the keyword candidates it
+/// left out, so fusion weighs the two alike. The same search as an answer is scored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_for_fusion_keeps_the_graph_scores_similarities_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TenantId::parse("t").unwrap();
+    let store = SqliteStore::open(&i8_cfg(dir.path(), 32)).unwrap();
+    fill(&store, &t, 300).await;
+    let fusion = Nearest {
+        purpose: NearestFor::Fusion,
+        ..Nearest::answer(10, 0.7)
+    };
+    let (mut answers_differ, mut compared) = (false, 0);
+    for q in 0..20 {
+        let fused = top_for(&store, &t, q, fusion).await;
+        let answer = top_for(&store, &t, q, Nearest::answer(10, 0.7)).await;
+        assert_eq!(fused.len(), 10);
+        let ids: Vec<MemoryId> = fused.iter().map(|(id, _)| *id).collect();
+        let graph: std::collections::HashMap<MemoryId, f32> = store
+            .similarities(&t, &model(), &vector(q), &ids, 0.7)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.id, s.score))
+            .collect();
+        for (id, score) in &fused {
+            assert_eq!(graph.get(id), Some(score), "query {q}");
+            compared += 1;
+        }
+        for (id, score) in &answer {
+            if let Some(g) = graph.get(id) {
+                answers_differ |= (g - score).abs() > 1e-5;
+            }
+        }
+    }
+    assert_eq!(compared, 200);
+    assert!(answers_differ, "the answers were not scored again");
+    store.close();
+}
+
 /// engram-index's 2,000 real MiniLM vectors (and its queries), and a model for them.
 fn minilm_fixture() -> (engram_index::eval::Fixture, ModelInfo) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -352,9 +392,11 @@ async fn each_purpose_walks_as_wide_as_its_setting() {
     let (fx, model) = minilm_fixture();
     let dir = tempfile::tempdir().unwrap();
     let t = TenantId::parse("t").unwrap();
-    // Every search through the graph (no exact search over few candidates).
+    // Every search through the graph (no exact search over few candidates), and no
+    // re-scoring, which only an answer gets: the purposes differ in their walks alone.
     let cfg = |answer: usize, fusion: usize| SqliteConfig {
         exact_search_max: 0,
+        vector_rescore: 0,
         vector_search_expansion: answer,
         vector_hybrid_expansion: fusion,
         ..SqliteConfig::new(dir.path())
