@@ -141,7 +141,8 @@ pub enum NearestFor {
     /// The list is fused with the keyword retriever's (a hybrid search), which scores the
     /// keyword candidates it left out through [`SearchIndex::similarities`], so a memory
     /// found by both retrievers is not lost when the walk misses it: the store may walk
-    /// less widely.
+    /// less widely. Its scores are weighed against those `similarities` gives, so they
+    /// need be no more precise than those.
     Fusion,
 }
 
