@@ -290,7 +290,8 @@ pub struct Ann {
     exact_max: usize,
     /// How the graph keeps vectors; a saved graph kept otherwise is rebuilt at open.
     quantization: Quantization,
-    /// With i8 vectors, a search's best keys scored again from the f32 vectors.
+    /// With i8 vectors, the best keys of an answer ([`NearestFor::Answer`]) scored again
+    /// from the f32 vectors.
     rescore: usize,
     /// How wide a graph search walks for a list that is the answer
     /// ([`NearestFor::Answer`]), up to [`WALK_BASE`] vectors.

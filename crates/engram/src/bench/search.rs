@@ -124,23 +124,40 @@ struct Measured {
     /// Resident set right after the store opened, in MB.
     #[serde(default)]
     rss_open_mb: f64,
-    /// How the vector index kept vectors (`[store] vector_quantization`).
-    #[serde(default)]
-    vector_quantization: String,
-    /// Keys of each search scored again from the database (`[store] vector_rescore`).
-    #[serde(default)]
-    vector_rescore: usize,
-    /// The graph search's `ef` (`[store] vector_search_expansion`).
-    #[serde(default)]
-    vector_search_expansion: usize,
-    /// The graph search's `ef` for hybrid search (`[store] vector_hybrid_expansion`).
-    #[serde(default)]
-    vector_hybrid_expansion: usize,
-    /// `[store] vector_shortlist`.
-    #[serde(default)]
-    vector_shortlist: usize,
+    /// The vector index's settings the figures were measured with.
+    #[serde(flatten)]
+    vector: VectorSettings,
     open_s: f64,
     results: Vec<ModeResult>,
+}
+
+/// The in-process vector index's `[store] vector_*` settings, reported beside the figures
+/// (each 0 or empty when a saved report predates it).
+#[derive(Serialize, Deserialize, Default)]
+#[serde(default)]
+struct VectorSettings {
+    /// How the vector index kept vectors (`vector_quantization`).
+    vector_quantization: String,
+    /// Keys of a semantic search scored again from the database (`vector_rescore`).
+    vector_rescore: usize,
+    /// The graph search's `ef` (`vector_search_expansion`).
+    vector_search_expansion: usize,
+    /// The graph search's `ef` for hybrid search (`vector_hybrid_expansion`).
+    vector_hybrid_expansion: usize,
+    /// `vector_shortlist`.
+    vector_shortlist: usize,
+}
+
+impl VectorSettings {
+    fn of(store: &crate::config::StoreConfig) -> Self {
+        VectorSettings {
+            vector_quantization: store.vector_quantization.to_string(),
+            vector_rescore: store.vector_rescore,
+            vector_search_expansion: store.vector_search_expansion,
+            vector_hybrid_expansion: store.vector_hybrid_expansion,
+            vector_shortlist: store.vector_shortlist,
+        }
+    }
 }
 
 /// Answers each planned query with its cached embedding, so latency excludes the model.
@@ -437,26 +454,15 @@ pub async fn search(cfg: &Config, args: SearchArgs) -> anyhow::Result<()> {
     backends.close();
 
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "n": args.n,
-                "build_s": build_s,
-                "rss_mb": m.rss_mb,
-                "rss_open_mb": m.rss_open_mb,
-                "vector_quantization": m.vector_quantization,
-                "vector_rescore": m.vector_rescore,
-                "vector_search_expansion": m.vector_search_expansion,
-                "vector_hybrid_expansion": m.vector_hybrid_expansion,
-                "vector_shortlist": m.vector_shortlist,
-                "open_s": m.open_s,
-                "results": m.results,
-            })
-        );
+        // The measuring process's report, with the run's size and build time.
+        let mut report = serde_json::to_value(&m)?;
+        report["n"] = args.n.into();
+        report["build_s"] = build_s.into();
+        println!("{report}");
     } else {
         println!(
             "search over {} memories ({} vectors in the index): index built in {build_s:.1} s, reopened in {:.2} s, peak RSS of the searching process {:.0} MB",
-            args.n, m.vector_quantization, m.open_s, m.rss_mb
+            args.n, m.vector.vector_quantization, m.open_s, m.rss_mb
         );
         println!(
             "(resident {:.0} MB once opened; the last column: after each mode's queries)",
@@ -632,11 +638,7 @@ async fn measure(
     Ok(Measured {
         rss_mb: super::peak_rss_mb(),
         rss_open_mb,
-        vector_quantization: cfg.store.vector_quantization.to_string(),
-        vector_rescore: cfg.store.vector_rescore,
-        vector_search_expansion: cfg.store.vector_search_expansion,
-        vector_hybrid_expansion: cfg.store.vector_hybrid_expansion,
-        vector_shortlist: cfg.store.vector_shortlist,
+        vector: VectorSettings::of(&cfg.store),
         open_s,
         results,
     })
