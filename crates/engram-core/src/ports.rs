@@ -112,6 +112,12 @@ pub trait MemoryStore: Send + Sync + 'static {
 pub struct Nearest {
     /// At most this many memories.
     pub limit: u32,
+    /// How many of the list the caller keeps at most: a semantic search's `k`, where
+    /// `limit` adds a margin for memories gone since the index saw them. A store whose
+    /// scores are rounded (an index of i8 vectors) settles the order exactly where the
+    /// caller cuts, at the `keep`-th place; above it, hits within the rounding's margin
+    /// of each other may trade places. At least `limit` keeps every place.
+    pub keep: u32,
     /// The weight of a memory's context vector in its score (0: its windows alone).
     pub context_weight: f32,
     /// What the caller does with the list.
@@ -119,10 +125,12 @@ pub struct Nearest {
 }
 
 impl Nearest {
-    /// A list that is the answer (see [`NearestFor::Answer`]).
+    /// A list of `limit` memories that is the answer, all of it kept (see
+    /// [`NearestFor::Answer`]).
     pub fn answer(limit: u32, context_weight: f32) -> Self {
         Nearest {
             limit,
+            keep: limit,
             context_weight,
             purpose: NearestFor::Answer,
         }

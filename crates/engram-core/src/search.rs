@@ -557,6 +557,8 @@ impl SearchService {
                 &req.filter,
                 Nearest {
                     limit: depth,
+                    // At most `k` of the list are hits.
+                    keep: req.k.min(depth),
                     context_weight: self.config.context_weight,
                     // A hybrid search fuses this list with the keyword one; a semantic
                     // search answers with it.

@@ -171,6 +171,7 @@ pub fn exact_top_k(
             top.push(crate::Hit {
                 key,
                 similarity: crate::vector::cosine(query, q_norm, base.row(i)),
+                margin: 0.0,
             });
         }
     }

@@ -26,6 +26,14 @@ pub struct Hit {
     pub key: u64,
     /// Cosine similarity to the query, in [-1, 1] (1 = same direction).
     pub similarity: f32,
+    /// How far `similarity` may be from the cosine with the vector as it was added, since
+    /// the index rounds what it stores: 0 for f32 vectors; for f16 a bound (2^-10, or
+    /// 2^-9 for the graph's own scores, whose query is rounded too); for i8 seven standard
+    /// deviations of the rounding's error for this vector, about 0.0026 for a MiniLM
+    /// vector (an i8 search's hits are always scored with the f32 query). So two hits
+    /// whose similarities differ by more than the sum of their margins are in the right
+    /// order.
+    pub margin: f32,
 }
 
 /// A persistent HNSW index of vectors under `u64` keys, compared by cosine similarity.
@@ -312,7 +320,7 @@ impl VectorIndex {
                 matches
             }
         }?;
-        let mut hits = to_hits(&matches);
+        let mut hits = to_hits(&matches, query.margin(self.cfg.quantization));
         hits.truncate(k);
         if self.cfg.quantization == Quantization::I8 {
             // The graph compared the query rounded to i8 with each stored vector, so both
@@ -361,7 +369,7 @@ impl VectorIndex {
             if k == 0 || !seen.insert(key) {
                 continue;
             }
-            let similarity = match self.cfg.quantization {
+            let scored = match self.cfg.quantization {
                 Quantization::F16 => {
                     let found = engine
                         .get::<usearch::f16>(key, usearch::f16::from_mut_i16s(&mut raw))
@@ -369,24 +377,36 @@ impl VectorIndex {
                     (found > 0).then(|| {
                         bits.clear();
                         bits.extend(raw.iter().map(|r| *r as u16));
-                        vector::cosine_f16(unit, 1.0, &bits, &mut buf)
+                        let similarity = vector::cosine_f16(unit, 1.0, &bits, &mut buf);
+                        (similarity, vector::F16_MARGIN)
                     })
                 }
                 Quantization::I8 => {
                     let found = engine
                         .get::<i8>(key, &mut bytes)
                         .map_err(IndexError::backend)?;
-                    (found > 0).then(|| vector::cosine_i8(unit, 1.0, &bytes))
+                    (found > 0).then(|| {
+                        let (dot, b_squared) = vector::dot_i8(unit, &bytes);
+                        let b_norm = b_squared.sqrt();
+                        (
+                            vector::cosine_of(dot, 1.0, b_squared),
+                            vector::i8_margin(b_norm),
+                        )
+                    })
                 }
                 Quantization::F32 => {
                     let found = engine
                         .get::<f32>(key, &mut buf)
                         .map_err(IndexError::backend)?;
-                    (found > 0).then(|| vector::cosine(unit, 1.0, &buf))
+                    (found > 0).then(|| (vector::cosine(unit, 1.0, &buf), 0.0))
                 }
             };
-            if let Some(similarity) = similarity {
-                top.push(Hit { key, similarity });
+            if let Some((similarity, margin)) = scored {
+                top.push(Hit {
+                    key,
+                    similarity,
+                    margin,
+                });
             }
         }
         Ok(top.into_sorted())
@@ -405,7 +425,7 @@ impl VectorIndex {
         let query = Query::new(self.cfg.quantization, &unit);
         let _permit = self.permits.acquire();
         let matches = query.exact_search(&engine, k)?;
-        Ok(to_hits(&matches))
+        Ok(to_hits(&matches, query.margin(self.cfg.quantization)))
     }
 
     /// Changes how wide searches look (`ef`); takes effect for the next search.
@@ -529,6 +549,21 @@ impl Query {
         .map_err(IndexError::backend)
     }
 
+    /// The [`Hit::margin`] of the engine's own scores for this query under `quantization`.
+    /// For i8 the query is rounded too, and the stored vector's length is not known here:
+    /// its margin is taken at its widest (a vector whose largest component is ±127 is at
+    /// least 127 long).
+    fn margin(&self, quantization: Quantization) -> f32 {
+        match (self, quantization) {
+            (Query::I8(q), _) => {
+                let q_norm = q.iter().map(|&x| f32::from(x).powi(2)).sum::<f32>().sqrt();
+                vector::i8_margin(q_norm) + vector::i8_margin(127.0)
+            }
+            (Query::F32(_), Quantization::F16) => vector::F16_GRAPH_MARGIN,
+            (Query::F32(_), _) => 0.0,
+        }
+    }
+
     fn exact_search(&self, engine: &usearch::Index, k: usize) -> Result<Matches, IndexError> {
         match self {
             Query::F32(q) => engine.exact_search(q, k),
@@ -554,7 +589,8 @@ fn add_unit(
     .map_err(IndexError::backend)
 }
 
-fn to_hits(matches: &Matches) -> Vec<Hit> {
+/// The engine's matches as hits, best first, each with `margin`.
+fn to_hits(matches: &Matches, margin: f32) -> Vec<Hit> {
     let mut hits: Vec<Hit> = matches
         .keys
         .iter()
@@ -563,6 +599,7 @@ fn to_hits(matches: &Matches) -> Vec<Hit> {
             key,
             // The engine's cosine distance is 1 - cosine similarity.
             similarity: (1.0 - distance).clamp(-1.0, 1.0),
+            margin,
         })
         .collect();
     vector::sort_hits(&mut hits);

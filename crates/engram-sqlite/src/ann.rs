@@ -32,10 +32,12 @@ use crate::{db_err, SqliteConfig};
 
 /// Candidates up to which a filtered search is exact.
 pub const EXACT_MAX: usize = 10_000;
-/// Keys of a search over i8 vectors scored again against the store's f32 vectors, unless
-/// configured otherwise. Measured at a million real MiniLM vectors (docs/benchmarks.md):
-/// 16 took semantic recall@10 from 0.983 to 0.987 and filtered recall to 1.0, for about
-/// 0.1 ms of a search; 32 gave the same recall.
+/// The most keys of a search over i8 vectors scored again against the store's f32 vectors,
+/// unless configured otherwise: those of the memories around the caller's cut whose side
+/// of it the rounding leaves open ([`unsettled`]; about four keys of a MiniLM search).
+/// Scoring the best 16 keys again took semantic recall@10 at a million real MiniLM vectors
+/// from 0.983 to 0.987 and filtered recall to 1.0 (docs/benchmarks.md); the keys the
+/// rounding leaves open are what changed it.
 pub const RESCORE: usize = 16;
 /// An exact search over a filter's candidates scores exactly only the `SHORTLIST × k`
 /// (at least [`SHORTLIST_MIN`]) whose sketches score best, unless configured otherwise:
@@ -58,30 +60,23 @@ fn rid_of(key: u64) -> i64 {
     (key >> 8) as i64
 }
 
-/// Scores the best `n` of `hits` again against the f32 vectors the store holds. The
-/// graph keeps i8 vectors, whose rounding moves similarities by about 0.01: enough to swap
-/// near ties around the tenth place, where recall@10 is decided (at a million memories i8
-/// alone returned 98.2 % of the true top 10). One point read per key, so only the head is
-/// read; the rest keep their i8 scores, as does a key whose vector is gone.
+/// Scores `hits` again against the f32 vectors the store holds. The graph keeps i8
+/// vectors, whose rounding moves similarities by up to a few thousandths ([`Hit::margin`]):
+/// enough to swap near ties at the caller's cut, where recall@10 is decided (at a million
+/// memories i8 alone returned 98.2 % of the true top 10). One point read per key, so only
+/// the keys whose order at the cut the rounding leaves open are read ([`unsettled`]). A
+/// key scored again has margin 0; one whose vector is gone keeps its i8 score and margin.
 ///
 /// A first window is read by the row id `vector_row` gives for its memory (one B-tree
 /// descent instead of two: the key's unique index, then the table), checked against the
 /// key, so a row replaced or renumbered since the index read it is read by its key.
-fn rescore(
+fn rescore<'h>(
     conn: &Connection,
     model_key: &str,
     query: &[f32],
-    hits: &mut [Hit],
-    n: usize,
+    hits: impl Iterator<Item = &'h mut Hit>,
     vector_row: &dyn Fn(i64) -> Option<i64>,
 ) -> Result<(), StoreError> {
-    let n = n.min(hits.len());
-    if n == 0 {
-        return Ok(());
-    }
-    if n < hits.len() {
-        hits.select_nth_unstable_by(n - 1, |a, b| b.similarity.total_cmp(&a.similarity));
-    }
     if query.iter().all(|x| *x == 0.0) {
         return Ok(());
     }
@@ -115,10 +110,11 @@ fn rescore(
             engram_core::embed::vectors_from_bytes(bytes, query.len()).as_deref()
         {
             h.similarity = crate::search::cosine(query, stored);
+            h.margin = 0.0;
         }
         Ok(true)
     };
-    for h in &mut hits[..n] {
+    for h in hits {
         let (rid, w) = (rid_of(h.key), (h.key & 0xff) as i64);
         if let Some(row) = vector_row(rid).filter(|_| w == 0) {
             let rows = by_row
@@ -145,35 +141,104 @@ fn rescore(
 fn memory_scores(
     attrs: &FieldMap<Attrs>,
     rids: &[i64],
-    scored_keys: Vec<Hit>,
+    scored_keys: &[Hit],
     mixing: bool,
     context_weight: f32,
 ) -> Vec<Scored> {
-    let mut best: HashMap<i64, (f32, Option<f32>)> = HashMap::with_capacity(rids.len());
+    scored_memories(rids, scored_keys, mixing, context_weight)
+        .into_iter()
+        .map(|m| Scored {
+            id: attrs[&m.rid].f.id,
+            score: m.score,
+        })
+        .collect()
+}
+
+/// A memory's score from its keys' scores, and how far it may be from its score on the
+/// vectors as they were added (the largest margin of the keys it was scored on).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct MemoryScore {
+    rid: i64,
+    score: f32,
+    margin: f32,
+}
+
+/// [`memory_scores`] by row id, each with its margin.
+fn scored_memories(
+    rids: &[i64],
+    scored_keys: &[Hit],
+    mixing: bool,
+    context_weight: f32,
+) -> Vec<MemoryScore> {
+    // Best window, context score, largest margin.
+    let mut best: HashMap<i64, (f32, Option<f32>, f32)> = HashMap::with_capacity(rids.len());
     for h in scored_keys {
         let rid = rid_of(h.key);
-        let e = best.entry(rid).or_insert((f32::NEG_INFINITY, None));
+        let e = best.entry(rid).or_insert((f32::NEG_INFINITY, None, 0.0));
         if h.key & 0xff == CONTEXT_WINDOW as u64 {
             e.1 = Some(h.similarity);
         } else {
             e.0 = e.0.max(h.similarity);
         }
+        e.2 = e.2.max(h.margin);
     }
     let w = context_weight.clamp(0.0, 1.0);
     rids.iter()
         .filter_map(|rid| {
-            let (turn, ctx) = best.get(rid)?;
+            let (turn, ctx, margin) = best.get(rid)?;
             let score = match ctx {
                 Some(c) if mixing && turn.is_finite() => (1.0 - w) * turn + w * c,
                 _ if turn.is_finite() => *turn,
                 _ => return None,
             };
-            Some(Scored {
-                id: attrs[rid].f.id,
+            Some(MemoryScore {
+                rid: *rid,
                 score,
+                margin: *margin,
             })
         })
         .collect()
+}
+
+/// The memories of `ranked` (best first) whose side of the cut after the first `keep`
+/// their rounded scores leave open, nearest the cut first, as many as have at most `cap`
+/// keys between them (`keys` counts a memory's; the memory at the cut always).
+///
+/// With every score within `m` (the largest margin) of its exact value, and `c` the
+/// `keep`-th score: a memory scoring above `c + 2m` is in the exact top `keep` (it is
+/// above `c + m` exactly; `keep` memories beating that exactly would all score above `c`
+/// rounded, where fewer than `keep` do), and one below `c - 2m` is not (the `keep`
+/// memories at or above `c` are all above `c - m` exactly). So scoring the memories in
+/// between exactly settles which are the exact top `keep`: those above the window keep
+/// their rounded scores, which stay above the exact score of any memory in it that is
+/// not among them (at most `c + m`). Empty when the list is no longer than `keep` (no cut
+/// in it).
+fn unsettled(
+    ranked: &[MemoryScore],
+    keep: usize,
+    cap: usize,
+    keys: impl Fn(i64) -> usize,
+) -> Vec<i64> {
+    if keep == 0 || ranked.len() <= keep {
+        return Vec::new();
+    }
+    let cut = ranked[keep - 1].score;
+    let m = ranked.iter().map(|r| r.margin).fold(0f32, f32::max);
+    let mut open: Vec<&MemoryScore> = ranked
+        .iter()
+        .filter(|r| (r.score - cut).abs() <= 2.0 * m)
+        .collect();
+    open.sort_by(|a, b| (a.score - cut).abs().total_cmp(&(b.score - cut).abs()));
+    let mut out = Vec::new();
+    let mut reads = 0;
+    for r in open {
+        reads += keys(r.rid);
+        if reads > cap && !out.is_empty() {
+            break;
+        }
+        out.push(r.rid);
+    }
+    out
 }
 
 /// Up to this many vectors, a graph search walks as wide as configured.
@@ -841,6 +906,7 @@ impl Ann {
             want:
                 Nearest {
                     limit,
+                    keep,
                     context_weight,
                     purpose,
                 },
@@ -892,13 +958,14 @@ impl Ann {
         } else {
             1
         };
-        // With i8 vectors the best `rescore` keys of an answer are scored again at full
-        // precision, to settle near ties around the caller's last place: the search finds
-        // at least that many whatever the caller keeps (a semantic search keeps k and a
-        // quarter). A list for fusion is not: fusion weighs its scores against the keyword
-        // candidates' `similarities`, which are the graph's scores too, and re-scoring
-        // made hybrid recall no better (docs/benchmarks.md, "A hybrid search's vector half
-        // keeps the graph's scores").
+        // With i8 vectors the keys of an answer whose side of the caller's cut their
+        // rounding leaves open (at most `rescore` of them) are scored again at full
+        // precision: the search finds at least `rescore` keys whatever the caller keeps
+        // (a semantic search keeps k and a quarter), so those just under the cut are
+        // there to compare. A list for fusion is not: fusion weighs its scores against
+        // the keyword candidates' `similarities`, which are the graph's scores too, and
+        // re-scoring made hybrid recall no better (docs/benchmarks.md, "A hybrid search's
+        // vector half keeps the graph's scores").
         let rescoring = match (self.quantization, purpose) {
             (Quantization::I8, NearestFor::Answer) => self.rescore,
             _ => 0,
@@ -998,6 +1065,20 @@ impl Ann {
             }
         }
         if rescoring > 0 {
+            // The memories around the caller's cut whose side of it the rounding leaves
+            // open, all their keys scored again (so a memory's score is its exact one).
+            let mut ranked = scored_memories(&rids, &scored_keys, mixing, context_weight);
+            ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.rid.cmp(&b.rid)));
+            let mut keys_of: HashMap<i64, usize> = HashMap::with_capacity(ranked.len());
+            for h in &scored_keys {
+                *keys_of.entry(rid_of(h.key)).or_default() += 1;
+            }
+            let keep = (keep as usize).min(limit);
+            let open: HashSet<i64> = unsettled(&ranked, keep, rescoring, |rid| {
+                keys_of.get(&rid).copied().unwrap_or(0)
+            })
+            .into_iter()
+            .collect();
             let vector_row = |rid: i64| {
                 attrs
                     .get(&rid)
@@ -1008,12 +1089,13 @@ impl Ann {
                 conn,
                 &loaded.model_key,
                 vector,
-                &mut scored_keys,
-                rescoring,
+                scored_keys
+                    .iter_mut()
+                    .filter(|h| open.contains(&rid_of(h.key))),
                 &vector_row,
             )?;
         }
-        let mut out = memory_scores(&attrs, &rids, scored_keys, mixing, context_weight);
+        let mut out = memory_scores(&attrs, &rids, &scored_keys, mixing, context_weight);
         engram_core::search::sort_desc(&mut out);
         out.truncate(limit);
         Ok(Some(out))
@@ -1065,7 +1147,7 @@ impl Ann {
         Ok(Some(memory_scores(
             &attrs,
             &held,
-            scored,
+            &scored,
             mixing,
             context_weight,
         )))
@@ -1099,5 +1181,44 @@ mod tests {
         assert_eq!(walk_width(160, 10_000_000), 480);
         let w = walk_width(160, 300_000);
         assert!(w > 160 && w < 320, "{w}");
+    }
+
+    fn ranked(scores: &[(i64, f32)], margin: f32) -> Vec<MemoryScore> {
+        scores
+            .iter()
+            .map(|&(rid, score)| MemoryScore { rid, score, margin })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_memories_the_rounding_leaves_on_either_side_of_the_cut_are_unsettled() {
+        let list = ranked(
+            &[
+                (1, 0.90),
+                (2, 0.80),
+                (3, 0.705),
+                (4, 0.70),
+                (5, 0.697),
+                (6, 0.69),
+                (7, 0.60),
+            ],
+            0.003,
+        );
+        let one_key = |_| 1;
+        // The cut after the 4th (0.70): within 2 × 0.003 of it, nearest first.
+        assert_eq!(unsettled(&list, 4, 16, one_key), vec![4, 5, 3]);
+        // At most `cap` keys, the memory at the cut first; it always, whatever it has.
+        assert_eq!(unsettled(&list, 4, 2, one_key), vec![4, 5]);
+        assert_eq!(unsettled(&list, 4, 2, |_| 3), vec![4]);
+        // Exact scores (no margin): only the memories tied with the cut.
+        let exact = ranked(&[(1, 0.9), (2, 0.9), (3, 0.8)], 0.0);
+        assert_eq!(unsettled(&exact, 2, 16, one_key), vec![1, 2]);
+        // No cut inside the list: nothing to settle.
+        assert!(unsettled(&list, 7, 16, one_key).is_empty());
+        assert!(unsettled(&list, 0, 16, one_key).is_empty());
+        // The widest margin of the list counts for all of it.
+        let mut mixed = ranked(&[(1, 0.9), (2, 0.8), (3, 0.79), (4, 0.5)], 0.0);
+        mixed[0].margin = 0.01;
+        assert_eq!(unsettled(&mixed, 2, 16, one_key), vec![2, 3]);
     }
 }

@@ -80,9 +80,11 @@ pub struct SqliteConfig {
     /// How the ANN index keeps each vector in memory and on disk (the store's own copy
     /// is always f32). Changing it rebuilds the index at the next open.
     pub vector_quantization: VectorQuantization,
-    /// With i8 vectors, how many of the best keys of a list that is the answer
-    /// ([`engram_core::NearestFor::Answer`]) are scored again against the store's f32
-    /// vectors (0: none). A list for fusion keeps the graph's scores.
+    /// With i8 vectors, how many keys of a list that is the answer
+    /// ([`engram_core::NearestFor::Answer`]) may be scored again against the store's f32
+    /// vectors, at most (0: none): those of the memories whose side of the caller's cut
+    /// (`Nearest::keep`) the rounding leaves open. A list for fusion keeps the graph's
+    /// scores.
     pub vector_rescore: usize,
     /// The ANN graph search's `ef` for a semantic search: how many candidates it keeps
     /// while it walks (raised to the number of keys asked for). Wider finds more of the

@@ -263,9 +263,10 @@ pub struct StoreConfig {
     /// SQLite: how the in-process vector index keeps each vector (`f32`, `f16`, `i8`);
     /// the database keeps f32 either way. A change rebuilds the index at the next start.
     pub vector_quantization: engram_sqlite::VectorQuantization,
-    /// SQLite, with `i8` vectors: how many of a semantic search's best keys are scored
-    /// again against the database's f32 vectors (0: none). A hybrid search's vector half
-    /// keeps the graph's scores.
+    /// SQLite, with `i8` vectors: at most how many keys of a semantic search are scored
+    /// again against the database's f32 vectors, those whose side of the `k`-th place the
+    /// rounding leaves open (0: none). A hybrid search's vector half keeps the graph's
+    /// scores.
     pub vector_rescore: usize,
     /// SQLite: the vector index's graph search `ef` for a semantic search up to 100,000
     /// vectors, wider past that by as much again per tenfold growth (raised to the number
@@ -409,10 +410,12 @@ pool_size = 16
 # keeps f32 either way). i8 takes half f16's memory and walks the graph faster; f16 keeps
 # a little more recall (docs/benchmarks.md). A change rebuilds the index at the next start.
 vector_quantization = "i8"
-# SQLite, with i8: how many of a semantic search's best keys are scored again against the
-# database's f32 vectors (one point read each), so that i8 rounding cannot reorder the
-# head of the ranking (0: none). A hybrid search's vector half keeps the graph's scores,
-# as fusion scores the keyword candidates it missed on the graph too.
+# SQLite, with i8: at most how many keys of a semantic search are scored again against
+# the database's f32 vectors (one point read each): those of the memories near the k-th
+# place whose side of it i8 rounding leaves open (about four), so rounding cannot change
+# which k are returned (0: none; other hits keep scores within ~0.003 of exact). A
+# hybrid search's vector half keeps the graph's scores, as fusion scores the keyword
+# candidates it missed on the graph too.
 vector_rescore = 16
 # SQLite: how many candidates the vector index's graph search keeps while it walks (HNSW
 # ef) for a semantic search, up to 100,000 vectors; past that it walks wider by as much
