@@ -154,38 +154,41 @@ fn memory_scores(
         .collect()
 }
 
-/// A memory's score from its keys' scores, and how far it may be from its score on the
-/// vectors as they were added (the largest margin of the keys it was scored on).
+/// A memory's score from its keys' scores, how far it may be from its score on the
+/// vectors as they were added (the largest margin of the keys it was scored on), and how
+/// many keys it was scored on.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct MemoryScore {
     rid: i64,
     score: f32,
     margin: f32,
+    keys: usize,
 }
 
-/// [`memory_scores`] by row id, each with its margin.
+/// [`memory_scores`] by row id, each with its margin and its number of keys.
 fn scored_memories(
     rids: &[i64],
     scored_keys: &[Hit],
     mixing: bool,
     context_weight: f32,
 ) -> Vec<MemoryScore> {
-    // Best window, context score, largest margin.
-    let mut best: HashMap<i64, (f32, Option<f32>, f32)> = HashMap::with_capacity(rids.len());
+    // Best window, context score, largest margin, keys.
+    let mut best: HashMap<i64, (f32, Option<f32>, f32, usize)> = HashMap::with_capacity(rids.len());
     for h in scored_keys {
         let rid = rid_of(h.key);
-        let e = best.entry(rid).or_insert((f32::NEG_INFINITY, None, 0.0));
+        let e = best.entry(rid).or_insert((f32::NEG_INFINITY, None, 0.0, 0));
         if h.key & 0xff == CONTEXT_WINDOW as u64 {
             e.1 = Some(h.similarity);
         } else {
             e.0 = e.0.max(h.similarity);
         }
         e.2 = e.2.max(h.margin);
+        e.3 += 1;
     }
     let w = context_weight.clamp(0.0, 1.0);
     rids.iter()
         .filter_map(|rid| {
-            let (turn, ctx, margin) = best.get(rid)?;
+            let (turn, ctx, margin, keys) = best.get(rid)?;
             let score = match ctx {
                 Some(c) if mixing && turn.is_finite() => (1.0 - w) * turn + w * c,
                 _ if turn.is_finite() => *turn,
@@ -195,6 +198,7 @@ fn scored_memories(
                 rid: *rid,
                 score,
                 margin: *margin,
+                keys: *keys,
             })
         })
         .collect()
@@ -202,7 +206,7 @@ fn scored_memories(
 
 /// The memories of `ranked` (best first) whose side of the cut after the first `keep`
 /// their rounded scores leave open, nearest the cut first, as many as have at most `cap`
-/// keys between them (`keys` counts a memory's; the memory at the cut always).
+/// keys between them (the memory at the cut always).
 ///
 /// With every score within `m` (the largest margin) of its exact value, and `c` the
 /// `keep`-th score: a memory scoring above `c + 2m` is in the exact top `keep` (it is
@@ -213,12 +217,7 @@ fn scored_memories(
 /// their rounded scores, which stay above the exact score of any memory in it that is
 /// not among them (at most `c + m`). Empty when the list is no longer than `keep` (no cut
 /// in it).
-fn unsettled(
-    ranked: &[MemoryScore],
-    keep: usize,
-    cap: usize,
-    keys: impl Fn(i64) -> usize,
-) -> Vec<i64> {
+fn unsettled(ranked: &[MemoryScore], keep: usize, cap: usize) -> Vec<i64> {
     if keep == 0 || ranked.len() <= keep {
         return Vec::new();
     }
@@ -232,7 +231,7 @@ fn unsettled(
     let mut out = Vec::new();
     let mut reads = 0;
     for r in open {
-        reads += keys(r.rid);
+        reads += r.keys;
         if reads > cap && !out.is_empty() {
             break;
         }
@@ -355,8 +354,8 @@ pub struct Ann {
     exact_max: usize,
     /// How the graph keeps vectors; a saved graph kept otherwise is rebuilt at open.
     quantization: Quantization,
-    /// With i8 vectors, the best keys of an answer ([`NearestFor::Answer`]) scored again
-    /// from the f32 vectors.
+    /// With i8 vectors, the most keys of an answer ([`NearestFor::Answer`]) scored again
+    /// from the f32 vectors: those whose side of the caller's cut the rounding leaves open.
     rescore: usize,
     /// How wide a graph search walks for a list that is the answer
     /// ([`NearestFor::Answer`]), up to [`WALK_BASE`] vectors.
@@ -1069,16 +1068,8 @@ impl Ann {
             // open, all their keys scored again (so a memory's score is its exact one).
             let mut ranked = scored_memories(&rids, &scored_keys, mixing, context_weight);
             ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.rid.cmp(&b.rid)));
-            let mut keys_of: HashMap<i64, usize> = HashMap::with_capacity(ranked.len());
-            for h in &scored_keys {
-                *keys_of.entry(rid_of(h.key)).or_default() += 1;
-            }
             let keep = (keep as usize).min(limit);
-            let open: HashSet<i64> = unsettled(&ranked, keep, rescoring, |rid| {
-                keys_of.get(&rid).copied().unwrap_or(0)
-            })
-            .into_iter()
-            .collect();
+            let open: HashSet<i64> = unsettled(&ranked, keep, rescoring).into_iter().collect();
             let vector_row = |rid: i64| {
                 attrs
                     .get(&rid)
@@ -1183,10 +1174,16 @@ mod tests {
         assert!(w > 160 && w < 320, "{w}");
     }
 
+    /// Memories of one key each, all with `margin`.
     fn ranked(scores: &[(i64, f32)], margin: f32) -> Vec<MemoryScore> {
         scores
             .iter()
-            .map(|&(rid, score)| MemoryScore { rid, score, margin })
+            .map(|&(rid, score)| MemoryScore {
+                rid,
+                score,
+                margin,
+                keys: 1,
+            })
             .collect()
     }
 
@@ -1204,21 +1201,22 @@ mod tests {
             ],
             0.003,
         );
-        let one_key = |_| 1;
         // The cut after the 4th (0.70): within 2 × 0.003 of it, nearest first.
-        assert_eq!(unsettled(&list, 4, 16, one_key), vec![4, 5, 3]);
+        assert_eq!(unsettled(&list, 4, 16), vec![4, 5, 3]);
         // At most `cap` keys, the memory at the cut first; it always, whatever it has.
-        assert_eq!(unsettled(&list, 4, 2, one_key), vec![4, 5]);
-        assert_eq!(unsettled(&list, 4, 2, |_| 3), vec![4]);
+        assert_eq!(unsettled(&list, 4, 2), vec![4, 5]);
+        let three_keys: Vec<MemoryScore> =
+            list.iter().map(|m| MemoryScore { keys: 3, ..*m }).collect();
+        assert_eq!(unsettled(&three_keys, 4, 2), vec![4]);
         // Exact scores (no margin): only the memories tied with the cut.
         let exact = ranked(&[(1, 0.9), (2, 0.9), (3, 0.8)], 0.0);
-        assert_eq!(unsettled(&exact, 2, 16, one_key), vec![1, 2]);
+        assert_eq!(unsettled(&exact, 2, 16), vec![1, 2]);
         // No cut inside the list: nothing to settle.
-        assert!(unsettled(&list, 7, 16, one_key).is_empty());
-        assert!(unsettled(&list, 0, 16, one_key).is_empty());
+        assert!(unsettled(&list, 7, 16).is_empty());
+        assert!(unsettled(&list, 0, 16).is_empty());
         // The widest margin of the list counts for all of it.
         let mut mixed = ranked(&[(1, 0.9), (2, 0.8), (3, 0.79), (4, 0.5)], 0.0);
         mixed[0].margin = 0.01;
-        assert_eq!(unsettled(&mixed, 2, 16, one_key), vec![2, 3]);
+        assert_eq!(unsettled(&mixed, 2, 16), vec![2, 3]);
     }
 }

@@ -548,8 +548,8 @@ async fn a_shortlisted_exact_search_finds_what_scoring_every_candidate_finds() {
 
 /// Rescoring reads a first window by the row id the index holds for it. A row renumbered
 /// since (VACUUM may renumber a table's rows; here every row moves up by one, so each
-/// held row id names another memory's row) is read by its key instead, and the scores
-/// stay the exact ones.
+/// held row id names another memory's row) is read by its key instead, and the hits and
+/// their scores stay what they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescoring_finds_vectors_whose_rows_were_renumbered() {
     let dir = tempfile::tempdir().unwrap();

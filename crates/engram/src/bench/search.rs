@@ -138,7 +138,7 @@ struct Measured {
 struct VectorSettings {
     /// How the vector index kept vectors (`vector_quantization`).
     vector_quantization: String,
-    /// Keys of a semantic search scored again from the database (`vector_rescore`).
+    /// The most keys of a semantic search scored again from the database (`vector_rescore`).
     vector_rescore: usize,
     /// The graph search's `ef` (`vector_search_expansion`).
     vector_search_expansion: usize,
