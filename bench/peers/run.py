@@ -9,7 +9,9 @@ against exact search, next to engram's own `semantic` rows from `engram bench se
 
 Run it with any python3: it creates ~/.cache/engram/peers-venv, installs requirements.txt
 there and re-runs itself inside. Each peer runs in a subprocess of its own, so a crash or
-a failed install of one does not stop the others. See README.md.
+a failed install of one does not stop the others. With `--rounds R` each peer's query
+passes run R times, engram measuring again between them, and medians are reported (for
+comparisons on machines whose speed drifts). See README.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -31,6 +34,9 @@ VENV = Path.home() / ".cache" / "engram" / "peers-venv"
 # `--with-text`: every peer returns each hit's stored sentence with its id, as engram's
 # search returns each hit's memory (set from the command line in parent and workers).
 WITH_TEXT = False
+# `--rounds R`: each query pass runs R times, and after each pass the peer waits while
+# engram measures on the same machine (set in parent and workers).
+ROUNDS = 1
 DEFAULT_ENGRAM = "/root/.cache/engram-target/release/engram"
 USERS = 100
 K = 10
@@ -182,25 +188,49 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p * (len(s) - 1)))]
 
 
+def median(xs: list[float]) -> float:
+    return pct(xs, 0.5)
+
+
+def hand_over() -> None:
+    """In a worker with `--rounds`: tells the parent this pass is done and waits while it
+    measures engram."""
+    print(json.dumps({"turn": True}), flush=True)
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit("the parent process went away")
+
+
 def run_queries(c: Corpus, search, filtered: bool, exact, warmup: int = 10):
-    """Runs every query one at a time; search(j, vector, user_or_None) -> ids."""
+    """Runs every query one at a time; search(j, vector, user_or_None) -> ids. With
+    `--rounds R`, R passes, each followed by engram's turn: the row's latencies are the
+    medians of the passes' (each pass's figures under "rounds"), its recall the first
+    pass's."""
     for j in range(min(warmup, c.q)):
         search(j, c.queries[j], c.query_users[j] if filtered else None)
-    lat: list[float] = []
+    passes = []
     found: list[list[int]] = []
-    for j in range(c.q):
-        t = time.perf_counter()
-        ids = search(j, c.queries[j], c.query_users[j] if filtered else None)
-        lat.append((time.perf_counter() - t) * 1e3)
-        found.append([int(x) for x in ids])
-    return {
+    for r in range(ROUNDS):
+        lat: list[float] = []
+        this: list[list[int]] = []
+        for j in range(c.q):
+            t = time.perf_counter()
+            ids = search(j, c.queries[j], c.query_users[j] if filtered else None)
+            lat.append((time.perf_counter() - t) * 1e3)
+            this.append([int(x) for x in ids])
+        if r == 0:
+            found = this
+        passes.append({"p50_ms": pct(lat, 0.50), "p95_ms": pct(lat, 0.95), "p99_ms": pct(lat, 0.99)})
+        if ROUNDS > 1:
+            hand_over()
+    row = {
         "filtered": filtered,
-        "p50_ms": pct(lat, 0.50),
-        "p95_ms": pct(lat, 0.95),
-        "p99_ms": pct(lat, 0.99),
+        **{key: median([p[key] for p in passes]) for key in ("p50_ms", "p95_ms", "p99_ms")},
         "recall_at_10": recall(found, exact),
         "mean_results": sum(len(f) for f in found) / max(len(found), 1),
     }
+    if ROUNDS > 1:
+        row["rounds"] = passes
+    return row
 
 
 def peak_rss_mb() -> float:
@@ -649,8 +679,24 @@ def worker(args) -> None:
 # engram's own row.
 
 
-def engram_row(path: str, n: int, timeout: int) -> dict:
+def engram_row(path: str, n: int, timeout: int, data_dir: Path | None = None) -> dict:
+    """engram's row: `engram bench search --n N --json`, keeping its store in `data_dir`
+    when given (for `--rounds`)."""
     cmd = [path, "bench", "search", "--n", str(n), "--json"]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    return run_engram(cmd, timeout)
+
+
+def engram_measure(path: str, data_dir: Path, timeout: int) -> dict:
+    """One more latency run of engram's semantic search over the store in `data_dir`."""
+    cmd = [path, "bench", "search", "--measure", str(data_dir), "--modes", "semantic",
+           "--no-recall", "--json"]
+    return run_engram(cmd, timeout)
+
+
+def run_engram(cmd: list[str], timeout: int) -> dict:
+    path = cmd[0]
     if not Path(path).exists():
         return {"ok": False, "error": f"{path} does not exist (build it: cargo build --release -p engram)"}
     log(f"engram: {' '.join(cmd)}")
@@ -702,6 +748,7 @@ def table(report: dict) -> str:
             if r.get("mode") == "semantic":
                 eng_sem[bool(r.get("filtered"))] = r
     lines = []
+    notes: list[str] = []
     hdr = f"{'store':<13} {'filter':<22} {'ingest/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>9} {'p50 x':>7} {'p95 x':>7}"
     lines.append(hdr)
     lines.append("-" * len(hdr))
@@ -726,6 +773,18 @@ def table(report: dict) -> str:
             if r.get("variant") and "iterative" in r["variant"]:
                 label = "user, iterative_scan"
             e = eng_sem.get(f)
+            if r.get("engram_rounds"):
+                # With --rounds: against engram's runs between this row's own passes.
+                paired = [x for x in r["engram_rounds"] if x is not None]
+                paired95 = [x for x in r.get("engram_rounds_p95", []) if x is not None]
+                e = {"p50_ms": median(paired), "p95_ms": median(paired95)} if paired else None
+                ours = [p["p50_ms"] for p in r["rounds"]]
+                ahead = sum(1 for a, b in zip(r["engram_rounds"], ours) if a is not None and a < b)
+                notes.append(
+                    f"({name}, {label}: p50 by round {' '.join(f'{x:.3f}' for x in ours)} ms; "
+                    f"engram's runs right after {' '.join(fmt(x, '.3f') for x in r['engram_rounds'])}; "
+                    f"engram faster in {ahead} of {len(ours)})"
+                )
             x50 = r["p50_ms"] / e["p50_ms"] if e and e.get("p50_ms") else None
             x95 = r["p95_ms"] / e["p95_ms"] if e and e.get("p95_ms") else None
             lines.append(
@@ -733,6 +792,7 @@ def table(report: dict) -> str:
                 f"{fmt(r['p95_ms'], '8.3f')} {fmt(r['recall_at_10'], '9.3f')} "
                 f"{fmt(x50, '7.2f')} {fmt(x95, '7.2f')}"
             )
+    lines.extend(notes)
     if not eng.get("ok"):
         lines.append(f"engram        unavailable: {eng.get('error')}")
     else:
@@ -751,6 +811,11 @@ def table(report: dict) -> str:
         )
     lines.append(
         "ingest/s = n / (load + index build); p50 x / p95 x = peer latency / engram's semantic latency"
+        + (
+            f" (medians of {report['rounds']} rounds; a peer's ratios against engram's runs between its passes)"
+            if report.get("rounds", 1) > 1
+            else ""
+        )
     )
     lines.append(
         "peers return each hit's id and stored sentence (--with-text)"
@@ -758,6 +823,41 @@ def table(report: dict) -> str:
         else "peers return ids only; engram returns each hit's memory (--with-text makes the peers return the sentence)"
     )
     return "\n".join(lines)
+
+
+def semantic_rows(out: dict) -> dict:
+    """engram's semantic rows of one `bench search` output, by `filtered`."""
+    return {
+        bool(r.get("filtered")): r for r in out.get("results", []) if r.get("mode") == "semantic"
+    }
+
+
+def run_worker(cmd: list[str], timeout: int, on_turn) -> dict:
+    """Runs one peer's worker, calling `on_turn` whenever it hands the machine over
+    (`--rounds`); its last JSON line is the result."""
+    with tempfile.TemporaryFile(mode="w+") as err:
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        timer = threading.Timer(timeout, p.kill)
+        timer.start()
+        last = None
+        try:
+            for line in p.stdout:
+                if line.startswith('{"turn"'):
+                    on_turn()
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
+                elif line.startswith("{"):
+                    last = line
+            p.wait()
+        finally:
+            timer.cancel()
+        if last is not None:
+            return json.loads(last)
+        if p.returncode is not None and p.returncode < 0:
+            return {"ok": False, "error": f"took more than {timeout} s"}
+        err.seek(0)
+        tail = (err.read().strip().splitlines() or ["(no output)"])[-1]
+        return {"ok": False, "error": f"worker exited {p.returncode}: {tail}"}
 
 
 def main() -> None:
@@ -776,11 +876,20 @@ def main() -> None:
         action="store_true",
         help="peers return each hit's stored sentence with its id, as engram returns memories",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each peer's query passes R times, engram measuring between them (medians reported)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--truth", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global WITH_TEXT
+    global WITH_TEXT, ROUNDS
     WITH_TEXT = args.with_text
+    ROUNDS = max(1, args.rounds)
+    if ROUNDS > 1 and (args.skip_engram or args.engram_json):
+        raise SystemExit("--rounds measures engram between the peers' passes: it cannot skip engram or take a saved row")
     ensure_venv()
     if args.worker:
         worker(args)
@@ -801,12 +910,21 @@ def main() -> None:
         "corpus": str(directory),
         "model": c.model,
         "with_text": args.with_text,
+        "rounds": ROUNDS,
         "peers": {},
     }
     del c
+    rounds = args.rounds > 1
+    engram_turns: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="engram-peers-") as tmp:
         truth = Path(tmp) / "truth.npz"
         np.savez(truth, unfiltered=exact_u, filtered=exact_f)
+        engram_dir = Path(tmp) / "engram"
+        if rounds:
+            # engram's store first, kept for its turns between the peers' passes.
+            report["engram"] = engram_row(args.engram, args.n, args.timeout, engram_dir)
+            if not report["engram"].get("ok"):
+                raise SystemExit(f"engram: {report['engram'].get('error')}")
         for name in [p.strip() for p in args.peers.split(",") if p.strip()]:
             if name not in RUNNERS:
                 report["peers"][name] = {"ok": False, "error": "unknown peer"}
@@ -819,17 +937,28 @@ def main() -> None:
                 cmd += ["--corpus", args.corpus]
             if args.with_text:
                 cmd.append("--with-text")
-            try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
-                if lines:
-                    res = json.loads(lines[-1])
-                else:
-                    tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-                    res = {"ok": False, "error": f"worker exited {r.returncode}: {tail}"}
-            except subprocess.TimeoutExpired:
-                res = {"ok": False, "error": f"took more than {args.timeout} s"}
+            cmd += ["--rounds", str(args.rounds)]
+            turns: list[dict] = []
+
+            def engram_turn() -> None:
+                got = engram_measure(args.engram, engram_dir, args.timeout)
+                turns.append(semantic_rows(got) if got.get("ok") else {})
+                if not got.get("ok"):
+                    log(f"engram's turn failed: {got.get('error')}")
+
+            res = run_worker(cmd, args.timeout, engram_turn)
             res["wall_s"] = time.perf_counter() - t
+            if rounds and res.get("ok"):
+                # Turn i followed pass i % R of row i // R.
+                for i, row in enumerate(res["rows"]):
+                    mine = turns[i * args.rounds:(i + 1) * args.rounds]
+                    row["engram_rounds"] = [
+                        m.get(row["filtered"], {}).get("p50_ms") for m in mine
+                    ]
+                    row["engram_rounds_p95"] = [
+                        m.get(row["filtered"], {}).get("p95_ms") for m in mine
+                    ]
+                engram_turns.extend(turns)
             if not res.get("ok"):
                 log(f"{name}: FAILED: {res.get('error')}")
                 if res.get("trace"):
@@ -844,7 +973,18 @@ def main() -> None:
                     )
                 )
             report["peers"][name] = res
-    if args.skip_engram:
+    if rounds:
+        # engram's semantic latencies: the medians over all its turns; recall from its
+        # first run.
+        report["engram"]["turns"] = engram_turns
+        for r in report["engram"].get("results", []):
+            if r.get("mode") != "semantic":
+                continue
+            mine = [t[bool(r["filtered"])] for t in engram_turns if bool(r["filtered"]) in t]
+            for key in ("p50_ms", "p95_ms", "p99_ms"):
+                if mine:
+                    r[key] = median([m[key] for m in mine])
+    elif args.skip_engram:
         report["engram"] = {"ok": False, "error": "skipped (--skip-engram)"}
     elif args.engram_json:
         text = Path(args.engram_json).read_text()
