@@ -295,9 +295,9 @@ async fn changing_the_quantization_rebuilds_the_index_and_search_still_finds() {
 /// With i8 vectors the graph's similarities are rounded, by up to a few thousandths, so
 /// near ties at the caller's cut could fall on the wrong side of it. The memories whose
 /// side of the cut the rounding leaves open are scored again against the f32 vectors the
-/// store holds: the first `keep` are the exact top `keep`, the memory at the cut has its
-/// exact score, and every score is within the rounding's margin of the exact one. Without
-/// that step the scores are the rounded ones.
+/// store holds: the first `keep` are the exact top `keep` of the memories the search
+/// found, the memory at the cut has its exact score, and every score is within the
+/// rounding's margin of the exact one. Without that step the scores are the rounded ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn i8_search_settles_its_cut_from_the_stored_vectors() {
     let dir = tempfile::tempdir().unwrap();
@@ -321,10 +321,17 @@ async fn i8_search_settles_its_cut_from_the_stored_vectors() {
         let hits = top_for(&store, &t, q, want).await;
         assert_eq!(hits.len(), 13);
         let kept: HashSet<MemoryId> = hits[..10].iter().map(|h| h.0).collect();
-        let exact: HashSet<MemoryId> = exact_top(&ids, q, 10).into_iter().collect();
+        // Of the memories the search returned, the 10 best by exact cosine. (Not of all
+        // 300: a graph built on two threads can leave a node or two that no walk reaches,
+        // one of a query's exact top 10 in about one run of four here, and what the graph
+        // finds is recall's business, tested above. The cut is about the order of what
+        // it found.)
+        let mut by_exact: Vec<MemoryId> = hits.iter().map(|h| h.0).collect();
+        by_exact.sort_by(|a, b| cosine(b, q).total_cmp(&cosine(a, q)));
+        let exact: HashSet<MemoryId> = by_exact[..10].iter().copied().collect();
         assert_eq!(
             kept, exact,
-            "query {q}: the first 10 are not the exact top 10"
+            "query {q}: the first 10 are not the exact top 10 of the memories found"
         );
         let (cut, score) = hits[9];
         assert!(
