@@ -2,7 +2,8 @@
 //! (docs/benchmarks.md, "Where a filtered search's last tenth of a millisecond goes").
 //!
 //! ```text
-//! cargo run --release -p engram-index --example slot_metric -- [--n 100000] [--queries 1000] [--corpus DIR]
+//! cargo run --release -p engram-index --features slot-metric --example slot_metric -- \
+//!     [--n 100000] [--queries 1000] [--corpus DIR] [--kernel lanes|lanes-avx2|madd|vnni]
 //! ```
 //!
 //! An exact search over a filter's candidates reads each one's vector from usearch by key
@@ -16,13 +17,17 @@
 //!
 //! - `native`: usearch keeps the i8 vectors and computes cosine with its own kernels;
 //! - `custom`: usearch keeps the i8 vectors, the metric is a Rust closure (this file's
-//!   i8 kernel, through usearch's callback);
+//!   i8 kernel, `--kernel` or the fastest the CPU has, through usearch's callback);
 //! - `slots`: usearch keeps an 8-byte slot per node; the closure reads the vectors and
 //!   their lengths from arrays this program holds; the query is passed as a tagged
 //!   pointer to its i8 components and their length.
 //!
 //! Recall@10 is against exact cosine over the f32 vectors; "usearch MB" is usearch's own
 //! `memory_usage`, to which `slots` adds its arrays (printed).
+
+// The AVX-512 intrinsics of the VNNI kernel are stable since Rust 1.89, above the
+// workspace's rust-version: this example is built only with the `slot-metric` feature.
+#![allow(clippy::incompatible_msrv)]
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -65,18 +70,128 @@ fn dot_lanes(a: &[i8], b: &[i8]) -> i32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[i8], b: &[i8]) -> i32 {
-    dot_lanes(a, b)
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::dot_lanes`] compiled for AVX2 (the compiler widens to 32-bit lanes).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_lanes_avx2(a: &[i8], b: &[i8]) -> i32 {
+        super::dot_lanes(a, b)
+    }
+
+    /// The dot product with AVX2: 32 components at a time, widened to 16 bits and
+    /// multiplied and added in pairs into 32-bit lanes (`vpmaddwd`).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_madd(a: &[i8], b: &[i8]) -> i32 {
+        let n = a.len().min(b.len());
+        let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n, so both 32-byte loads are in bounds.
+            let (va, vb) = unsafe {
+                (
+                    _mm256_loadu_si256(a.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(b.as_ptr().add(i).cast()),
+                )
+            };
+            let (a0, a1) = (
+                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(va)),
+                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(va)),
+            );
+            let (b0, b1) = (
+                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(vb)),
+                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(vb)),
+            );
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(a0, b0));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(a1, b1));
+            i += 32;
+        }
+        let mut lanes = [0i32; 8];
+        // SAFETY: `lanes` holds 8 i32, 32 bytes.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_add_epi32(acc0, acc1)) };
+        lanes.iter().sum::<i32>() + super::dot_lanes(&a[i..n], &b[i..n])
+    }
+
+    /// The dot product with AVX-512 VNNI: 64 components at a time, widened to 16 bits,
+    /// then multiplied, added in pairs and accumulated by one instruction (`vpdpwssd`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn dot_vnni(a: &[i8], b: &[i8]) -> i32 {
+        let n = a.len().min(b.len());
+        let (mut acc0, mut acc1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let mut i = 0;
+        while i + 64 <= n {
+            // SAFETY: i + 64 <= n, so both 64-byte loads are in bounds.
+            let (va, vb) = unsafe {
+                (
+                    _mm512_loadu_si512(a.as_ptr().add(i).cast()),
+                    _mm512_loadu_si512(b.as_ptr().add(i).cast()),
+                )
+            };
+            let (a0, a1) = (
+                _mm512_cvtepi8_epi16(_mm512_castsi512_si256(va)),
+                _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(va)),
+            );
+            let (b0, b1) = (
+                _mm512_cvtepi8_epi16(_mm512_castsi512_si256(vb)),
+                _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(vb)),
+            );
+            acc0 = _mm512_dpwssd_epi32(acc0, a0, b0);
+            acc1 = _mm512_dpwssd_epi32(acc1, a1, b1);
+            i += 64;
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1)) + super::dot_lanes(&a[i..n], &b[i..n])
+    }
 }
 
-fn dot(a: &[i8], b: &[i8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { dot_avx2(a, b) };
+/// The i8 kernels the Rust metrics can run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    /// [`dot_lanes`] for the baseline target.
+    Lanes,
+    /// [`dot_lanes`] compiled for AVX2.
+    LanesAvx2,
+    /// `vpmaddwd` (AVX2).
+    Madd,
+    /// `vpdpwssd` (AVX-512 VNNI).
+    Vnni,
+}
+
+impl Kernel {
+    fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Kernel::Lanes => true,
+                Kernel::LanesAvx2 | Kernel::Madd => std::arch::is_x86_feature_detected!("avx2"),
+                Kernel::Vnni => {
+                    std::arch::is_x86_feature_detected!("avx512bw")
+                        && std::arch::is_x86_feature_detected!("avx512vnni")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Kernel::Lanes
+        }
     }
-    dot_lanes(a, b)
+}
+
+/// The kernel of this run: `--kernel`, or the fastest the CPU has.
+static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+
+fn dot(a: &[i8], b: &[i8]) -> i32 {
+    match KERNEL.get().copied().unwrap_or(Kernel::Lanes) {
+        Kernel::Lanes => dot_lanes(a, b),
+        // SAFETY (each arm): `main` sets only a kernel the CPU has (`Kernel::available`).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::LanesAvx2 => unsafe { x86::dot_lanes_avx2(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Madd => unsafe { x86::dot_madd(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Vnni => unsafe { x86::dot_vnni(a, b) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => dot_lanes(a, b),
+    }
 }
 
 /// A query as the `slots` variant passes it: its components and their length.
@@ -102,6 +217,7 @@ struct Args {
     n: usize,
     queries: usize,
     corpus: PathBuf,
+    kernel: Option<Kernel>,
 }
 
 fn parse_args() -> Result<Args, Box<dyn Error>> {
@@ -109,6 +225,7 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
         n: 100_000,
         queries: 1000,
         corpus: eval::default_corpus_dir(),
+        kernel: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -117,6 +234,15 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
             "--n" => args.n = value()?.parse()?,
             "--queries" => args.queries = value()?.parse()?,
             "--corpus" => args.corpus = value()?.into(),
+            "--kernel" => {
+                args.kernel = Some(match value()?.as_str() {
+                    "lanes" => Kernel::Lanes,
+                    "lanes-avx2" => Kernel::LanesAvx2,
+                    "madd" => Kernel::Madd,
+                    "vnni" => Kernel::Vnni,
+                    other => return Err(format!("unknown kernel {other}").into()),
+                })
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -125,6 +251,15 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args = parse_args()?;
+    let kernel = match args.kernel {
+        Some(k) if !k.available() => return Err(format!("this CPU cannot run {k:?}").into()),
+        Some(k) => k,
+        None => [Kernel::Vnni, Kernel::Madd, Kernel::Lanes]
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Lanes),
+    };
+    KERNEL.set(kernel).map_err(|_| "the kernel was set twice")?;
     let dim = eval::corpus_dim(&args.corpus)?;
     let all = Vectors::read_f32(&args.corpus.join("vectors.f32"), dim, usize::MAX)?;
     if all.len() < args.n + args.queries {
@@ -144,7 +279,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         lengths: stored.iter().map(|v| (dot(v, v) as f32).sqrt()).collect(),
     });
     println!(
-        "{} vectors of {dim}, {} queries; slots' arrays {:.1} MB",
+        "{} vectors of {dim}, {} queries; slots' arrays {:.1} MB; Rust metric kernel {kernel:?}",
         base.len(),
         queries.len(),
         (arena.vectors.len() + 4 * arena.lengths.len()) as f64 / 1e6
