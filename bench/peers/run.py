@@ -844,8 +844,11 @@ def run_worker(cmd: list[str], timeout: int, on_turn) -> dict:
             for line in p.stdout:
                 if line.startswith('{"turn"'):
                     on_turn()
-                    p.stdin.write("go\n")
-                    p.stdin.flush()
+                    try:
+                        p.stdin.write("go\n")
+                        p.stdin.flush()
+                    except BrokenPipeError:  # the worker died meanwhile: its error follows
+                        break
                 elif line.startswith("{"):
                     last = line
             p.wait()
