@@ -742,11 +742,7 @@ def fmt(x, spec: str) -> str:
 
 def table(report: dict) -> str:
     eng = report["engram"]
-    eng_sem = {}
-    if eng.get("ok"):
-        for r in eng.get("results", []):
-            if r.get("mode") == "semantic":
-                eng_sem[bool(r.get("filtered"))] = r
+    eng_sem = semantic_rows(eng) if eng.get("ok") else {}
     lines = []
     notes: list[str] = []
     hdr = f"{'store':<13} {'filter':<22} {'ingest/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>9} {'p50 x':>7} {'p95 x':>7}"
@@ -775,14 +771,18 @@ def table(report: dict) -> str:
             e = eng_sem.get(f)
             if r.get("engram_rounds"):
                 # With --rounds: against engram's runs between this row's own passes.
-                paired = [x for x in r["engram_rounds"] if x is not None]
-                paired95 = [x for x in r.get("engram_rounds_p95", []) if x is not None]
-                e = {"p50_ms": median(paired), "p95_ms": median(paired95)} if paired else None
+                theirs = [x["p50_ms"] if x else None for x in r["engram_rounds"]]
+                paired = [x for x in r["engram_rounds"] if x]
+                e = (
+                    {key: median([x[key] for x in paired]) for key in ("p50_ms", "p95_ms")}
+                    if paired
+                    else None
+                )
                 ours = [p["p50_ms"] for p in r["rounds"]]
-                ahead = sum(1 for a, b in zip(r["engram_rounds"], ours) if a is not None and a < b)
+                ahead = sum(1 for a, b in zip(theirs, ours) if a is not None and a < b)
                 notes.append(
                     f"({name}, {label}: p50 by round {' '.join(f'{x:.3f}' for x in ours)} ms; "
-                    f"engram's runs right after {' '.join(fmt(x, '.3f') for x in r['engram_rounds'])}; "
+                    f"engram's runs right after {' '.join(fmt(x, '.3f') for x in theirs)}; "
                     f"engram faster in {ahead} of {len(ours)})"
                 )
             x50 = r["p50_ms"] / e["p50_ms"] if e and e.get("p50_ms") else None
@@ -917,7 +917,7 @@ def main() -> None:
         "peers": {},
     }
     del c
-    rounds = args.rounds > 1
+    rounds = ROUNDS > 1
     engram_turns: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="engram-peers-") as tmp:
         truth = Path(tmp) / "truth.npz"
@@ -940,7 +940,7 @@ def main() -> None:
                 cmd += ["--corpus", args.corpus]
             if args.with_text:
                 cmd.append("--with-text")
-            cmd += ["--rounds", str(args.rounds)]
+            cmd += ["--rounds", str(ROUNDS)]
             turns: list[dict] = []
 
             def engram_turn() -> None:
@@ -953,14 +953,10 @@ def main() -> None:
             res["wall_s"] = time.perf_counter() - t
             if rounds and res.get("ok"):
                 # Turn i followed pass i % R of row i // R.
+                # engram's semantic row for each of this row's passes (None: its run failed).
                 for i, row in enumerate(res["rows"]):
-                    mine = turns[i * args.rounds:(i + 1) * args.rounds]
-                    row["engram_rounds"] = [
-                        m.get(row["filtered"], {}).get("p50_ms") for m in mine
-                    ]
-                    row["engram_rounds_p95"] = [
-                        m.get(row["filtered"], {}).get("p95_ms") for m in mine
-                    ]
+                    mine = turns[i * ROUNDS:(i + 1) * ROUNDS]
+                    row["engram_rounds"] = [m.get(row["filtered"]) for m in mine]
                 engram_turns.extend(turns)
             if not res.get("ok"):
                 log(f"{name}: FAILED: {res.get('error')}")
