@@ -8,11 +8,12 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use usearch::MetricKind;
 
-use crate::persist::{self, Meta, FORMAT_VERSION};
+use crate::arena::{self, Arena, Shared, QUERY_VALUE};
+use crate::persist::{self, FileSum, Meta, FORMAT_VERSION};
 use crate::vector::{self, TopK};
 use crate::{IndexConfig, IndexError, Quantization, Sketch};
 
@@ -50,7 +51,7 @@ pub struct Hit {
 pub struct VectorIndex {
     path: PathBuf,
     cfg: IndexConfig,
-    engine: RwLock<usearch::Index>,
+    engine: RwLock<Engine>,
     /// The engine keeps one search context per thread it reserved; a search that finds
     /// none free fails, so concurrent searches are limited to that many here.
     permits: Permits,
@@ -85,22 +86,24 @@ impl VectorIndex {
         for leftover in [
             persist::with_suffix(path, ".tmp"),
             persist::with_suffix(&persist::meta_path(path), ".tmp"),
+            persist::with_suffix(&persist::vectors_path(path), ".tmp"),
         ] {
             // Debris of a save that crashed; the saved files are intact without it.
             let _ = fs::remove_file(leftover);
         }
 
         let (engine, cfg) = match fs::metadata(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (new_engine(&cfg)?, cfg),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (Engine::new(&cfg)?, cfg),
             Err(e) => return Err(IndexError::io(path, e)),
             Ok(_) => load(path, cfg)?,
         };
-        let capacity = engine.size().max(MIN_CAPACITY);
-        engine
+        let graph = &engine.graph;
+        let capacity = graph.size().max(MIN_CAPACITY);
+        graph
             .reserve_capacity_and_threads(capacity, threads)
             .map_err(IndexError::backend)?;
-        engine.change_expansion_add(cfg.expansion_add);
-        engine.change_expansion_search(cfg.expansion_search);
+        graph.change_expansion_add(cfg.expansion_add);
+        graph.change_expansion_search(cfg.expansion_search);
 
         Ok(VectorIndex {
             path: path.to_path_buf(),
@@ -110,6 +113,30 @@ impl VectorIndex {
             threads,
             save_lock: Mutex::new(()),
         })
+    }
+
+    /// Deletes the files of the index saved at `path` (the graph, its sidecar and its
+    /// vectors, and any debris of a crashed save), for a rebuild from scratch. Files that
+    /// do not exist are not an error.
+    pub fn remove_files(path: &Path) -> Result<(), IndexError> {
+        let meta = persist::meta_path(path);
+        let vectors = persist::vectors_path(path);
+        for file in [
+            persist::with_suffix(path, ".tmp"),
+            persist::with_suffix(&meta, ".tmp"),
+            persist::with_suffix(&vectors, ".tmp"),
+            // The sidecar first: without it the other files are never read.
+            meta,
+            path.to_path_buf(),
+            vectors,
+        ] {
+            match fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(IndexError::io(file, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Where the index is saved.
@@ -125,7 +152,7 @@ impl VectorIndex {
 
     /// Number of vectors in the index.
     pub fn len(&self) -> usize {
-        self.read().size()
+        self.read().graph.size()
     }
 
     /// True when the index holds no vectors.
@@ -135,7 +162,7 @@ impl VectorIndex {
 
     /// True when a vector is stored under `key`.
     pub fn contains(&self, key: u64) -> bool {
-        self.read().contains(key)
+        self.read().graph.contains(key)
     }
 
     /// Stores `vector` under `key`, replacing the vector already there.
@@ -146,12 +173,20 @@ impl VectorIndex {
     pub fn add(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
         check_key(key)?;
         let unit = vector::normalized(vector, self.cfg.dim)?;
-        let engine = self.write();
+        let mut engine = self.write();
         self.ensure_capacity(&engine, 1)?;
-        if engine.contains(key) {
-            engine.remove(key).map_err(IndexError::backend)?;
+        if engine.graph.contains(key) {
+            engine.graph.remove(key).map_err(IndexError::backend)?;
         }
-        add_unit(&engine, self.cfg.quantization, key, &unit)
+        let Some(arena) = engine.arena_mut() else {
+            return add_unit(&engine.graph, key, &unit);
+        };
+        let slot = arena.put(key, &vector::quantize_i8(&unit));
+        let added = engine.graph.add::<i8>(key, &arena::value_of(slot.into()));
+        if added.is_err() {
+            engine.forget(&[key]);
+        }
+        added.map_err(IndexError::backend)
     }
 
     /// Stores many vectors at once, replacing those whose keys are already present; on
@@ -164,7 +199,8 @@ impl VectorIndex {
     where
         V: AsRef<[f32]> + Sync,
     {
-        let mut last: HashMap<u64, usize> = HashMap::with_capacity(items.len());
+        let mut last: HashMap<u64, usize, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(items.len(), Default::default());
         for (i, (key, v)) in items.iter().enumerate() {
             check_key(*key)?;
             check_vector(v.as_ref(), self.cfg.dim)?;
@@ -173,14 +209,30 @@ impl VectorIndex {
         let mut order: Vec<usize> = last.into_values().collect();
         order.sort_unstable();
 
-        let engine = self.write();
+        let mut engine = self.write();
         self.ensure_capacity(&engine, order.len())?;
         for &i in &order {
             let key = items[i].0;
-            if engine.contains(key) {
-                engine.remove(key).map_err(IndexError::backend)?;
+            if engine.graph.contains(key) {
+                engine.graph.remove(key).map_err(IndexError::backend)?;
             }
         }
+        // With an arena, the vectors go there first (the graph's workers only read it);
+        // `slots[n]` is `order[n]`'s.
+        let slots: Vec<u32> = match engine.arena_mut() {
+            None => Vec::new(),
+            Some(arena) => {
+                arena.reserve(order.len());
+                let mut slots = Vec::with_capacity(order.len());
+                for &i in &order {
+                    let (key, v) = &items[i];
+                    let unit = vector::normalized(v.as_ref(), self.cfg.dim)?;
+                    slots.push(arena.put(*key, &vector::quantize_i8(&unit)));
+                }
+                slots
+            }
+        };
+        let graph = &engine.graph;
 
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
@@ -191,8 +243,13 @@ impl VectorIndex {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&i) = order.get(n) else { break };
                 let (key, v) = &items[i];
-                let result = vector::normalized(v.as_ref(), self.cfg.dim)
-                    .and_then(|unit| add_unit(&engine, self.cfg.quantization, *key, &unit));
+                let result = match slots.get(n) {
+                    Some(&slot) => graph
+                        .add::<i8>(*key, &arena::value_of(slot.into()))
+                        .map_err(IndexError::backend),
+                    None => vector::normalized(v.as_ref(), self.cfg.dim)
+                        .and_then(|unit| add_unit(graph, *key, &unit)),
+                };
                 if let Err(e) = result {
                     failed.store(true, Ordering::Relaxed);
                     lock(&first_error).get_or_insert(e);
@@ -209,15 +266,25 @@ impl VectorIndex {
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
         {
-            Some(e) => Err(e),
+            Some(e) => {
+                // Keep the arena to what the graph holds.
+                let missing: Vec<u64> = order
+                    .iter()
+                    .map(|&i| items[i].0)
+                    .filter(|key| !engine.graph.contains(*key))
+                    .collect();
+                engine.forget(&missing);
+                Err(e)
+            }
             None => Ok(()),
         }
     }
 
     /// Removes the vector under `key`; returns whether there was one.
     pub fn remove(&self, key: u64) -> Result<bool, IndexError> {
-        let engine = self.write();
-        let removed = engine.remove(key).map_err(IndexError::backend)?;
+        let mut engine = self.write();
+        let removed = engine.graph.remove(key).map_err(IndexError::backend)?;
+        engine.forget(&[key]);
         Ok(removed > 0)
     }
 
@@ -243,8 +310,14 @@ impl VectorIndex {
     /// only its signs, so only [`get`](Self::get) normalises it).
     fn stored(&self, key: u64) -> Result<Option<Vec<f32>>, IndexError> {
         let engine = self.read();
+        if let Some(arena) = engine.arena() {
+            return Ok(arena
+                .vector_of(key)
+                .map(|v| v.iter().map(|&x| f32::from(x)).collect()));
+        }
         let mut buf = vec![0f32; self.cfg.dim];
         let found = engine
+            .graph
             .get::<f32>(key, &mut buf)
             .map_err(IndexError::backend)?;
         Ok((found > 0).then_some(buf))
@@ -287,7 +360,7 @@ impl VectorIndex {
     ) -> Result<Vec<Hit>, IndexError> {
         let unit = vector::normalized(query, self.cfg.dim)?;
         let engine = self.read();
-        let k = k.min(engine.size());
+        let k = k.min(engine.graph.size());
         if k == 0 {
             return Ok(Vec::new());
         }
@@ -295,7 +368,7 @@ impl VectorIndex {
         let query = Query::new(self.cfg.quantization, &unit);
         let _permit = self.permits.acquire();
         let matches = match filter {
-            None => query.search(&engine, asked),
+            None => query.search(&engine.graph, asked),
             Some(filter) => {
                 // After a panic the filter is not called again; the search winds down
                 // passing nothing.
@@ -313,7 +386,7 @@ impl VectorIndex {
                         },
                     )
                 };
-                let matches = query.filtered_search(&engine, asked, guarded);
+                let matches = query.filtered_search(&engine.graph, asked, guarded);
                 if let Some(payload) = panicked.take() {
                     panic::resume_unwind(payload);
                 }
@@ -351,27 +424,42 @@ impl VectorIndex {
     /// [`exact_search`](Self::exact_search) with the unit query, under a lock already held.
     fn exact_among(
         &self,
-        engine: &usearch::Index,
+        engine: &Engine,
         unit: &[f32],
         keys: &[u64],
         k: usize,
     ) -> Result<Vec<Hit>, IndexError> {
         let mut top = TopK::new(k);
-        let mut seen = HashSet::with_capacity(keys.len());
+        let mut seen: HashSet<u64, foldhash::fast::RandomState> =
+            HashSet::with_capacity_and_hasher(keys.len(), Default::default());
+        if let Some(arena) = engine.arena() {
+            for &key in keys {
+                if k == 0 || !seen.insert(key) {
+                    continue;
+                }
+                if let Some(hit) = arena
+                    .slot_of(key)
+                    .and_then(|s| score_slot(arena, unit, key, s))
+                {
+                    top.push(hit);
+                }
+            }
+            return Ok(top.into_sorted());
+        }
+        let graph = &engine.graph;
         let mut buf = vec![0f32; self.cfg.dim];
         // f16 and i8 vectors are read as stored and widened while they are multiplied
         // (with the CPU's vector instructions), not one component at a time inside the
         // engine.
         let mut raw = vec![0i16; self.cfg.dim];
         let mut bits = Vec::with_capacity(self.cfg.dim);
-        let mut bytes = vec![0i8; self.cfg.dim];
         for &key in keys {
             if k == 0 || !seen.insert(key) {
                 continue;
             }
             let scored = match self.cfg.quantization {
                 Quantization::F16 => {
-                    let found = engine
+                    let found = graph
                         .get::<usearch::f16>(key, usearch::f16::from_mut_i16s(&mut raw))
                         .map_err(IndexError::backend)?;
                     (found > 0).then(|| {
@@ -381,21 +469,9 @@ impl VectorIndex {
                         (similarity, vector::F16_MARGIN)
                     })
                 }
-                Quantization::I8 => {
-                    let found = engine
-                        .get::<i8>(key, &mut bytes)
-                        .map_err(IndexError::backend)?;
-                    (found > 0).then(|| {
-                        let (dot, b_squared) = vector::dot_i8(unit, &bytes);
-                        let b_norm = b_squared.sqrt();
-                        (
-                            vector::cosine_of(dot, 1.0, b_squared),
-                            vector::i8_margin(b_norm),
-                        )
-                    })
-                }
-                Quantization::F32 => {
-                    let found = engine
+                // i8 vectors are in the arena (above).
+                Quantization::F32 | Quantization::I8 => {
+                    let found = graph
                         .get::<f32>(key, &mut buf)
                         .map_err(IndexError::backend)?;
                     (found > 0).then(|| (vector::cosine(unit, 1.0, &buf), 0.0))
@@ -418,14 +494,30 @@ impl VectorIndex {
     pub fn exact_search_all(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, IndexError> {
         let unit = vector::normalized(query, self.cfg.dim)?;
         let engine = self.read();
-        let k = k.min(engine.size());
+        let k = k.min(engine.graph.size());
         if k == 0 {
             return Ok(Vec::new());
         }
-        let query = Query::new(self.cfg.quantization, &unit);
+        if let Some(arena) = engine.arena() {
+            let mut top = TopK::new(k);
+            for (key, slot) in arena.live() {
+                if let Some(hit) = score_slot(arena, &unit, key, slot) {
+                    top.push(hit);
+                }
+            }
+            return Ok(top.into_sorted());
+        }
         let _permit = self.permits.acquire();
-        let matches = query.exact_search(&engine, k)?;
-        Ok(to_hits(&matches, query.margin(self.cfg.quantization)))
+        let matches = engine
+            .graph
+            .exact_search(&unit, k)
+            .map_err(IndexError::backend)?;
+        // The engine rounds the query to the stored precision.
+        let margin = match self.cfg.quantization {
+            Quantization::F16 => vector::F16_GRAPH_MARGIN,
+            Quantization::F32 | Quantization::I8 => 0.0,
+        };
+        Ok(to_hits(&matches, margin))
     }
 
     /// Changes how wide searches look (`ef`); takes effect for the next search.
@@ -436,18 +528,19 @@ impl VectorIndex {
                 IndexConfig::EXPANSION_RANGE.end()
             )));
         }
-        self.write().change_expansion_search(expansion);
+        self.write().graph.change_expansion_search(expansion);
         Ok(())
     }
 
     /// How wide searches look (`ef`).
     pub fn expansion_search(&self) -> usize {
-        self.read().expansion_search()
+        self.read().graph.expansion_search()
     }
 
-    /// Bytes the engine holds in memory for the graph and the vectors.
+    /// Bytes held in memory for the graph and the vectors.
     pub fn memory_usage(&self) -> usize {
-        self.read().memory_usage()
+        let engine = self.read();
+        engine.graph.memory_usage() + engine.arena().map_or(0, Arena::memory_usage)
     }
 
     /// Writes the index to its path atomically: a crash at any point leaves either the
@@ -462,13 +555,20 @@ impl VectorIndex {
         let tmp = persist::with_suffix(&self.path, ".tmp");
         let meta_path = persist::meta_path(&self.path);
         let meta_tmp = persist::with_suffix(&meta_path, ".tmp");
+        let vectors_path = persist::vectors_path(&self.path);
+        let vectors_tmp = persist::with_suffix(&vectors_path, ".tmp");
 
-        let count = {
+        let (count, vectors) = {
             let engine = self.read();
             engine
+                .graph
                 .save(utf8(&tmp)?)
                 .map_err(|e| IndexError::io(&tmp, io::Error::other(e.to_string())))?;
-            engine.size()
+            let vectors = match engine.arena() {
+                Some(arena) => Some(persist::write_hashed(&vectors_tmp, |w| arena.write_to(w))?),
+                None => None,
+            };
+            (engine.graph.size(), vectors)
         };
         persist::sync_file(&tmp)?;
         let (index_bytes, index_crc32) = persist::checksum(&tmp)?;
@@ -481,42 +581,114 @@ impl VectorIndex {
             count,
             index_bytes,
             index_crc32,
+            vectors,
         };
         persist::write_meta_tmp(&meta_tmp, &meta)?;
         persist::rename(&tmp, &self.path)?;
+        if vectors.is_some() {
+            persist::rename(&vectors_tmp, &vectors_path)?;
+        } else {
+            // An index of another quantization saved here before left its vectors.
+            let _ = fs::remove_file(&vectors_path);
+        }
         persist::rename(&meta_tmp, &meta_path)?;
         persist::sync_parent_dir(&self.path)
     }
 
-    fn ensure_capacity(&self, engine: &usearch::Index, extra: usize) -> Result<(), IndexError> {
-        let needed = engine.size().saturating_add(extra);
-        if needed > engine.capacity() {
+    fn ensure_capacity(&self, engine: &Engine, extra: usize) -> Result<(), IndexError> {
+        let graph = &engine.graph;
+        let needed = graph.size().saturating_add(extra);
+        if needed > graph.capacity() {
             let capacity = needed
-                .max(engine.capacity().saturating_mul(2))
+                .max(graph.capacity().saturating_mul(2))
                 .max(MIN_CAPACITY);
-            engine
+            graph
                 .reserve_capacity_and_threads(capacity, self.threads)
                 .map_err(IndexError::backend)?;
         }
         Ok(())
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, usearch::Index> {
-        // The engine is only touched through its own API, which cannot leave it half
-        // changed when a panic (in a filter, say) unwinds past a guard.
+    fn read(&self) -> RwLockReadGuard<'_, Engine> {
+        // The graph is only touched through its own API, and the arena only through
+        // methods that leave it whole, so a panic (in a filter, say) unwinding past a
+        // guard leaves nothing half changed.
         self.engine.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, usearch::Index> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Engine> {
         self.engine.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The graph, and for i8 indexes the arena holding its vectors.
+struct Engine {
+    graph: usearch::Index,
+    /// For i8: the vectors, by slot; the graph holds each node's slot and compares nodes
+    /// by reading this ([`arena`]). f32 and f16 vectors are held by the graph itself.
+    arena: Option<Arc<Shared>>,
+}
+
+impl Engine {
+    /// An empty engine for `cfg`.
+    fn new(cfg: &IndexConfig) -> Result<Engine, IndexError> {
+        let graph = usearch::Index::new(&engine_options(cfg)).map_err(IndexError::backend)?;
+        let arena = (cfg.quantization == Quantization::I8).then(|| Arena::new(cfg.dim));
+        Engine::with_arena(graph, arena)
+    }
+
+    /// `graph` with `arena` as its vectors (and its metric reading them).
+    fn with_arena(mut graph: usearch::Index, arena: Option<Arena>) -> Result<Engine, IndexError> {
+        let arena = arena.map(|a| Arc::new(Shared::new(a)));
+        if let Some(shared) = &arena {
+            graph.change_metric::<i8>(arena::metric(Arc::clone(shared)));
+        }
+        Ok(Engine { graph, arena })
+    }
+
+    fn arena(&self) -> Option<&Arena> {
+        // SAFETY: the arena is changed only through `arena_mut`, which borrows the engine
+        // mutably, so not while this shared borrow (or a graph call reading it) lives.
+        self.arena.as_deref().map(|shared| unsafe { shared.get() })
+    }
+
+    fn arena_mut(&mut self) -> Option<&mut Arena> {
+        // SAFETY: the engine is borrowed mutably for as long as the result lives, so no
+        // other reference to the arena (`arena`, or the graph's metric, which runs only
+        // inside graph calls made through `&self.graph`) can exist meanwhile.
+        self.arena
+            .as_deref()
+            .map(|shared| unsafe { shared.get_mut() })
+    }
+
+    /// Drops `keys` from the arena (not from the graph).
+    fn forget(&mut self, keys: &[u64]) {
+        if let Some(arena) = self.arena_mut() {
+            for key in keys {
+                arena.remove(*key);
+            }
+        }
+    }
+}
+
+/// The hit for `key`, whose vector is in `slot`: the unit f32 query multiplied into the
+/// stored bytes (so only the stored vector's rounding is left in the score).
+fn score_slot(arena: &Arena, unit: &[f32], key: u64, slot: u32) -> Option<Hit> {
+    let (bytes, length) = arena.entry(slot)?;
+    let (dot, _) = vector::dot_i8(unit, bytes);
+    Some(Hit {
+        key,
+        similarity: vector::cosine_of(dot, 1.0, length * length),
+        margin: vector::i8_margin(length),
+    })
 }
 
 /// A normalised query in the form the engine compares with the stored vectors.
 enum Query {
     /// The engine converts f32 to its storage type itself.
     F32(Vec<f32>),
-    /// i8 storage uses this crate's own scaling (see [`vector::quantize_i8`]).
+    /// i8: the query's components in this crate's own scaling (see
+    /// [`vector::quantize_i8`]), which the arena's metric reads ([`arena::with_query`]).
     I8(Vec<i8>),
 }
 
@@ -528,23 +700,27 @@ impl Query {
         }
     }
 
-    fn search(&self, engine: &usearch::Index, k: usize) -> Result<Matches, IndexError> {
+    fn search(&self, graph: &usearch::Index, k: usize) -> Result<Matches, IndexError> {
         match self {
-            Query::F32(q) => engine.search(q, k),
-            Query::I8(q) => engine.search(q, k),
+            Query::F32(q) => graph.search(q, k),
+            Query::I8(q) => arena::with_query(q.clone(), || {
+                graph.search::<i8>(&arena::value_of(QUERY_VALUE), k)
+            }),
         }
         .map_err(IndexError::backend)
     }
 
     fn filtered_search(
         &self,
-        engine: &usearch::Index,
+        graph: &usearch::Index,
         k: usize,
         filter: impl Fn(u64) -> bool,
     ) -> Result<Matches, IndexError> {
         match self {
-            Query::F32(q) => engine.filtered_search(q, k, filter),
-            Query::I8(q) => engine.filtered_search(q, k, filter),
+            Query::F32(q) => graph.filtered_search(q, k, filter),
+            Query::I8(q) => arena::with_query(q.clone(), || {
+                graph.filtered_search::<i8, _>(&arena::value_of(QUERY_VALUE), k, filter)
+            }),
         }
         .map_err(IndexError::backend)
     }
@@ -563,30 +739,14 @@ impl Query {
             (Query::F32(_), _) => 0.0,
         }
     }
-
-    fn exact_search(&self, engine: &usearch::Index, k: usize) -> Result<Matches, IndexError> {
-        match self {
-            Query::F32(q) => engine.exact_search(q, k),
-            Query::I8(q) => engine.exact_search(q, k),
-        }
-        .map_err(IndexError::backend)
-    }
 }
 
 type Matches = usearch::ffi::Matches;
 
-/// Adds an already normalised vector in the storage form of `quantization`.
-fn add_unit(
-    engine: &usearch::Index,
-    quantization: Quantization,
-    key: u64,
-    unit: &[f32],
-) -> Result<(), IndexError> {
-    match quantization {
-        Quantization::F32 | Quantization::F16 => engine.add(key, unit),
-        Quantization::I8 => engine.add(key, &vector::quantize_i8(unit)),
-    }
-    .map_err(IndexError::backend)
+/// Adds an already normalised vector to a graph that holds its vectors (f32 or f16: the
+/// engine converts).
+fn add_unit(graph: &usearch::Index, key: u64, unit: &[f32]) -> Result<(), IndexError> {
+    graph.add(key, unit).map_err(IndexError::backend)
 }
 
 /// The engine's matches as hits, best first, each with `margin`.
@@ -632,9 +792,17 @@ fn check_vector(v: &[f32], dim: usize) -> Result<(), IndexError> {
     Ok(())
 }
 
+/// The graph's dimensions: the vectors', or for i8 the 8 bytes of a slot.
+fn graph_dims(cfg: &IndexConfig) -> usize {
+    match cfg.quantization {
+        Quantization::I8 => 8,
+        Quantization::F32 | Quantization::F16 => cfg.dim,
+    }
+}
+
 fn engine_options(cfg: &IndexConfig) -> usearch::IndexOptions {
     usearch::IndexOptions {
-        dimensions: cfg.dim,
+        dimensions: graph_dims(cfg),
         metric: MetricKind::Cos,
         quantization: cfg.quantization.scalar_kind(),
         connectivity: cfg.connectivity,
@@ -644,12 +812,8 @@ fn engine_options(cfg: &IndexConfig) -> usearch::IndexOptions {
     }
 }
 
-fn new_engine(cfg: &IndexConfig) -> Result<usearch::Index, IndexError> {
-    usearch::Index::new(&engine_options(cfg)).map_err(IndexError::backend)
-}
-
-/// Loads a saved index after checking its sidecar and every byte of the file.
-fn load(path: &Path, cfg: IndexConfig) -> Result<(usearch::Index, IndexConfig), IndexError> {
+/// Loads a saved index after checking its sidecar and every byte of its files.
+fn load(path: &Path, cfg: IndexConfig) -> Result<(Engine, IndexConfig), IndexError> {
     let corrupt = |reason: String| IndexError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -671,46 +835,57 @@ fn load(path: &Path, cfg: IndexConfig) -> Result<(usearch::Index, IndexConfig), 
         });
     }
     let (len, crc) = persist::checksum(path)?;
-    if len != meta.index_bytes {
-        return Err(corrupt(format!(
-            "{len} bytes where the sidecar records {}",
-            meta.index_bytes
-        )));
-    }
-    if crc != meta.index_crc32 {
-        return Err(corrupt(format!(
-            "CRC-32 {crc:08x} where the sidecar records {:08x}",
-            meta.index_crc32
-        )));
-    }
+    let sum = FileSum {
+        bytes: meta.index_bytes,
+        crc32: meta.index_crc32,
+    };
+    sum.check(len, crc).map_err(corrupt)?;
+    let arena = match (cfg.quantization, meta.vectors) {
+        (Quantization::I8, Some(sum)) => {
+            let vectors = persist::vectors_path(path);
+            let (arena, len, crc) =
+                persist::read_hashed(&vectors, |r| Arena::read_from(r, cfg.dim))?;
+            let arena = arena.map_err(corrupt)?;
+            sum.check(len, crc)
+                .map_err(|reason| corrupt(format!("its vectors file: {reason}")))?;
+            Some(arena)
+        }
+        (Quantization::I8, None) => {
+            return Err(corrupt("its sidecar records no vectors file".into()));
+        }
+        (_, _) => None,
+    };
 
     let cfg = IndexConfig {
         connectivity: meta.connectivity,
         ..cfg
     };
     cfg.validate().map_err(|e| corrupt(e.to_string()))?;
-    let engine = new_engine(&cfg)?;
-    engine
+    let graph = usearch::Index::new(&engine_options(&cfg)).map_err(IndexError::backend)?;
+    graph
         .load(utf8(path)?)
         .map_err(|e| corrupt(format!("the engine cannot load it: {e}")))?;
     let expected_kind = cfg.quantization.scalar_kind();
-    if engine.dimensions() != cfg.dim
-        || engine.metric_kind() != MetricKind::Cos
-        || engine.scalar_kind() != expected_kind
-        || engine.size() != meta.count
+    let held = arena.as_ref().map_or(meta.count, Arena::len);
+    if graph.dimensions() != graph_dims(&cfg)
+        || graph.metric_kind() != MetricKind::Cos
+        || graph.scalar_kind() != expected_kind
+        || graph.size() != meta.count
+        || held != meta.count
     {
         return Err(corrupt(format!(
-            "it holds {} vectors of dim {} ({:?}, {:?}) where the sidecar records {} of dim {} ({:?}, Cos)",
-            engine.size(),
-            engine.dimensions(),
-            engine.scalar_kind(),
-            engine.metric_kind(),
+            "it holds {} vectors of dim {} ({:?}, {:?}) and its vectors file {held}, where the sidecar records {} of dim {} ({:?}, Cos)",
+            graph.size(),
+            graph.dimensions(),
+            graph.scalar_kind(),
+            graph.metric_kind(),
             meta.count,
-            cfg.dim,
+            graph_dims(&cfg),
             expected_kind,
         )));
     }
-    Ok((engine, cfg))
+    // Loading gives the graph its built-in metric back: the arena's is set again.
+    Ok((Engine::with_arena(graph, arena)?, cfg))
 }
 
 fn utf8(path: &Path) -> Result<&str, IndexError> {

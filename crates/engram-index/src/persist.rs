@@ -1,18 +1,19 @@
 //! The files of a saved index and how they are written and checked.
 //!
-//! A saved index is two files: the engine's own file at `path`, and a sidecar
+//! A saved index is the engine's own file at `path` (the graph), for i8 indexes the
+//! vectors the graph's slots point into at `path.vectors`, and a sidecar
 //! `path.meta.json` that records the format version, the shape, the count and the
-//! length and CRC-32 of the index file. `open` trusts the engine with the index file
+//! length and CRC-32 of the other files. `open` trusts the engine with the index file
 //! only after the sidecar vouches for every byte of it, so a truncated or garbled file
 //! is reported as corrupt instead of being read into a graph with dangling links.
 //!
-//! A save writes both files under temporary names, fsyncs them, renames the index file
-//! and then the sidecar into place, and fsyncs the directory. A crash before the first
-//! rename leaves the previous save untouched; a crash between the two renames leaves a
-//! new index file under an old sidecar, which the CRC check reports as corrupt.
+//! A save writes every file under a temporary name, fsyncs them, renames the index
+//! file, then the vectors, then the sidecar into place, and fsyncs the directory. A
+//! crash before the first rename leaves the previous save untouched; a crash between
+//! renames leaves new files under an old sidecar, which the CRC check reports as corrupt.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::{IndexError, Quantization};
 
 /// Bumped whenever the meaning of the files changes; other versions are rebuilt.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version 2: an i8 index keeps its vectors in their own file, the graph only slots.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 /// The sidecar describing a saved index file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,120 @@ pub(crate) struct Meta {
     pub index_bytes: u64,
     /// CRC-32 (IEEE) of the whole index file.
     pub index_crc32: u32,
+    /// The vectors file, for an i8 index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<FileSum>,
+}
+
+/// The length and CRC-32 (IEEE) of a whole file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FileSum {
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+impl FileSum {
+    /// Whether a file of `bytes` bytes and CRC-32 `crc32` is the one recorded; the error
+    /// says how it differs.
+    pub(crate) fn check(&self, bytes: u64, crc32: u32) -> Result<(), String> {
+        if bytes != self.bytes {
+            return Err(format!(
+                "{bytes} bytes where the sidecar records {}",
+                self.bytes
+            ));
+        }
+        if crc32 != self.crc32 {
+            return Err(format!(
+                "CRC-32 {crc32:08x} where the sidecar records {:08x}",
+                self.crc32
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `path.vectors`, next to the index file.
+pub(crate) fn vectors_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".vectors")
+}
+
+/// Counts and checksums what passes through it.
+struct Hashed<T> {
+    inner: T,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<T> Hashed<T> {
+    fn new(inner: T) -> Self {
+        Hashed {
+            inner,
+            hasher: crc32fast::Hasher::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Creates `path`, writes it with `write`, fsyncs it, and returns its length and CRC-32.
+pub(crate) fn write_hashed(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<FileSum, IndexError> {
+    let file = File::create(path).map_err(|e| IndexError::io(path, e))?;
+    let mut out = Hashed::new(BufWriter::with_capacity(1 << 20, file));
+    write(&mut out).map_err(|e| IndexError::io(path, e))?;
+    let file = out
+        .inner
+        .into_inner()
+        .map_err(|e| IndexError::io(path, e.into_error()))?;
+    file.sync_all().map_err(|e| IndexError::io(path, e))?;
+    Ok(FileSum {
+        bytes: out.bytes,
+        crc32: out.hasher.finalize(),
+    })
+}
+
+/// Reads `path` with `read`, and returns what it gave with the length and CRC-32 of the
+/// bytes it read (all of them, if `read` reads to the end).
+pub(crate) fn read_hashed<T>(
+    path: &Path,
+    read: impl FnOnce(&mut dyn Read) -> T,
+) -> Result<(T, u64, u32), IndexError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(IndexError::Corrupt {
+                path: path.to_path_buf(),
+                reason: "the file is missing".into(),
+            })
+        }
+        Err(e) => return Err(IndexError::io(path, e)),
+    };
+    let mut input = Hashed::new(BufReader::with_capacity(1 << 20, file));
+    let value = read(&mut input);
+    Ok((value, input.bytes, input.hasher.finalize()))
 }
 
 /// `path.meta.json`, next to the index file.

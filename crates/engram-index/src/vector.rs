@@ -166,6 +166,91 @@ fn dot_i8_lanes(a: &[f32], b: &[i8]) -> (f32, f32) {
     dot_widened(a, b, f32::from)
 }
 
+/// The dot product of two i8 vectors, summed exactly in i32 (any length up to 2^17
+/// components cannot overflow: each product is at most 127²). With the fastest kernel the
+/// CPU has, chosen once: AVX-512 VNNI (64 components an instruction), AVX2 (32), or the
+/// baseline loop over independent lanes. About 15 ns for 384 components with VNNI.
+pub(crate) fn dot_i8_i8(a: &[i8], b: &[i8]) -> i32 {
+    static KERNEL: std::sync::OnceLock<DotI8> = std::sync::OnceLock::new();
+    let kernel = KERNEL.get_or_init(|| {
+        I8_KERNELS
+            .iter()
+            .copied()
+            .find(|k| (k.available)())
+            .unwrap_or(I8_PORTABLE)
+    });
+    // SAFETY: a kernel is chosen only when the CPU has its instructions (`available`).
+    unsafe { (kernel.dot)(a, b) }
+}
+
+/// One implementation of [`dot_i8_i8`] and whether this CPU can run it.
+#[derive(Clone, Copy)]
+pub(crate) struct DotI8 {
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) name: &'static str,
+    pub(crate) available: fn() -> bool,
+    /// Unsafe to call unless `available()` is true.
+    pub(crate) dot: unsafe fn(&[i8], &[i8]) -> i32,
+}
+
+/// The baseline kernel, which runs anywhere.
+const I8_PORTABLE: DotI8 = DotI8 {
+    name: "portable",
+    available: || true,
+    dot: dot_i8_i8_portable,
+};
+
+/// The kernels of [`dot_i8_i8`], fastest first.
+pub(crate) const I8_KERNELS: &[DotI8] = &[
+    #[cfg(target_arch = "x86_64")]
+    DotI8 {
+        name: "avx512-vnni",
+        available: || {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        },
+        dot: x86::dot_i8_i8_vnni,
+    },
+    #[cfg(target_arch = "x86_64")]
+    DotI8 {
+        name: "avx2",
+        available: || std::arch::is_x86_feature_detected!("avx2"),
+        dot: x86::dot_i8_i8_avx2,
+    },
+    I8_PORTABLE,
+];
+
+/// [`dot_i8_i8`] in plain Rust, over 16 independent lanes (which the compiler vectorises
+/// for the caller's target features). Safe on any CPU; `unsafe` only to share the
+/// kernels' type.
+unsafe fn dot_i8_i8_portable(a: &[i8], b: &[i8]) -> i32 {
+    dot_i8_i8_lanes(a, b)
+}
+
+#[inline(always)]
+fn dot_i8_i8_lanes(a: &[i8], b: &[i8]) -> i32 {
+    const LANES: usize = 16;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0i32; LANES];
+    let split = n - n % LANES;
+    for (x, y) in a[..split]
+        .chunks_exact(LANES)
+        .zip(b[..split].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            acc[i] += i32::from(x[i]) * i32::from(y[i]);
+        }
+    }
+    let tail: i32 = a[split..]
+        .iter()
+        .zip(&b[split..])
+        .map(|(x, y)| i32::from(*x) * i32::from(*y))
+        .sum();
+    acc.iter().sum::<i32>() + tail
+}
+
 /// How far the cosine of a unit f32 query with an i8 vector of length `b_norm` (as
 /// [`quantize_i8`] rounds it: largest component ±127) may be from its cosine with the
 /// vector before rounding: seven standard deviations of the rounding's error.
@@ -204,6 +289,89 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_i8(a: &[f32], b: &[i8]) -> (f32, f32) {
         super::dot_i8_lanes(a, b)
+    }
+
+    /// [`super::dot_i8_i8`] with AVX2: 32 components at a time. `vpmaddubsw` multiplies
+    /// unsigned by signed bytes and adds pairs into 16 bits, so `a`'s magnitudes are
+    /// multiplied by `b` with `a`'s signs moved onto it (`vpsignb`), which is `a · b`
+    /// (a pair of products is at most 2 · 128 · 127 = 32,512, inside i16); `vpmaddwd` by
+    /// ones then widens the pairs into 32-bit lanes.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_i8_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
+        let n = a.len().min(b.len());
+        let ones = _mm256_set1_epi16(1);
+        let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut i = 0;
+        // A macro, not a closure: the intrinsics stay inside this AVX2 function.
+        macro_rules! step {
+            ($acc:expr, $va:expr, $vb:expr) => {{
+                let (va, vb) = ($va, $vb);
+                let pairs =
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
+                _mm256_add_epi32($acc, _mm256_madd_epi16(pairs, ones))
+            }};
+        }
+        while i + 64 <= n {
+            // SAFETY: i + 64 <= n, so the four 32-byte loads are in bounds.
+            let (va0, vb0, va1, vb1) = unsafe {
+                (
+                    _mm256_loadu_si256(a.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(b.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(a.as_ptr().add(i + 32).cast()),
+                    _mm256_loadu_si256(b.as_ptr().add(i + 32).cast()),
+                )
+            };
+            acc0 = step!(acc0, va0, vb0);
+            acc1 = step!(acc1, va1, vb1);
+            i += 64;
+        }
+        if i + 32 <= n {
+            // SAFETY: i + 32 <= n.
+            let (va, vb) = unsafe {
+                (
+                    _mm256_loadu_si256(a.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(b.as_ptr().add(i).cast()),
+                )
+            };
+            acc0 = step!(acc0, va, vb);
+            i += 32;
+        }
+        let mut lanes = [0i32; 8];
+        // SAFETY: `lanes` is 32 bytes.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_add_epi32(acc0, acc1)) };
+        lanes.iter().sum::<i32>() + super::dot_i8_i8_lanes(&a[i..n], &b[i..n])
+    }
+
+    /// [`super::dot_i8_i8`] with AVX-512 VNNI: 64 components at a time, widened to 16
+    /// bits, then multiplied, added in pairs and accumulated by one instruction
+    /// (`vpdpwssd`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn dot_i8_i8_vnni(a: &[i8], b: &[i8]) -> i32 {
+        let n = a.len().min(b.len());
+        let (mut acc0, mut acc1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let mut i = 0;
+        while i + 64 <= n {
+            // SAFETY: i + 64 <= n, so both 64-byte loads are in bounds.
+            let (va, vb) = unsafe {
+                (
+                    _mm512_loadu_si512(a.as_ptr().add(i).cast()),
+                    _mm512_loadu_si512(b.as_ptr().add(i).cast()),
+                )
+            };
+            let (a0, a1) = (
+                _mm512_cvtepi8_epi16(_mm512_castsi512_si256(va)),
+                _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(va)),
+            );
+            let (b0, b1) = (
+                _mm512_cvtepi8_epi16(_mm512_castsi512_si256(vb)),
+                _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(vb)),
+            );
+            acc0 = _mm512_dpwssd_epi32(acc0, a0, b0);
+            acc1 = _mm512_dpwssd_epi32(acc1, a1, b1);
+            i += 64;
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1))
+            + super::dot_i8_i8_lanes(&a[i..n], &b[i..n])
     }
 
     /// [`super::cosine_f16`] with AVX2, FMA and F16C: two accumulators of eight lanes
@@ -433,6 +601,38 @@ mod tests {
             assert!((cosine_i8(&a, norm(&a), &b) - want).abs() < 1e-5, "n={n}");
             assert_eq!(cosine_i8(&a, norm(&a), &vec![0i8; n]), 0.0);
             assert_eq!(dot_i8_lanes(&a, &vec![0i8; n]), (0.0, 0.0));
+        }
+    }
+
+    #[test]
+    fn every_i8_kernel_agrees_with_the_widened_sum_at_every_length() {
+        let mut next = uniform(0x1405_7b7e_f767_814f);
+        for n in [
+            0, 1, 7, 16, 31, 32, 33, 63, 64, 65, 127, 383, 384, 385, 1536,
+        ] {
+            let a: Vec<i8> = (0..n).map(|_| (next() * 127.9) as i8).collect();
+            let b: Vec<i8> = (0..n).map(|_| (next() * 127.9) as i8).collect();
+            let want: i32 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| i32::from(*x) * i32::from(*y))
+                .sum();
+            let extremes = vec![-127i8; n];
+            let most = n as i32 * 127 * 127;
+            // -128 (never stored, but a valid i8) against 127: the largest products there
+            // are of the other sign.
+            let (low, high) = (vec![-128i8; n], vec![127i8; n]);
+            for kernel in I8_KERNELS.iter().filter(|k| (k.available)()) {
+                // SAFETY: the CPU has the kernel's instructions (just checked).
+                let (got, top) =
+                    unsafe { ((kernel.dot)(&a, &b), (kernel.dot)(&extremes, &extremes)) };
+                assert_eq!(got, want, "{} at n={n}", kernel.name);
+                assert_eq!(top, most, "{} at n={n}", kernel.name);
+                // SAFETY: as above.
+                let least = unsafe { (kernel.dot)(&low, &high) };
+                assert_eq!(least, n as i32 * -128 * 127, "{} at n={n}", kernel.name);
+            }
+            assert_eq!(dot_i8_i8(&a, &b), want, "n={n}");
         }
     }
 

@@ -342,7 +342,7 @@ fn damaged_files_are_reported_corrupt() {
     assert_corrupt(&path, "missing sidecar");
     let future = String::from_utf8(sidecar.clone())
         .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 99");
+        .replace("\"format_version\": 2", "\"format_version\": 99");
     fs::write(&meta, future).unwrap();
     assert_corrupt(&path, "unknown format version");
     fs::write(&meta, &sidecar).unwrap();
@@ -364,6 +364,136 @@ fn a_crash_between_the_two_renames_is_detected() {
     drop(index);
     fs::write(&meta, old_sidecar).unwrap();
     assert_corrupt(&path, "new index, old sidecar");
+}
+
+/// An i8 index keeps its vectors in a file of their own (`path.vectors`), which the graph
+/// points into by slot: a damaged, missing or stale one is reported like a damaged graph.
+#[test]
+fn an_i8_index_vectors_file_is_checked_like_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = index_path(&dir);
+    let vectors = dir.path().join("vectors.usearch.vectors");
+    let open = || VectorIndex::open(&path, cfg(Quantization::I8));
+    let corrupt = |what: &str| match open() {
+        Err(e @ IndexError::Corrupt { .. }) => assert!(e.needs_rebuild(), "{what}"),
+        Err(e) => panic!("{what}: expected Corrupt, got {e}"),
+        Ok(_) => panic!("{what}: expected Corrupt, the index opened"),
+    };
+    let index = open().unwrap();
+    let items: Vec<(u64, Vec<f32>)> = (0..500).map(|k| (k, vector(k, DIM))).collect();
+    index.add_batch(&items).unwrap();
+    index.save().unwrap();
+    let want: Vec<Vec<Hit>> = (0..20)
+        .map(|s| index.search(&vector(70_000 + s, DIM), 10, None).unwrap())
+        .collect();
+    drop(index);
+    let bytes = fs::read(&vectors).unwrap();
+    // A header, then 8 bytes of key and DIM bytes of vector per slot.
+    assert_eq!(bytes.len(), 28 + 500 * (8 + DIM));
+
+    fs::write(&vectors, &bytes[..bytes.len() - 1]).unwrap();
+    corrupt("truncated vectors");
+    let mut garbled = bytes.clone();
+    garbled[bytes.len() - 3] ^= 0x10;
+    fs::write(&vectors, &garbled).unwrap();
+    corrupt("one bit of a vector flipped");
+    fs::remove_file(&vectors).unwrap();
+    corrupt("vectors missing");
+
+    // A crash between renaming the graph and the vectors into place: the old vectors
+    // under a new graph and sidecar... and the other way round.
+    fs::write(&vectors, &bytes).unwrap();
+    let index = open().unwrap();
+    let got: Vec<Vec<Hit>> = (0..20)
+        .map(|s| index.search(&vector(70_000 + s, DIM), 10, None).unwrap())
+        .collect();
+    assert_eq!(got, want, "the files put back give the same results");
+    index.add(9999, &vector(9999, DIM)).unwrap();
+    index.save().unwrap();
+    drop(index);
+    let new_vectors = fs::read(&vectors).unwrap();
+    fs::write(&vectors, &bytes).unwrap();
+    corrupt("new graph and sidecar, old vectors");
+    fs::write(&vectors, &new_vectors).unwrap();
+    assert_eq!(open().unwrap().len(), 501);
+}
+
+/// After many removals and additions (an i8 index reuses the slots of removed vectors),
+/// every key holds its latest vector, before and after a save.
+#[test]
+fn churn_keeps_every_key_on_its_latest_vector() {
+    for q in ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let path = index_path(&dir);
+        let index = VectorIndex::open(&path, cfg(q)).unwrap();
+        let mut latest: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+        let items: Vec<(u64, Vec<f32>)> = (0..400).map(|k| (k, vector(k, DIM))).collect();
+        index.add_batch(&items).unwrap();
+        latest.extend((0..400).map(|k| (k, k)));
+        for round in 0..4u64 {
+            for k in (round..400).step_by(5) {
+                index.remove(k).unwrap();
+                latest.remove(&k);
+            }
+            let seed = 1_000 * (round + 1);
+            let batch: Vec<(u64, Vec<f32>)> = (0..60)
+                .map(|i| (400 + round * 60 + i, vector(seed + i, DIM)))
+                .chain((0..20).map(|i| (i * 3 + 1, vector(seed + 500 + i, DIM))))
+                .collect();
+            index.add_batch(&batch).unwrap();
+            for (i, (k, _)) in batch.iter().enumerate() {
+                let s = if i < 60 {
+                    seed + i as u64
+                } else {
+                    seed + 500 + (i - 60) as u64
+                };
+                latest.insert(*k, s);
+            }
+        }
+        let check = |index: &VectorIndex, when: &str| {
+            assert_eq!(index.len(), latest.len(), "{q} {when}");
+            for (&k, &s) in &latest {
+                let got = index.get(k).unwrap().expect("a stored key");
+                let want = vector(s, DIM);
+                let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let cos = got.iter().zip(&want).map(|(a, b)| a * b).sum::<f32>() / norm;
+                assert!(
+                    cos > 0.99,
+                    "{q} {when}: key {k} holds another vector ({cos})"
+                );
+                let best = index.exact_search(&want, &[k, 0, 1, 2, 3], 1).unwrap();
+                assert!(best.iter().any(|h| h.key == k), "{q} {when}: key {k}");
+            }
+            for k in 0..700 {
+                assert_eq!(
+                    index.contains(k),
+                    latest.contains_key(&k),
+                    "{q} {when}: {k}"
+                );
+            }
+        };
+        check(&index, "before saving");
+        index.save().unwrap();
+        drop(index);
+        check(&VectorIndex::open(&path, cfg(q)).unwrap(), "reopened");
+    }
+}
+
+#[test]
+fn remove_files_leaves_nothing_to_open() {
+    for q in ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let path = index_path(&dir);
+        let index = VectorIndex::open(&path, cfg(q)).unwrap();
+        index.add(1, &vector(1, DIM)).unwrap();
+        index.save().unwrap();
+        drop(index);
+        VectorIndex::remove_files(&path).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "{q}");
+        assert!(VectorIndex::open(&path, cfg(q)).unwrap().is_empty());
+        // Nothing there: not an error either.
+        VectorIndex::remove_files(&path).unwrap();
+    }
 }
 
 #[test]
@@ -514,7 +644,7 @@ fn exact_search_is_exact() {
         let dir = tempfile::tempdir().unwrap();
         let index = fixture_index(&fx, &dir, q);
         let some: Vec<u64> = (0..fx.base.len() as u64).step_by(7).collect();
-        let in_some = |k: u64| k % 7 == 0;
+        let in_some = |k: u64| k.is_multiple_of(7);
         let (mut truth, mut found) = (Vec::new(), Vec::new());
         for i in 0..fx.queries.len() {
             let query = fx.queries.row(i);
@@ -721,7 +851,7 @@ fn concurrent_searches_with_adds_and_removes() {
                     // Keys below 1000 are never removed or replaced, so each stays
                     // findable — approximately: an ANN may miss one now and then.
                     found += u64::from(keys(&hits).contains(&key));
-                    let even = |k: u64| k % 2 == 0;
+                    let even = |k: u64| k.is_multiple_of(2);
                     let filtered = index.search(&vector(key, DIM), 5, Some(&even)).unwrap();
                     assert!(filtered.iter().all(|h| h.key % 2 == 0));
                     searches += 1;

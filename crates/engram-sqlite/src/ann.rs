@@ -663,10 +663,8 @@ impl Ann {
         let (index, from_seq, rebuilt) = match opened {
             Some(ix) => (ix, saved.map_or(0, |s| s.applied_seq), false),
             None => {
-                for p in [self.graph_path(), self.state_path()] {
-                    let _ = std::fs::remove_file(&p);
-                }
-                let _ = std::fs::remove_file(self.dir.join("vectors.usearch.meta.json"));
+                let _ = std::fs::remove_file(self.state_path());
+                VectorIndex::remove_files(&self.graph_path()).map_err(index_err)?;
                 let ix = VectorIndex::open(&self.graph_path(), cfg).map_err(index_err)?;
                 (ix, log_head(conn)?, true)
             }
