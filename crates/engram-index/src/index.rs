@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockRead
 use usearch::MetricKind;
 
 use crate::arena::{self, Arena, Shared, QUERY_VALUE};
-use crate::persist::{self, FileSum, Meta, FORMAT_VERSION};
+use crate::persist::{self, Meta, FORMAT_VERSION};
 use crate::vector::{self, TopK};
 use crate::{IndexConfig, IndexError, Quantization, Sketch};
 
@@ -429,36 +429,26 @@ impl VectorIndex {
         keys: &[u64],
         k: usize,
     ) -> Result<Vec<Hit>, IndexError> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
         let mut top = TopK::new(k);
         let mut seen: HashSet<u64, foldhash::fast::RandomState> =
             HashSet::with_capacity_and_hasher(keys.len(), Default::default());
-        if let Some(arena) = engine.arena() {
-            for &key in keys {
-                if k == 0 || !seen.insert(key) {
-                    continue;
-                }
-                if let Some(hit) = arena
-                    .slot_of(key)
-                    .and_then(|s| score_slot(arena, unit, key, s))
-                {
-                    top.push(hit);
-                }
-            }
-            return Ok(top.into_sorted());
-        }
+        let arena = engine.arena();
         let graph = &engine.graph;
         let mut buf = vec![0f32; self.cfg.dim];
-        // f16 and i8 vectors are read as stored and widened while they are multiplied
-        // (with the CPU's vector instructions), not one component at a time inside the
-        // engine.
+        // f16 vectors are read as stored and widened while they are multiplied (with the
+        // CPU's vector instructions), not one component at a time inside the engine.
         let mut raw = vec![0i16; self.cfg.dim];
         let mut bits = Vec::with_capacity(self.cfg.dim);
         for &key in keys {
-            if k == 0 || !seen.insert(key) {
+            if !seen.insert(key) {
                 continue;
             }
-            let scored = match self.cfg.quantization {
-                Quantization::F16 => {
+            let scored = match (arena, self.cfg.quantization) {
+                (Some(arena), _) => arena.slot_of(key).and_then(|s| score_slot(arena, unit, s)),
+                (None, Quantization::F16) => {
                     let found = graph
                         .get::<usearch::f16>(key, usearch::f16::from_mut_i16s(&mut raw))
                         .map_err(IndexError::backend)?;
@@ -469,8 +459,8 @@ impl VectorIndex {
                         (similarity, vector::F16_MARGIN)
                     })
                 }
-                // i8 vectors are in the arena (above).
-                Quantization::F32 | Quantization::I8 => {
+                // An i8 index always has its arena.
+                (None, Quantization::F32 | Quantization::I8) => {
                     let found = graph
                         .get::<f32>(key, &mut buf)
                         .map_err(IndexError::backend)?;
@@ -501,8 +491,12 @@ impl VectorIndex {
         if let Some(arena) = engine.arena() {
             let mut top = TopK::new(k);
             for (key, slot) in arena.live() {
-                if let Some(hit) = score_slot(arena, &unit, key, slot) {
-                    top.push(hit);
+                if let Some((similarity, margin)) = score_slot(arena, &unit, slot) {
+                    top.push(Hit {
+                        key,
+                        similarity,
+                        margin,
+                    });
                 }
             }
             return Ok(top.into_sorted());
@@ -571,7 +565,7 @@ impl VectorIndex {
             (engine.graph.size(), vectors)
         };
         persist::sync_file(&tmp)?;
-        let (index_bytes, index_crc32) = persist::checksum(&tmp)?;
+        let index = persist::checksum(&tmp)?;
         let meta = Meta {
             format_version: FORMAT_VERSION,
             engine: format!("usearch {}", usearch::version()),
@@ -579,8 +573,7 @@ impl VectorIndex {
             quantization: self.cfg.quantization,
             connectivity: self.cfg.connectivity,
             count,
-            index_bytes,
-            index_crc32,
+            index,
             vectors,
         };
         persist::write_meta_tmp(&meta_tmp, &meta)?;
@@ -671,16 +664,15 @@ impl Engine {
     }
 }
 
-/// The hit for `key`, whose vector is in `slot`: the unit f32 query multiplied into the
-/// stored bytes (so only the stored vector's rounding is left in the score).
-fn score_slot(arena: &Arena, unit: &[f32], key: u64, slot: u32) -> Option<Hit> {
+/// The similarity and margin of the vector in `slot`: the unit f32 query multiplied into
+/// the stored bytes (so only the stored vector's rounding is left in the score).
+fn score_slot(arena: &Arena, unit: &[f32], slot: u32) -> Option<(f32, f32)> {
     let (bytes, length) = arena.entry(slot)?;
     let (dot, _) = vector::dot_i8(unit, bytes);
-    Some(Hit {
-        key,
-        similarity: vector::cosine_of(dot, 1.0, length * length),
-        margin: vector::i8_margin(length),
-    })
+    Some((
+        vector::cosine_of(dot, 1.0, length * length),
+        vector::i8_margin(length),
+    ))
 }
 
 /// A normalised query in the form the engine compares with the stored vectors.
@@ -834,19 +826,15 @@ fn load(path: &Path, cfg: IndexConfig) -> Result<(Engine, IndexConfig), IndexErr
             ),
         });
     }
-    let (len, crc) = persist::checksum(path)?;
-    let sum = FileSum {
-        bytes: meta.index_bytes,
-        crc32: meta.index_crc32,
-    };
-    sum.check(len, crc).map_err(corrupt)?;
+    meta.index
+        .check(persist::checksum(path)?)
+        .map_err(corrupt)?;
     let arena = match (cfg.quantization, meta.vectors) {
         (Quantization::I8, Some(sum)) => {
             let vectors = persist::vectors_path(path);
-            let (arena, len, crc) =
-                persist::read_hashed(&vectors, |r| Arena::read_from(r, cfg.dim))?;
+            let (arena, found) = persist::read_hashed(&vectors, |r| Arena::read_from(r, cfg.dim))?;
             let arena = arena.map_err(corrupt)?;
-            sum.check(len, crc)
+            sum.check(found)
                 .map_err(|reason| corrupt(format!("its vectors file: {reason}")))?;
             Some(arena)
         }

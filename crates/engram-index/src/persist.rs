@@ -35,10 +35,8 @@ pub(crate) struct Meta {
     pub connectivity: usize,
     /// Vectors in the index (removed ones excluded).
     pub count: usize,
-    /// Length of the index file in bytes.
-    pub index_bytes: u64,
-    /// CRC-32 (IEEE) of the whole index file.
-    pub index_crc32: u32,
+    /// The index file (the graph).
+    pub index: FileSum,
     /// The vectors file, for an i8 index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vectors: Option<FileSum>,
@@ -52,19 +50,19 @@ pub(crate) struct FileSum {
 }
 
 impl FileSum {
-    /// Whether a file of `bytes` bytes and CRC-32 `crc32` is the one recorded; the error
-    /// says how it differs.
-    pub(crate) fn check(&self, bytes: u64, crc32: u32) -> Result<(), String> {
-        if bytes != self.bytes {
+    /// Whether `found` (a file as read) is the file recorded here; the error says how it
+    /// differs.
+    pub(crate) fn check(&self, found: FileSum) -> Result<(), String> {
+        if found.bytes != self.bytes {
             return Err(format!(
-                "{bytes} bytes where the sidecar records {}",
-                self.bytes
+                "{} bytes where the sidecar records {}",
+                found.bytes, self.bytes
             ));
         }
-        if crc32 != self.crc32 {
+        if found.crc32 != self.crc32 {
             return Err(format!(
-                "CRC-32 {crc32:08x} where the sidecar records {:08x}",
-                self.crc32
+                "CRC-32 {:08x} where the sidecar records {:08x}",
+                found.crc32, self.crc32
             ));
         }
         Ok(())
@@ -89,6 +87,14 @@ impl<T> Hashed<T> {
             inner,
             hasher: crc32fast::Hasher::new(),
             bytes: 0,
+        }
+    }
+
+    /// What has passed through so far.
+    fn sum(&self) -> FileSum {
+        FileSum {
+            bytes: self.bytes,
+            crc32: self.hasher.clone().finalize(),
         }
     }
 }
@@ -123,15 +129,13 @@ pub(crate) fn write_hashed(
     let file = File::create(path).map_err(|e| IndexError::io(path, e))?;
     let mut out = Hashed::new(BufWriter::with_capacity(1 << 20, file));
     write(&mut out).map_err(|e| IndexError::io(path, e))?;
+    let sum = out.sum();
     let file = out
         .inner
         .into_inner()
         .map_err(|e| IndexError::io(path, e.into_error()))?;
     file.sync_all().map_err(|e| IndexError::io(path, e))?;
-    Ok(FileSum {
-        bytes: out.bytes,
-        crc32: out.hasher.finalize(),
-    })
+    Ok(sum)
 }
 
 /// Reads `path` with `read`, and returns what it gave with the length and CRC-32 of the
@@ -139,7 +143,7 @@ pub(crate) fn write_hashed(
 pub(crate) fn read_hashed<T>(
     path: &Path,
     read: impl FnOnce(&mut dyn Read) -> T,
-) -> Result<(T, u64, u32), IndexError> {
+) -> Result<(T, FileSum), IndexError> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -152,7 +156,7 @@ pub(crate) fn read_hashed<T>(
     };
     let mut input = Hashed::new(BufReader::with_capacity(1 << 20, file));
     let value = read(&mut input);
-    Ok((value, input.bytes, input.hasher.finalize()))
+    Ok((value, input.sum()))
 }
 
 /// `path.meta.json`, next to the index file.
@@ -186,23 +190,12 @@ pub(crate) fn read_meta(index_path: &Path) -> Result<Meta, IndexError> {
     })
 }
 
-/// Length and CRC-32 of the file at `path`, read in 1 MiB blocks.
-pub(crate) fn checksum(path: &Path) -> Result<(u64, u32), IndexError> {
-    let mut file = File::open(path).map_err(|e| IndexError::io(path, e))?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(IndexError::io(path, e)),
-        };
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((len, hasher.finalize()))
+/// Length and CRC-32 of the file at `path`.
+pub(crate) fn checksum(path: &Path) -> Result<FileSum, IndexError> {
+    let file = File::open(path).map_err(|e| IndexError::io(path, e))?;
+    let mut input = Hashed::new(file);
+    io::copy(&mut input, &mut io::sink()).map_err(|e| IndexError::io(path, e))?;
+    Ok(input.sum())
 }
 
 /// Fsyncs the file at `path`.
@@ -262,11 +255,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         fs::write(&path, vec![7u8; 3 << 20]).unwrap();
-        let (len, crc) = checksum(&path).unwrap();
+        let FileSum {
+            bytes: len,
+            crc32: crc,
+        } = checksum(&path).unwrap();
         assert_eq!(len, 3 << 20);
         let mut bytes = fs::read(&path).unwrap();
         bytes[2 << 20] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert_ne!(checksum(&path).unwrap().1, crc);
+        assert_ne!(checksum(&path).unwrap().crc32, crc);
     }
 }
